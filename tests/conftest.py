@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny real pipelines saved to disk, and a StudioConfig with its own folders.
+
+Everything runs offline on the CPU: no test may download anything.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from studio.config import StudioConfig  # noqa: E402
+from studio.models.kinds import ModelKind  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory):
+    """A tiny SD1.5-shaped diffusers folder (safetensors), saved once per test session."""
+    from studio.models.tiny import save_tiny
+
+    return save_tiny(ModelKind.SD15, tmp_path_factory.mktemp("models") / "tiny-sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    from studio.models.tiny import save_tiny
+
+    return save_tiny(ModelKind.SDXL, tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture
+def studio_config(tmp_path):
+    """A config whose models/loras/outputs folders are empty temporary folders."""
+    for name in ("models", "loras", "outputs"):
+        (tmp_path / name).mkdir()
+    return StudioConfig(
+        models_dir=tmp_path / "models",
+        loras_dir=tmp_path / "loras",
+        outputs_dir=tmp_path / "outputs",
+        device="cpu",
+    )
