@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+# Folders default to the checkout (beside launch.py), wherever the app is started from.
+ROOT = Path(__file__).resolve().parent.parent
 MEMORY_MODES = ("auto", "none", "model-offload", "sequential-offload")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -16,13 +18,13 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 @dataclasses.dataclass(frozen=True)
 class StudioConfig:
-    models_dir: Path = Path("models")
+    models_dir: Path = ROOT / "models"
     """Base models: diffusers folders and single `.safetensors` checkpoints, listed in the model picker."""
 
-    loras_dir: Path = Path("loras")
+    loras_dir: Path = ROOT / "loras"
     """Adapters: one folder or `.safetensors` file per LoRA."""
 
-    outputs_dir: Path = Path("outputs")
+    outputs_dir: Path = ROOT / "outputs"
     """Generated images (PNG with A1111 infotext), grids and training runs."""
 
     device: str = "auto"

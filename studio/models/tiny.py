@@ -155,8 +155,10 @@ def build_tiny_sdxl(seed: int = 0, prediction_type: str = "epsilon") -> StableDi
 
 
 def build_tiny(kind: ModelKind, seed: int = 0, prediction_type: str = "epsilon"):
+    """The same weights for the same seed, without disturbing the caller's global RNG."""
     builder = build_tiny_sdxl if kind is ModelKind.SDXL else build_tiny_sd15
-    return builder(seed=seed, prediction_type=prediction_type)
+    with torch.random.fork_rng(devices=[]):
+        return builder(seed=seed, prediction_type=prediction_type)
 
 
 def save_tiny(kind: ModelKind, folder: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:

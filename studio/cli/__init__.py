@@ -1,0 +1,52 @@
+"""`python -m studio <command>`: the studio's operations without the UI.
+
+Each command lives in its own module with `register(subparsers)`; its handler returns an exit code.
+User errors (`StudioError`) are caught here, once: one line on stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from studio.cli import generate, models
+from studio.errors import StudioError
+
+COMMANDS = [generate, models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m studio", description="Studio: SD1.5 and SDXL, headless.")
+    parser.add_argument("--verbose", action="store_true", help="show library logs and tracebacks")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        quiet_libraries()
+    try:
+        return args.handler(args)
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and advice would bury the one line per saved image that scripts read."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()

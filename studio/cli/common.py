@@ -1,0 +1,44 @@
+"""Options shared by CLI commands: the folders and device settings of `StudioConfig`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("studio folders and device")
+    group.add_argument("--models-dir", type=Path, default=ROOT / "models", help="base models folder (default: models/ in the checkout)")
+    group.add_argument("--loras-dir", type=Path, default=ROOT / "loras", help="LoRA folder (default: loras)")
+    group.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="outputs folder (default: outputs)")
+    group.add_argument("--device", choices=DEVICES, default="auto")
+    group.add_argument("--dtype", choices=DTYPES, default="auto")
+    group.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")
+    group.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save VRAM")
+    group.add_argument("--allow-pickle", action="store_true", help="allow loading .ckpt/.bin pickle files (unsafe)")
+
+
+def config_from_args(args: argparse.Namespace) -> StudioConfig:
+    return StudioConfig(
+        models_dir=args.models_dir,
+        loras_dir=args.loras_dir,
+        outputs_dir=args.outputs_dir,
+        device=args.device,
+        dtype=args.dtype,
+        memory_mode=args.memory_mode,
+        vae_tiling=args.vae_tiling,
+        allow_pickle=args.allow_pickle,
+    )
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """`NAME:WEIGHT` (weight optional, default 1) -> (name, weight)."""
+    name, sep, weight = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return name, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lora {text!r}: the weight after ':' must be a number, e.g. {name}:0.8") from None

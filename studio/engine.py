@@ -1,0 +1,112 @@
+"""The engine the front ends talk to: one object that holds the config and the model manager.
+
+The Gradio UI must not import torch or diffusers, so everything it needs goes through `Studio`
+methods that take request dataclasses and return plain data and PIL images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+from studio import metadata, outputs
+from studio.config import StudioConfig
+from studio.generation import GenerationRequest, GenerationResult, StepInfo, generate
+from studio.jobs import Job
+from studio.models.manager import ModelManager
+from studio.models.sources import ModelSource, list_models
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadProgress:
+    fraction: float
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    result: GenerationResult
+    paths: list[Path]
+
+
+class Studio:
+    def __init__(self, config: StudioConfig, manager: ModelManager | None = None):
+        self.config = config
+        self.manager = manager or ModelManager(config)
+        self._current_job: Job | None = None
+
+    def models(self) -> list[ModelSource]:
+        return list_models(self.config)
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[StepInfo | LoadProgress | Finished]:
+        """Generate in a background thread, yielding progress, then `Finished` with the saved paths."""
+        request.validate()  # fail fast, before a thread or a model is involved
+
+        def work(job: Job) -> Finished:
+            result = generate(
+                self.manager,
+                request,
+                on_step=job.emit,
+                on_load=lambda fraction, message: job.emit(LoadProgress(fraction, message)),
+                cancel=job.cancel,
+            )
+            paths = outputs.save_images(result.images, result.infotexts, result.seeds, self.config.outputs_dir)
+            return Finished(result, paths)
+
+        job = Job(work, name="generate")
+        self._current_job = job
+        job.start()
+        yield from job.events()
+        yield job.result
+
+    def stop(self) -> None:
+        """Stop the running generation within one sampling step."""
+        if self._current_job is not None:
+            self._current_job.cancel.set()
+
+    def history(self, limit: int = 60) -> list[Path]:
+        return outputs.history(self.config.outputs_dir, limit=limit)
+
+    @staticmethod
+    def read_png_info(path) -> dict:
+        """The generation parameters stored in a PNG, parsed like A1111's PNG Info tab ({} if none)."""
+        text = metadata.read_infotext(path)
+        return {} if text is None else {"infotext": text, **metadata.parse_infotext(text)}
+
+
+def scheduler_names() -> tuple[str, ...]:
+    from studio.schedulers import SCHEDULER_NAMES
+
+    return SCHEDULER_NAMES
+
+
+def size_presets() -> list[str]:
+    """"WxH (SD1.5)" / "WxH (SDXL)" labels for the size picker."""
+    from studio.generation import SIZE_PRESETS
+
+    return [f"{w}x{h} ({kind.label})" for kind, sizes in SIZE_PRESETS.items() for w, h in sizes]
+
+
+def form_from_png_info(info: dict) -> dict:
+    """Generation-form values from parsed infotext, for "Send to Generate"; unknown fields are left out."""
+    from studio.schedulers import from_a1111
+
+    form = {"prompt": info.get("Prompt", ""), "negative_prompt": info.get("Negative prompt", "")}
+    numbers = {"steps": ("Steps", int), "cfg": ("CFG scale", float), "seed": ("Seed", int), "clip_skip": ("Clip skip", int)}
+    for field, (key, cast) in numbers.items():
+        try:
+            form[field] = cast(info[key])
+        except (KeyError, ValueError):
+            pass
+    if "Size" in info and "x" in info["Size"]:
+        try:
+            form["width"], form["height"] = (int(v) for v in info["Size"].split("x", 1))
+        except ValueError:
+            pass
+    scheduler = from_a1111(info.get("Sampler", ""), info.get("Schedule type"))
+    if scheduler:
+        form["scheduler"] = scheduler
+    if info.get("Model"):
+        form["model"] = info["Model"]
+    return form

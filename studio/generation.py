@@ -1,0 +1,277 @@
+"""Text-to-image generation: one `GenerationRequest` in, images with A1111 infotext out.
+
+    result = generate(manager, request, on_step=print_progress, cancel=stop_event)
+
+The request is validated before any model loads. Each image i of a run uses seed + i on its own CPU
+generator, so any image can be reproduced alone, on any device, from the seed in its infotext.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from studio import metadata
+from studio.errors import CancelledError, InvalidRequestError, OutOfMemoryError
+from studio.models.kinds import ModelKind
+from studio.models.manager import LoadedModel, ModelManager, set_vae_tiling
+from studio.models.memory import NEXT_MODE
+from studio.schedulers import DEFAULT_SCHEDULER, a1111_sampler, check_scheduler_name, make_scheduler
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    """Model picker entry, path or Hub id (see `studio.models.sources.resolve_model`)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 25
+    cfg: float = 7.0
+    seed: int = -1
+    """-1 picks a random seed; the seed used is always reported."""
+
+    width: int | None = None
+    """None uses the model's native size (512 for SD1.5, 1024 for SDXL)."""
+
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    batch_size: int = 1
+    """Images per pipeline call (uses more memory)."""
+
+    batch_count: int = 1
+    """Pipeline calls in a row."""
+
+    clip_skip: int = 1
+    """A1111 meaning: 1 uses the last text-encoder layer, 2 the one before."""
+
+    loras: tuple[tuple[str, float], ...] = ()
+    """(adapter name, strength) pairs; `<lora:name:weight>` tags in the prompt are added to these."""
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise InvalidRequestError("The prompt must be text.")
+        checks = [
+            ("steps", self.steps, 1, 150),
+            ("cfg", self.cfg, 0.0, 30.0),
+            ("batch_size", self.batch_size, 1, 16),
+            ("batch_count", self.batch_count, 1, 100),
+            ("clip_skip", self.clip_skip, 1, 12),
+        ]
+        for name, value, low, high in checks:
+            if not low <= value <= high:
+                raise InvalidRequestError(f"{name}={value} is out of range; use a value from {low} to {high}.")
+        if not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
+            raise InvalidRequestError(f"seed={self.seed} is out of range; use -1 (random) or 0 to {MAX_SEED}.")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value is None:
+                continue
+            if value % 8 or not 64 <= value <= 4096:
+                raise InvalidRequestError(
+                    f"{name}={value} must be a multiple of 8 between 64 and 4096 (e.g. {max(64, round(value / 8) * 8)})."
+                )
+        check_scheduler_name(self.scheduler)
+        for name, weight in self.loras:
+            if not -4.0 <= weight <= 4.0:
+                raise InvalidRequestError(f"LoRA {name!r} weight {weight} is out of range; use -4 to 4.")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    image_index: int
+    """Which pipeline call of `batch_count` is running (0-based)."""
+
+    step: int
+    total_steps: int
+    elapsed: float
+    preview: Image.Image | None
+
+    @property
+    def fraction(self) -> float:
+        done = self.image_index * self.total_steps + self.step
+        return done / max(1, self.total_steps)
+
+    @property
+    def eta(self) -> float:
+        return self.elapsed / max(self.step, 1) * (self.total_steps - self.step)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    model_name: str
+    seconds: float
+    interrupted: bool = False
+
+
+# Cheap latent -> RGB projection for live previews (the "approximate" preview of A1111/ComfyUI):
+# a fixed linear map from the 4 latent channels, no VAE decode.
+_PREVIEW_FACTORS = {
+    ModelKind.SD15: (
+        [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
+        [0.0, 0.0, 0.0],
+    ),
+    ModelKind.SDXL: (
+        [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+        [0.1084, -0.0175, -0.0011],
+    ),
+}
+
+
+def latent_preview(latents: torch.Tensor, kind: ModelKind) -> Image.Image:
+    factors, bias = _PREVIEW_FACTORS[kind]
+    weight = torch.tensor(factors, dtype=torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latents[0].detach().float().cpu(), weight) + torch.tensor(bias)
+    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    image = Image.fromarray(pixels)
+    return image.resize((image.width * 4, image.height * 4), Image.Resampling.NEAREST)
+
+
+class _Stopped(Exception):
+    """Raised inside the step callback so the pipeline stops at once, without decoding."""
+
+
+def _pick_seed(seed: int) -> int:
+    return random.randint(0, MAX_SEED) if seed == -1 else seed
+
+
+def _infotext(request: GenerationRequest, model: LoadedModel, seed: int, width: int, height: int, loras) -> str:
+    sampler, schedule = a1111_sampler(request.scheduler)
+    prompt = request.prompt
+    if loras:
+        prompt = f"{prompt} {metadata.lora_tags([(name, weight) for name, weight, _hash in loras])}".strip()
+    params = {
+        "Steps": request.steps,
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": f"{request.cfg:g}",
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model.model_hash,
+        "Model": model.name,
+        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
+    }
+    return metadata.build_infotext(prompt=prompt, negative_prompt=request.negative_prompt, params=params)
+
+
+def _apply_loras(model: LoadedModel, loras, loras_dir):
+    """Put the requested blend on the pipeline; returns [(name, weight, addnet hash)]."""
+    has_adapters = bool(getattr(model.pipe, "get_list_adapters", lambda: {})())
+    if not loras and not has_adapters:
+        return []
+    from studio.lora.blend import apply_blend
+
+    return apply_blend(model, list(loras), loras_dir=loras_dir)
+
+
+def generate(
+    manager: ModelManager,
+    request: GenerationRequest,
+    *,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_load: Callable[[float, str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> GenerationResult:
+    """Run a generation request. Stop (`cancel.set()`) ends it within one step, keeping finished images."""
+    prompt, tag_loras = metadata.split_lora_tags(request.prompt)
+    request = dataclasses.replace(request, prompt=prompt, loras=tuple(request.loras) + tuple(tag_loras))
+    request.validate()
+    cancel = cancel or threading.Event()
+    started = time.perf_counter()
+    with manager.acquire(request.model, on_progress=on_load) as model:
+        width = request.width or model.kind.native_size
+        height = request.height or model.kind.native_size
+        loras = _apply_loras(model, request.loras, manager.config.loras_dir)
+        pipe = model.pipe
+        pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
+        first_seed = _pick_seed(request.seed)
+        result = GenerationResult([], [], [], model.name, 0.0)
+        for call in range(request.batch_count):
+            if cancel.is_set():
+                result.interrupted = True
+                break
+            seeds = [(first_seed + call * request.batch_size + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
+            try:
+                images = _run_pipeline(model, request, seeds, width, height, call, on_step, cancel)
+            except _Stopped:
+                result.interrupted = True
+                break
+            result.images += images
+            result.seeds += seeds
+            result.infotexts += [_infotext(request, model, seed, width, height, loras) for seed in seeds]
+        result.seconds = time.perf_counter() - started
+        return result
+
+
+def _run_pipeline(model, request, seeds, width, height, call, on_step, cancel) -> list[Image.Image]:
+    pipe = model.pipe
+    call_started = time.perf_counter()
+    last_latents = {}
+
+    def step_end(pipe_, step, timestep, tensors):
+        last_latents["latents"] = tensors["latents"]
+        if cancel.is_set():
+            raise _Stopped()
+        if on_step is not None:
+            preview = latent_preview(tensors["latents"], model.kind)
+            on_step(StepInfo(call, step + 1, request.steps, time.perf_counter() - call_started, preview))
+        return {}
+
+    kwargs = dict(
+        prompt=[request.prompt] * len(seeds),
+        negative_prompt=[request.negative_prompt] * len(seeds),
+        num_inference_steps=request.steps,
+        guidance_scale=request.cfg,
+        width=width,
+        height=height,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        clip_skip=request.clip_skip - 1 or None,
+        callback_on_step_end=step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    try:
+        return pipe(**kwargs).images
+    except torch.OutOfMemoryError as e:
+        denoised = len(last_latents) and pipe.scheduler.step_index is not None and pipe.scheduler.step_index >= request.steps
+        if denoised and not pipe.vae.use_tiling:
+            # Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
+            return _decode_with_tiling(model, last_latents["latents"])
+        next_mode = NEXT_MODE.get(model.plan.mode if model.plan else "none")
+        hint = f"start Studio with --memory-mode {next_mode}" if next_mode else "use a smaller size or batch"
+        raise OutOfMemoryError(
+            f"Out of GPU memory at {width}x{height}, batch {len(seeds)} ({model.plan.mode if model.plan else 'none'}). "
+            f"Try a smaller size or batch, or {hint}."
+        ) from e
+
+
+def _decode_with_tiling(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    pipe = model.pipe
+    set_vae_tiling(pipe, True)
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)  # the SDXL VAE overflows in fp16, as the pipeline itself knows
+    with torch.no_grad():
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+
+
+# Sizes people pick: SD1.5 around 512 px; SDXL's training aspect-ratio buckets around 1024 px.
+SIZE_PRESETS = {
+    ModelKind.SD15: [(512, 512), (512, 768), (768, 512), (640, 448), (448, 640), (768, 768)],
+    ModelKind.SDXL: [
+        (1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216),
+        (1344, 768), (768, 1344), (1536, 640), (640, 1536),
+    ],
+}

@@ -1,0 +1,96 @@
+"""A1111-compatible generation metadata ("infotext") in the PNG `parameters` text chunk.
+
+Format, as written by AUTOMATIC1111 and read by its PNG Info tab and by Civitai:
+
+    a photo of mountains <lora:alps:0.8>
+    Negative prompt: blurry
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 123, Size: 512x512,
+    Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "alps: 1f2e3d4c5b6a", Version: studio 0.1.0
+
+(the last line is one line). Values with commas, colons or newlines are JSON-quoted, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+import studio
+
+LORA_TAG = re.compile(r"<lora:([^:>]+):(-?[\d.]+)(?::[^>]*)?>")
+# A1111's own pattern for `Key: value` pairs, where a value may be a JSON-quoted string.
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def quote(value) -> str:
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def lora_tags(loras: list[tuple[str, float]]) -> str:
+    return " ".join(f"<lora:{name}:{weight:g}>" for name, weight in loras)
+
+
+def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """Take A1111 `<lora:name:weight>` tags out of a prompt: (clean prompt, [(name, weight)])."""
+    loras = [(name.strip(), float(weight)) for name, weight in LORA_TAG.findall(prompt)]
+    clean = re.sub(r"\s{2,}", " ", LORA_TAG.sub("", prompt)).strip().strip(",").strip()
+    return clean, loras
+
+
+def build_infotext(*, prompt: str, negative_prompt: str, params: dict) -> str:
+    """Infotext from a prompt, a negative prompt and ordered `Key: value` parameters (None values skipped)."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    pairs = [f"{key}: {quote(value)}" for key, value in params.items() if value not in (None, "")]
+    pairs.append(f"Version: studio {studio.__version__}")
+    lines.append(", ".join(pairs))
+    return "\n".join(lines)
+
+
+def parse_infotext(text: str) -> dict:
+    """Parse infotext into {"Prompt", "Negative prompt", <Key>: <value str>...}, like A1111's PNG Info."""
+    lines = text.strip().split("\n")
+    params_line = lines[-1] if len(_PAIR.findall(lines[-1])) >= 3 else ""
+    body = lines[:-1] if params_line else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    result = {"Prompt": "\n".join(prompt).strip(), "Negative prompt": "\n".join(negative).strip()}
+    for key, value in _PAIR.findall(params_line):
+        result[key.strip()] = unquote(value.strip())
+    return result
+
+
+def png_info(infotext: str) -> PngInfo:
+    info = PngInfo()
+    info.add_text("parameters", infotext)
+    return info
+
+
+def read_infotext(image_or_path) -> str | None:
+    """The `parameters` chunk of a PNG (A1111), or None when the image carries none."""
+    image = image_or_path if isinstance(image_or_path, Image.Image) else Image.open(Path(image_or_path))
+    text = image.info.get("parameters")
+    if text is None and hasattr(image, "text"):
+        text = image.text.get("parameters")
+    return text

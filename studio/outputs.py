@@ -1,0 +1,54 @@
+"""Saving generated images: PNGs with infotext under the outputs folder, numbered like A1111's."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from studio import metadata
+
+_NUMBERED = re.compile(r"^(\d{5})-")
+
+
+def _next_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := _NUMBERED.match(p.name))]
+    return max(numbers, default=0) + 1
+
+
+def save_png(image: Image.Image, infotext: str, path: Path) -> Path:
+    """Write a PNG with its `parameters` chunk atomically: a crash never leaves a half-written image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=metadata.png_info(infotext))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_images(images, infotexts, seeds, outputs_dir: Path, *, kind: str = "txt2img") -> list[Path]:
+    """Save a run's images as outputs/<kind>/<date>/<number>-<seed>.png and return their paths."""
+    folder = Path(outputs_dir) / kind / datetime.date.today().isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    number = _next_number(folder)
+    paths = []
+    for offset, (image, infotext, seed) in enumerate(zip(images, infotexts, seeds)):
+        paths.append(save_png(image, infotext, folder / f"{number + offset:05d}-{seed}.png"))
+    return paths
+
+
+def history(outputs_dir: Path, *, limit: int = 100) -> list[Path]:
+    """The most recent saved images, newest first (the output history shown in the UI)."""
+    root = Path(outputs_dir) / "txt2img"
+    if not root.is_dir():
+        return []
+    files = sorted(root.glob("*/*.png"), key=lambda p: (p.parent.name, p.name), reverse=True)
+    return files[:limit]

@@ -1,0 +1,103 @@
+"""Command-line flags of launch.py and the safety rules for exposing the app on a network."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from pathlib import Path
+
+from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Start the Studio web app.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="public gradio.live link (requires --auth)")
+    parser.add_argument("--auth", default=None, metavar="USER:PASS", help="login; or set STUDIO_AUTH to keep it out of `ps`")
+    parser.add_argument("--insecure", action="store_true", help="allow --share or a non-loopback --host without --auth")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--loras-dir", type=Path, default=ROOT / "loras")
+    parser.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs")
+    parser.add_argument("--demo", action="store_true", help="select the offline demo model (no download)")
+    parser.add_argument("--model", default=None, help="model selected at start (default: demo-sd15)")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    parser.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")
+    parser.add_argument("--vae-tiling", action="store_true")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (can run code)")
+    return parser
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("error: --auth must be USER:PASS with both parts non-empty.")
+    return user, password
+
+
+def exposure_problem(*, host: str, share: bool, auth, insecure: bool) -> str | None:
+    """Why this launch would expose the app without a login, or None when it is safe."""
+    if auth is not None or insecure:
+        return None
+    if share:
+        return "--share makes the app public on the internet; add --auth USER:PASS (or --insecure if you mean it)."
+    if not is_loopback(host):
+        return (
+            f"--host {host} lets other machines use your GPU and files; add --auth USER:PASS "
+            "(or --insecure if you mean it)."
+        )
+    return None
+
+
+def config_from_args(args: argparse.Namespace) -> StudioConfig:
+    default_model = args.model or "demo-sd15"
+    return StudioConfig(
+        models_dir=args.models_dir,
+        loras_dir=args.loras_dir,
+        outputs_dir=args.outputs_dir,
+        device=args.device,
+        dtype=args.dtype,
+        memory_mode=args.memory_mode,
+        vae_tiling=args.vae_tiling,
+        allow_pickle=args.allow_pickle,
+        default_model=default_model,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    auth = parse_auth(args.auth or os.environ.get("STUDIO_AUTH"))
+    problem = exposure_problem(host=args.host, share=args.share, auth=auth, insecure=args.insecure)
+    if problem:
+        raise SystemExit(f"error: {problem}")
+    config = config_from_args(args)
+    for folder in (config.loras_dir, config.outputs_dir, config.models_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    # Imported here so `--help` and flag errors answer instantly.
+    from studio.engine import Studio
+    from studio.ui.app import build_app, launch_options
+
+    studio = Studio(config)
+    app = build_app(studio)
+    app.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        footer_links=["api", "settings"],
+        **launch_options(studio),
+    )

@@ -1,0 +1,150 @@
+"""Generate tab: the prompt form, live progress with preview, Stop, the session gallery, PNG info."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.engine import Finished, LoadProgress, Studio, form_from_png_info, scheduler_names, size_presets
+from studio.generation import GenerationRequest, StepInfo
+from studio.ui.common import GPU_QUEUE, format_seconds, user_errors
+
+FORM_FIELDS = ["model", "prompt", "negative_prompt", "steps", "cfg", "seed", "width", "height", "scheduler",
+               "batch_size", "batch_count", "clip_skip"]  # fmt: skip
+
+
+def model_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(source.label, source.name) for source in studio.models()]
+
+
+def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) -> dict:
+    """Build the tab inside the current Blocks; returns its components for other tabs to wire to."""
+    with gr.Row():
+        model = gr.Dropdown(model_choices(studio), value=studio.config.default_model, label="Model", scale=4)
+        refresh = gr.Button("↻ Rescan models", scale=1, size="sm")
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="satellite image of snowy mountains, high detail")
+            negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="blurry, low quality")
+            with gr.Row():
+                steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
+                cfg = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
+                scheduler = gr.Dropdown(list(scheduler_names()), value="DPM++ 2M Karras", label="Sampler")
+            with gr.Row():
+                width = gr.Slider(64, 2048, value=512, step=8, label="Width")
+                height = gr.Slider(64, 2048, value=512, step=8, label="Height")
+                size_preset = gr.Dropdown(size_presets(), value=None, label="Size preset")
+            with gr.Row():
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                random_seed = gr.Button("🎲", size="sm", min_width=40)
+                reuse_seed = gr.Button("♻ last seed", size="sm", min_width=40)
+                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+                batch_count = gr.Slider(1, 32, value=1, step=1, label="Batch count")
+                clip_skip = gr.Slider(1, 4, value=1, step=1, label="Clip skip")
+            with gr.Row():
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button")
+        with gr.Column(scale=2):
+            status = gr.Markdown("Ready.", elem_id="generate-status")
+            preview = gr.Image(label="Preview", interactive=False, height=256, elem_id="live-preview")
+            gallery = gr.Gallery(label="This session", columns=3, height=420, elem_id="session-gallery", format="png")
+            infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="infotext")
+            last_seed = gr.Number(label="Seed used", precision=0, interactive=False)
+    with gr.Accordion("PNG info: read the parameters of a generated image", open=False):
+        with gr.Row():
+            png_upload = gr.Image(type="filepath", label="Drop a PNG", sources=["upload"], height=256)
+            with gr.Column():
+                png_text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="png-info-text")
+                send_to_form = gr.Button("Send to Generate")
+    with gr.Accordion("Output history", open=False):
+        history_gallery = gr.Gallery(columns=6, height=360, label="Saved images (newest first)")
+        history_refresh = gr.Button("↻ Refresh history", size="sm")
+
+    session_images = gr.State([])
+    form = [model, prompt, negative, steps, cfg, seed, width, height, scheduler, batch_size, batch_count, clip_skip]
+    lora_inputs = [lora_picks] if lora_picks is not None else []
+
+    @user_errors
+    def run_generation(model, prompt, negative_prompt, steps, cfg, seed, width, height, scheduler,
+                       batch_size, batch_count, clip_skip, session, loras=None):  # fmt: skip
+        # Named parameters become the keyword names of the /generate API for gradio_client.
+        request = GenerationRequest(
+            model=model,
+            prompt=prompt or "",
+            negative_prompt=negative_prompt or "",
+            steps=int(steps),
+            cfg=float(cfg),
+            seed=int(seed if seed is not None else -1),
+            width=int(width),
+            height=int(height),
+            scheduler=scheduler,
+            batch_size=int(batch_size),
+            batch_count=int(batch_count),
+            clip_skip=int(clip_skip),
+            loras=tuple((name, float(weight)) for name, weight in (loras or [])),
+        )
+        total = request.batch_count
+        for event in studio.generate_stream(request):
+            if isinstance(event, LoadProgress):
+                yield {status: f"⏳ {event.message} ({event.fraction:.0%})"}
+            elif isinstance(event, StepInfo):
+                yield {
+                    status: f"Image {event.image_index + 1}/{total} · step {event.step}/{event.total_steps} · "
+                    f"ETA {format_seconds(event.eta)}",
+                    preview: event.preview,
+                }
+            elif isinstance(event, Finished):
+                paths = [str(p) for p in event.paths]
+                session = paths[::-1] + list(session)
+                result = event.result
+                note = "Stopped." if result.interrupted else "Done."
+                yield {
+                    status: f"{note} {len(paths)} image(s) in {result.seconds:.1f}s, seed {result.seeds[0] if result.seeds else '-'}.",
+                    gallery: session,
+                    session_images: session,
+                    infotext: result.infotexts[0] if result.infotexts else "",
+                    last_seed: result.seeds[0] if result.seeds else None,
+                }
+
+    generate_button.click(
+        run_generation,
+        inputs=form + [session_images] + lora_inputs,
+        outputs=[status, preview, gallery, session_images, infotext, last_seed],
+        api_name="generate",
+        **GPU_QUEUE,
+    )
+    stop_button.click(studio.stop, api_name="stop", queue=False)
+
+    def refresh_models():
+        return gr.Dropdown(choices=model_choices(studio))
+
+    refresh.click(refresh_models, outputs=model, api_name="list_models")
+    random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
+    reuse_seed.click(lambda used: used if used is not None else -1, inputs=last_seed, outputs=seed, api_visibility="private")
+
+    def apply_preset(label):
+        if not label:
+            return gr.update(), gr.update()
+        w, h = label.split(" ")[0].split("x")
+        return int(w), int(h)
+
+    size_preset.change(apply_preset, inputs=size_preset, outputs=[width, height], api_visibility="private")
+
+    @user_errors
+    def read_png(path):
+        if not path:
+            return ""
+        info = studio.read_png_info(path)
+        return info.get("infotext", "This image has no generation parameters.")
+
+    png_upload.change(read_png, inputs=png_upload, outputs=png_text, api_name="png_info")
+
+    def fill_form(text):
+        from studio.metadata import parse_infotext
+
+        values = form_from_png_info(parse_infotext(text)) if text else {}
+        return [gr.update(value=values[name]) if name in values else gr.update() for name in FORM_FIELDS]
+
+    send_to_form.click(fill_form, inputs=png_text, outputs=form, api_visibility="private")
+    history_refresh.click(lambda: [str(p) for p in studio.history()], outputs=history_gallery, api_name="history")
+
+    return {"model": model, "prompt": prompt, "seed": seed, "width": width, "height": height, "gallery": gallery}
