@@ -228,15 +228,23 @@ def _run_pipeline(model, request, seeds, width, height, call, on_step, cancel) -
             on_step(StepInfo(call, step + 1, request.steps, time.perf_counter() - call_started, preview))
         return {}
 
+    prompts = {"prompt": [request.prompt] * len(seeds), "negative_prompt": [request.negative_prompt] * len(seeds)}
+    skip = request.clip_skip - 1 or None
+    if skip and model.kind is ModelKind.SD15:
+        # diffusers 0.42's SD1.5 clip_skip reads `text_encoder.text_model`, which transformers 5 removed.
+        prompts = {
+            "prompt_embeds": _clip_skip_embeds(pipe, prompts["prompt"], skip),
+            "negative_prompt_embeds": _clip_skip_embeds(pipe, prompts["negative_prompt"], skip),
+        }
+        skip = None
     kwargs = dict(
-        prompt=[request.prompt] * len(seeds),
-        negative_prompt=[request.negative_prompt] * len(seeds),
+        **prompts,
         num_inference_steps=request.steps,
         guidance_scale=request.cfg,
         width=width,
         height=height,
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-        clip_skip=request.clip_skip - 1 or None,
+        clip_skip=skip,
         callback_on_step_end=step_end,
         callback_on_step_end_tensor_inputs=["latents"],
     )
@@ -253,6 +261,17 @@ def _run_pipeline(model, request, seeds, width, height, call, on_step, cancel) -
             f"Out of GPU memory at {width}x{height}, batch {len(seeds)} ({model.plan.mode if model.plan else 'none'}). "
             f"Try a smaller size or batch, or {hint}."
         ) from e
+
+
+@torch.no_grad()
+def _clip_skip_embeds(pipe, prompts: list[str], skip: int) -> torch.Tensor:
+    """SD1.5 text embeddings from the layer `skip` before the last, through the final layer norm (as A1111)."""
+    tokens = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    encoder = pipe.text_encoder
+    hidden = encoder(tokens.input_ids.to(pipe._execution_device), output_hidden_states=True).hidden_states
+    return encoder.final_layer_norm(hidden[-(skip + 1)])
 
 
 def _decode_with_tiling(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:

@@ -19,6 +19,8 @@ GiB = 1024**3
 # VAE decode), measured roughly on fp16 CUDA; the plan only has to be right about which side of a
 # card's size a model lands on.
 WORKING_MEMORY = {ModelKind.SD15: 1.5 * GiB, ModelKind.SDXL: 3.0 * GiB}
+# With model offload only one component is resident, and the text encoders' activations are gone.
+OFFLOAD_WORKING_MEMORY = {ModelKind.SD15: 1.0 * GiB, ModelKind.SDXL: 2.0 * GiB}
 # Share of the weights that is the UNet: the largest piece that must fit at once with model offload.
 UNET_SHARE = {ModelKind.SD15: 0.80, ModelKind.SDXL: 0.75}
 OFFLOAD_MODES = ("model-offload", "sequential-offload")
@@ -59,7 +61,7 @@ def plan_memory(
         return MemoryPlan(
             "none", vae_tiling, f"{gib(free_bytes)} free fits the {gib(weights_bytes)} model and working memory."
         )
-    if free_bytes >= weights_bytes * UNET_SHARE[kind] + working:
+    if free_bytes >= weights_bytes * UNET_SHARE[kind] + OFFLOAD_WORKING_MEMORY[kind]:
         return MemoryPlan(
             "model-offload",
             True,

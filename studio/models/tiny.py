@@ -84,7 +84,7 @@ def _vae() -> AutoencoderKL:
 
 
 def _scheduler(prediction_type: str) -> EulerDiscreteScheduler:
-    return EulerDiscreteScheduler(
+    scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -93,6 +93,10 @@ def _scheduler(prediction_type: str) -> EulerDiscreteScheduler:
         timestep_spacing="leading",
         steps_offset=1,
     )
+    # A saved config lists every option explicitly; rebuild from such a config so that other samplers
+    # made from it (`from_config`) behave the same here as after save_pretrained/from_pretrained.
+    explicit = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+    return EulerDiscreteScheduler.from_config(explicit)
 
 
 def build_tiny_sd15(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusionPipeline:

@@ -1,0 +1,64 @@
+"""A1111 infotext: written so A1111's PNG Info and Civitai read it, and read back into the form."""
+
+from PIL import Image
+
+from studio import metadata, outputs
+from studio.engine import form_from_png_info
+
+A1111_SAMPLE = (
+    "masterpiece, mountains, <lora:alps_v2:0.7>\n"
+    "Negative prompt: blurry, lowres\n"
+    "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 768x512, "
+    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "alps_v2: 1f2e3d4c5b6a", Version: v1.10.1'
+)
+
+
+def test_parses_an_a1111_infotext_into_form_values():
+    info = metadata.parse_infotext(A1111_SAMPLE)
+    assert info["Lora hashes"] == "alps_v2: 1f2e3d4c5b6a"
+    form = form_from_png_info(info)
+    assert form == {
+        "prompt": "masterpiece, mountains, <lora:alps_v2:0.7>",
+        "negative_prompt": "blurry, lowres",
+        "steps": 30,
+        "cfg": 6.5,
+        "seed": 1234,
+        "width": 768,
+        "height": 512,
+        "scheduler": "DPM++ 2M Karras",
+        "model": "v1-5-pruned-emaonly",
+    }
+
+
+def test_round_trip_with_quoting_of_commas_and_colons():
+    text = metadata.build_infotext(
+        prompt="line one\nline two",
+        negative_prompt="bad: hands",
+        params={"Steps": 4, "Model": "my, model", "Lora hashes": "a: 123, b: 456", "Clip skip": None},
+    )
+    assert 'Model: "my, model"' in text and "Clip skip" not in text
+    info = metadata.parse_infotext(text)
+    assert info["Prompt"] == "line one\nline two"
+    assert info["Negative prompt"] == "bad: hands"
+    assert info["Model"] == "my, model"
+    assert info["Lora hashes"] == "a: 123, b: 456"
+
+
+def test_lora_tags_are_split_from_the_prompt():
+    prompt, loras = metadata.split_lora_tags("a <lora:alps:0.8> mountain, <lora:snow:-1>")
+    assert prompt == "a mountain"
+    assert loras == [("alps", 0.8), ("snow", -1.0)]
+
+
+def test_png_keeps_the_parameters_chunk(tmp_path):
+    path = outputs.save_png(Image.new("RGB", (8, 8)), A1111_SAMPLE, tmp_path / "x.png")
+    assert metadata.read_infotext(path) == A1111_SAMPLE
+    assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was renamed, not left behind
+
+
+def test_saved_images_are_numbered_after_existing_ones(tmp_path):
+    image = Image.new("RGB", (8, 8))
+    first = outputs.save_images([image, image], ["a", "b"], [5, 6], tmp_path)
+    second = outputs.save_images([image], ["c"], [9], tmp_path)
+    assert [p.name for p in first + second] == ["00001-5.png", "00002-6.png", "00003-9.png"]
+    assert outputs.history(tmp_path)[0] == second[0]
