@@ -1,0 +1,81 @@
+"""`python -m studio` as a user runs it: a separate process, paths on stdout, one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from studio import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def folders(tmp_path):
+    return ["--models-dir", tmp_path / "models", "--loras-dir", tmp_path / "loras", "--outputs-dir", tmp_path / "outputs"]
+
+
+def test_generate_writes_pngs_with_infotext_and_prints_their_paths(tmp_path, tiny_sd15_dir):
+    out = tmp_path / "out"
+    result = run_cli(
+        "generate", "--model", tiny_sd15_dir, "--prompt", "satellite image of mountains", "--negative", "clouds",
+        "--steps", 2, "--seed", 42, "--width", 64, "--height", 64, "--batch", 2, "--scheduler", "Euler a",
+        "--out", out, *folders(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    paths = [Path(line) for line in result.stdout.splitlines()]
+    assert [p.name for p in paths] == ["00001-42.png", "00002-43.png"]
+    info = metadata.parse_infotext(metadata.read_infotext(paths[1]))
+    assert info["Prompt"] == "satellite image of mountains"
+    assert info["Negative prompt"] == "clouds"
+    assert (info["Seed"], info["Sampler"], info["Size"], info["Model"]) == ("43", "Euler a", "64x64", "tiny-sd15")
+    assert Image.open(paths[0]).size == (64, 64)
+
+
+def test_generate_on_demo_sdxl_defaults_to_the_outputs_folder(tmp_path):
+    result = run_cli("generate", "--model", "demo-sdxl", "--prompt", "x", "--steps", 1, "--width", 64, "--height", 64, *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (path,) = result.stdout.splitlines()
+    assert Path(path).is_relative_to(tmp_path / "outputs" / "txt2img")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "demo-sd15", "--prompt", "x", "--width", "100"], "width=100 must be a multiple of 8"),
+        (["--model", "demo-sd15", "--prompt", "x", "--scheduler", "Euler b"], "Unknown scheduler 'Euler b'"),
+        (["--model", "missing.safetensors", "--prompt", "x"], "'missing.safetensors' was not found"),
+        (["--model", "demo-sd15", "--prompt", "x", "--lora", "ghost:abc"], "weight after ':' must be a number"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    result = run_cli("generate", *args, *folders(tmp_path))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_corrupt_checkpoint_is_named_in_the_error(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "broken.safetensors").write_bytes(os.urandom(64))
+    result = run_cli("generate", "--model", "broken.safetensors", "--prompt", "x", *folders(tmp_path))
+    assert result.returncode == 2 and "broken.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_models_lists_the_models_folder_with_kinds(tmp_path, tiny_sdxl_dir):
+    import shutil
+
+    shutil.copytree(tiny_sdxl_dir, tmp_path / "models" / "my-sdxl")
+    result = run_cli("models", *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "demo-sd15\tSD1.5\tdemo" in lines
+    assert "my-sdxl\tSDXL\tfolder" in lines
