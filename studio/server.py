@@ -62,8 +62,23 @@ def exposure_problem(*, host: str, share: bool, auth, insecure: bool) -> str | N
     return None
 
 
+def _first_model(models_dir: Path) -> str | None:
+    """The first checkpoint or diffusers folder in the models folder, as A1111 selects at start."""
+    if not models_dir.is_dir():
+        return None
+    for path in sorted(models_dir.iterdir(), key=lambda p: p.name.lower()):
+        if path.suffix.lower() == ".safetensors" or (path / "model_index.json").exists():
+            return path.name
+    return None
+
+
 def config_from_args(args: argparse.Namespace) -> StudioConfig:
-    default_model = args.model or "demo-sd15"
+    if args.model:
+        default_model = args.model
+    elif args.demo:
+        default_model = "demo-sd15"
+    else:
+        default_model = _first_model(args.models_dir) or "demo-sd15"
     return StudioConfig(
         models_dir=args.models_dir,
         loras_dir=args.loras_dir,
