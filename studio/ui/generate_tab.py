@@ -35,7 +35,7 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
                 size_preset = gr.Dropdown(size_presets(), value=None, label="Size preset")
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                random_seed = gr.Button("🎲", size="sm", min_width=40)
+                random_seed = gr.Button("Random seed", size="sm", min_width=40)
                 reuse_seed = gr.Button("♻ last seed", size="sm", min_width=40)
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
                 batch_count = gr.Slider(1, 32, value=1, step=1, label="Batch count")
@@ -118,6 +118,16 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         return gr.Dropdown(choices=model_choices(studio))
 
     refresh.click(refresh_models, outputs=model, api_name="list_models")
+
+    def native_size(name):
+        # SDXL draws badly at 512 px and SD1.5 at 1024: follow the model's native size on a switch.
+        kinds = {source.name: source.kind for source in studio.models()}
+        kind = kinds.get(name)
+        if kind is None:
+            return gr.update(), gr.update()
+        return kind.native_size, kind.native_size
+
+    model.input(native_size, inputs=model, outputs=[width, height], api_visibility="private")
     random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
     reuse_seed.click(lambda used: used if used is not None else -1, inputs=last_seed, outputs=seed, api_visibility="private")
 
