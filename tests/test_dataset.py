@@ -18,6 +18,7 @@ from studio.training.dataset import (
     inspect_image,
     load_image,
     scan_dataset,
+    to_rgb,
 )
 
 RNG = np.random.default_rng(0)
@@ -138,7 +139,8 @@ def test_usable_samples_have_their_captions_and_upright_sizes(report, dataset):
     assert set(samples) == set(EXPECTED_SAMPLES)
     for name, (caption, source, width, height) in EXPECTED_SAMPLES.items():
         sample = samples[name]
-        assert (sample.caption, sample.caption_source, sample.width, sample.height) == (caption, source, width, height), name
+        got = (sample.caption, sample.caption_source, sample.width, sample.height)
+        assert got == (caption, source, width, height), name
 
 
 EXPECTED_SKIPS = [
@@ -309,7 +311,7 @@ LOAD_CASES = [
     # (file name, image builder, expected RGB row, tolerance)
     ("gray.png", lambda: Image.new("L", (3, 1), 100), [(100, 100, 100)] * 3, 0),
     ("rgba.png", rgba_image, [(255, 0, 0), (255, 255, 255), (127, 127, 255)], 1),
-    ("la.png", lambda: Image.fromarray(np.array([[[50, 255], [50, 0]]], np.uint8), "LA"), [(50, 50, 50), (255, 255, 255)], 0),
+    ("la.png", lambda: Image.fromarray(np.array([[[50, 255], [50, 0]]], np.uint8), "LA"), [(50,) * 3, (255,) * 3], 0),
     ("palette.png", palette_with_transparency, [(255, 0, 0), (255, 255, 255), (0, 0, 255)], 0),
     # 16-bit: scaled by 65535 -> 255, so mid-gray stays mid-gray instead of clipping to white.
     ("deep.png", sixteen_bit, [(0, 0, 0), (117, 117, 117), (128, 128, 128), (255, 255, 255)], 0),
@@ -331,8 +333,24 @@ def test_load_image_converts_to_8bit_rgb(tmp_path, name, build, expected, tolera
     assert np.abs(got - np.array(expected)).max() <= tolerance, got.tolist()
 
 
+@pytest.mark.parametrize(
+    "image,expected",
+    [
+        (Image.fromarray(np.array([[0, 30000, 65535]], np.int32)), [0, 117, 255]),  # mode I holds 16-bit data
+        (Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)), [0, 128, 255]),  # mode F in 0..1
+        (Image.new("1", (3, 1), 1), [255, 255, 255]),
+    ],
+    ids=["I", "F", "1"],
+)
+def test_to_rgb_scales_wide_modes(image, expected):
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB"
+    assert np.asarray(rgb)[0, :, 0].tolist() == expected
+
+
 def test_load_image_reports_undecodable_files(dataset):
-    for name, words in (("truncated.jpg", "cannot decode"), ("fake.jpg", "not an image"), ("empty.png", "not an image")):
+    cases = (("truncated.jpg", "cannot decode"), ("fake.jpg", "not an image"), ("empty.png", "not an image"))
+    for name, words in cases:
         with pytest.raises(DatasetError, match=words):
             load_image(dataset / name)
 
@@ -371,7 +389,12 @@ def test_nearest_bucket_matches_aspect(size, resolution, step, expected):
 
 @pytest.mark.parametrize(
     "size,resolution,step,max_loss",
-    [((1600, 800), 1024, 64, 0.001), ((1024, 512), 512, 32, 0.001), ((1200, 900), 1024, 64, 0.04), ((700, 700), 512, 64, 0.0)],
+    [
+        ((1600, 800), 1024, 64, 0.001),
+        ((1024, 512), 512, 32, 0.001),
+        ((1200, 900), 1024, 64, 0.04),
+        ((700, 700), 512, 64, 0.0),
+    ],
 )
 def test_fit_to_bucket_covers_and_crops_little(size, resolution, step, max_loss):
     image = noise_rgb(*size)

@@ -8,7 +8,7 @@
 Captions, in order of preference: a `metadata.jsonl` (Hugging Face imagefolder format, one
 `{"file_name": "a.jpg", "text": "..."}` per line, file names relative to the metadata file's folder;
 several metadata files in nested folders are allowed), else `a.txt` beside `a.jpg`, else the
-request's default caption.
+request's default caption. A bad metadata line is reported and its image falls back to the next source.
 
 The scan decodes every image once (JPEGs at 1/8 scale, which still reads all their data), so truncated
 and corrupt files are found before training starts, not at step 900. It never raises for a bad file:
@@ -78,7 +78,9 @@ class DatasetRequest:
     def __post_init__(self):
         object.__setattr__(self, "folder", Path(self.folder).expanduser())
         if not self.caption_column:
-            raise InvalidRequestError("caption_column is empty; use the metadata.jsonl column with captions, e.g. 'text'.")
+            raise InvalidRequestError(
+                "caption_column is empty; use the metadata.jsonl column with captions, e.g. 'text'."
+            )
         if self.min_size < 1:
             raise InvalidRequestError(f"min_size={self.min_size} must be at least 1 pixel.")
         if self.max_pixels < self.min_size**2:
@@ -168,10 +170,8 @@ class DatasetReport:
 
     def summary(self, max_skipped: int = 5) -> str:
         """A few lines for the UI or CLI."""
-        lines = [
-            f"{self.folder}: {len(self.samples)} usable of {self.images_found} images found, "
-            f"{len(self.skipped)} files skipped or with problems."
-        ]
+        problems = f"{len(self.skipped)} files skipped or with problems" if self.skipped else "nothing skipped"
+        lines = [f"{self.folder}: {len(self.samples)} usable of {self.images_found} images found, {problems}."]
         if self.samples:
             captions = self.caption_counts
             lines.append(
@@ -229,15 +229,16 @@ def scan_dataset(request: DatasetRequest) -> DatasetReport:
 
     for txt in captions_txt.values():
         if _key(txt.with_suffix("")) not in image_keys:
-            skipped.append(
-                Skipped(txt, f"caption file with no image named {txt.stem}{{{_SUFFIX_LIST}}} beside it", SkipKind.ORPHAN_CAPTION)
-            )
+            reason = f"caption file with no image named {txt.stem}{{{_SUFFIX_LIST}}} beside it"
+            skipped.append(Skipped(txt, reason, SkipKind.ORPHAN_CAPTION))
 
+    # Problems of the images themselves first, by path; metadata lines and stray files after them
+    # (a stable sort keeps metadata lines in line order).
+    side_issues = (SkipKind.METADATA, SkipKind.UNSUPPORTED_FILE, SkipKind.ORPHAN_CAPTION)
+    skipped.sort(key=lambda s: (s.kind in side_issues, str(s.path)))
     report = DatasetReport(folder=folder, samples=samples, skipped=skipped, images_found=len(images))
     if not samples:
-        # Lead with problems of the images themselves; metadata line numbers explain less.
-        ordered = sorted(skipped, key=lambda s: s.kind in (SkipKind.METADATA, SkipKind.UNSUPPORTED_FILE))
-        examples = "; ".join(f"{_relative(s.path, folder)}: {s.reason}" for s in ordered[:3])
+        examples = "; ".join(f"{_relative(s.path, folder)}: {s.reason}" for s in skipped[:3])
         more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         raise DatasetError(
             f"Dataset folder {folder} has no usable images ({len(images)} found, all skipped: {examples}{more}); "
@@ -257,7 +258,8 @@ def inspect_image(path: Path, *, min_size: int = 64, max_pixels: int = DEFAULT_M
             if width * height > max_pixels:
                 return Skipped(path, _bomb_reason(width, height, max_pixels), SkipKind.BOMB)
             if image.mode not in _CONVERTIBLE_MODES:
-                return Skipped(path, f"color mode {image.mode} cannot be converted to RGB; re-save it as RGB", SkipKind.UNSUPPORTED_MODE)
+                reason = f"color mode {image.mode} cannot be converted to RGB; re-save it as RGB"
+                return Skipped(path, reason, SkipKind.UNSUPPORTED_MODE)
             if image.format == "JPEG":
                 # Decode at 1/8 scale: libjpeg still reads every byte (so truncation is caught)
                 # but skips most of the inverse DCT work.
