@@ -59,6 +59,12 @@ def load_single_file(
     except StudioError:
         raise
     except Exception as e:  # diffusers raises ValueError, OSError, RuntimeError, SafetensorError...
+        if "meta tensor" in str(e):
+            # Weights the file lacks stay empty ("meta") and diffusers fails when it casts them.
+            raise UnsupportedModelError(
+                f"{path.name} lacks some weights of the {kind.label} model; it does not match the model "
+                "configuration or is incomplete. Use a complete SD1.5/SDXL checkpoint."
+            ) from e
         raise UnsupportedModelError(
             f"{path.name} could not be loaded as an {kind.label} checkpoint ({type(e).__name__}: {e}). "
             "Check that it is a complete SD1.5/SDXL model file, or re-download it."
