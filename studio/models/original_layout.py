@@ -67,7 +67,6 @@ def _unet_module_map(unet) -> dict[str, str]:
     also carries the upsampler (after the attention, if the block has one). A transformer inside
     a block keeps the same inner names in both layouts (`transformer_blocks.0.attn1.to_q`...).
     """
-    per_down = unet.config.layers_per_block
     mapping = dict(_UNET_TOP_LEVEL)
 
     index = 1
@@ -80,8 +79,6 @@ def _unet_module_map(unet) -> dict[str, str]:
         if block.downsamplers:
             mapping[f"down_blocks.{b}.downsamplers.0.conv"] = f"input_blocks.{index}.0.op"
             index += 1
-    if len(unet.down_blocks[0].resnets) != per_down:
-        raise UnsupportedModelError(f"UNet down blocks have {len(unet.down_blocks[0].resnets)} layers, config says {per_down}.")
 
     mapping["mid_block.resnets.0"] = "middle_block.0"
     mapping["mid_block.attentions.0"] = "middle_block.1"
