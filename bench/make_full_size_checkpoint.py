@@ -59,7 +59,8 @@ def build_random_pipeline(kind: ModelKind, dtype: torch.dtype):
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")).to(dtype)
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")).to(dtype)
     if kind is ModelKind.SDXL:
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2")).to(dtype)
+        config_2 = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+        text_encoder_2 = CLIPTextModelWithProjection(config_2).to(dtype)
         return StableDiffusionXLPipeline(
             unet=unet,
             vae=vae,
@@ -84,7 +85,9 @@ def build_random_pipeline(kind: ModelKind, dtype: torch.dtype):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=[k.value for k in ModelKind], default="sd15")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype to load back and generate in")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float16"], default="float32", help="dtype to load back and generate in"
+    )
     parser.add_argument("--out", type=Path, help="where to keep the checkpoint (default: a temporary file, deleted)")
     args = parser.parse_args()
     kind = ModelKind(args.kind)

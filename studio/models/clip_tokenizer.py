@@ -6,8 +6,9 @@ way CLIP's reference tokenizer reads it:
 
 - merges: lines 1 .. 48894 of the file (line 0 is a version header; CLIP keeps exactly
   49152 - 256 - 2 merges so that the vocabulary is 49408 entries);
-- vocab: the 256 byte symbols (in `bytes_to_unicode` dict order, printable bytes first), the same with `</w>`, one entry per
-  merge (the two halves joined), then `<|startoftext|>` (49406) and `<|endoftext|>` (49407).
+- vocab: the 256 byte symbols (in `bytes_to_unicode` dict order, printable bytes first), the same
+  with `</w>`, one entry per merge (the two halves joined), then `<|startoftext|>` (49406) and
+  `<|endoftext|>` (49407).
 """
 
 from __future__ import annotations

@@ -106,7 +106,9 @@ def _rename_by_module(state_dict: dict, module_map: dict[str, str], inner: dict[
     for key, tensor in state_dict.items():
         source = next((p for p in prefixes if key.startswith(p + ".")), None)
         if source is None:
-            raise UnsupportedModelError(f"No original-layout name for weight {key!r}; this model shape is not supported.")
+            raise UnsupportedModelError(
+                f"No original-layout name for weight {key!r}; this model shape is not supported."
+            )
         rest = key[len(source) + 1 :]
         if inner and ".resnets." in source:
             layer, _, param = rest.partition(".")
@@ -160,7 +162,9 @@ def vae_to_original(vae) -> dict[str, torch.Tensor]:
     for key, tensor in vae.state_dict().items():
         source = next((p for p in prefixes if key.startswith(p + ".")), None)
         if source is None:
-            raise UnsupportedModelError(f"No original-layout name for VAE weight {key!r}; this VAE shape is not supported.")
+            raise UnsupportedModelError(
+                f"No original-layout name for VAE weight {key!r}; this VAE shape is not supported."
+            )
         rest = key[len(source) + 1 :]
         if ".attentions." in source:
             layer, _, param = rest.rpartition(".")

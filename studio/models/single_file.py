@@ -42,7 +42,9 @@ def load_single_file(
     _check_file(path, kind, allow_pickle=allow_pickle)
     config_dir = Path(config_dir) if config_dir is not None else BUNDLED_CONFIGS[kind]
     if not (config_dir / "model_index.json").is_file():
-        raise UnsupportedModelError(f"{config_dir} has no model_index.json; pass a diffusers model folder as config_dir.")
+        raise UnsupportedModelError(
+            f"{config_dir} has no model_index.json; pass a diffusers model folder as config_dir."
+        )
 
     try:
         components = {"tokenizer": _tokenizer(config_dir, "tokenizer", pad_token="<|endoftext|>")}
@@ -87,12 +89,16 @@ def _check_file(path: Path, kind: ModelKind, *, allow_pickle: bool) -> None:
             raise ModelNotFoundError(f"{path} does not exist. Check the path.")
         return  # a pickle has no header to check without unpickling it
     if suffix != ".safetensors":
-        raise UnsupportedModelError(f"{path.name} is not a .safetensors checkpoint; Studio loads .safetensors model files.")
+        raise UnsupportedModelError(
+            f"{path.name} is not a .safetensors checkpoint; Studio loads .safetensors model files."
+        )
     # Reads only the header: catches truncated downloads and non-safetensors files instantly.
     header = read_safetensors_header(path)
     found = kind_of_checkpoint_keys((k for k in header if k != "__metadata__"), name=path.name)
     if found is not kind:
-        raise UnsupportedModelError(f"{path.name} is an {found.label} checkpoint, not {kind.label}; load it as {found.label}.")
+        raise UnsupportedModelError(
+            f"{path.name} is an {found.label} checkpoint, not {kind.label}; load it as {found.label}."
+        )
 
 
 def _tokenizer(config_dir: Path, subfolder: str, *, pad_token: str):
