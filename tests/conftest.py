@@ -42,3 +42,21 @@ def studio_config(tmp_path):
         outputs_dir=tmp_path / "outputs",
         device="cpu",
     )
+
+
+@pytest.fixture(scope="session")
+def studio_running_app(tmp_path_factory):
+    """One real app (`launch.py --demo` in a child process) shared by every UI test of the session.
+
+    Yields a `tests.app_server.RunningApp` (url, models_dir, loras_dir, outputs_dir, log, process).
+    """
+    from tests.app_server import running_app
+
+    with running_app(tmp_path_factory.mktemp("studio-app")) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def studio_app(studio_running_app):
+    """The URL ("http://127.0.0.1:<port>/") of the shared running app, for gradio_client or a browser."""
+    return studio_running_app.url
