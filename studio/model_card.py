@@ -1,0 +1,266 @@
+"""The README.md model card of an adapter folder, built from its `adapter.json` and `samples/`.
+
+The same card is written locally by the trainer and the blend merger, and regenerated with the repo id
+when the adapter is pushed to the Hub. Front matter follows the Hub's conventions for LoRA repos (the ones
+diffusers' training scripts write): `base_model`, `license`, `tags`, `instance_prompt` and a `widget` list
+of `{"text": prompt, "output": {"url": "samples/x.png"}}` that the Hub renders as the gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from studio.errors import LoraError
+
+MANIFEST = "adapter.json"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+DEFAULT_LICENSES = {"sd15": "creativeml-openrail-m", "sdxl": "openrail++"}
+BASE_TAGS = {"sd15": "stable-diffusion", "sdxl": "stable-diffusion-xl"}
+# Shown in usage snippets when the base is not on the Hub; never put in the front matter as if it were the base.
+REFERENCE_BASES = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+KIND_LABELS = {"sd15": "Stable Diffusion 1.5", "sdxl": "Stable Diffusion XL"}
+DEMO_MODELS = ("demo-sd15", "demo-sdxl")
+# The Hub's repo id rule: owner/name, letters, digits, '-', '_', '.'; a local path or file name does not match.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    file: str  # relative posix path inside the adapter folder, e.g. "samples/step-500-0.png"
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    step: int | None = None
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name or "")) and not name.endswith((".safetensors", ".ckpt")) and ".." not in name
+
+
+def read_manifest(adapter_dir: Path) -> dict:
+    """`adapter.json` as a dict, with a clear error when it is missing or broken."""
+    path = Path(adapter_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LoraError(
+            f"{adapter_dir} has no {MANIFEST}; only adapters trained or blended by Studio have one."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoraError(f"{path} is not valid JSON ({e}). Re-save the adapter or fix the file.") from None
+    if not isinstance(manifest, dict) or manifest.get("base_kind") not in DEFAULT_LICENSES:
+        raise LoraError(f"{path} must be an object with \"base_kind\" set to \"sd15\" or \"sdxl\".")
+    return manifest
+
+
+def collect_samples(adapter_dir: Path, manifest: dict) -> list[Sample]:
+    """Samples listed in the manifest that exist, then any other PNG in samples/ (prompt from its infotext)."""
+    adapter_dir = Path(adapter_dir).resolve()
+    samples, seen = [], set()
+    for entry in manifest.get("samples") or []:
+        if not isinstance(entry, dict) or not _inside(adapter_dir, str(entry.get("file", ""))):
+            continue  # a hand-edited manifest must not point the card (or an upload) outside the folder
+        file = PurePosixPath(entry["file"]).as_posix()
+        if file in seen:
+            continue
+        seen.add(file)
+        samples.append(Sample(file, str(entry.get("prompt") or ""), str(entry.get("negative_prompt") or ""),
+                              entry.get("seed"), entry.get("step")))  # fmt: skip
+    for path in sorted((adapter_dir / "samples").glob("*.png")):
+        file = path.relative_to(adapter_dir).as_posix()
+        if file not in seen:
+            samples.append(_sample_from_png(path, file))
+    return samples
+
+
+def _inside(folder: Path, relative: str) -> bool:
+    if not relative or relative.startswith("/") or "\\" in relative:
+        return False
+    path = (folder / relative).resolve()
+    return path.is_relative_to(folder) and path.is_file()
+
+
+def _sample_from_png(path: Path, file: str) -> Sample:
+    from studio.metadata import parse_infotext, read_infotext
+
+    try:
+        text = read_infotext(path)
+    except OSError:
+        text = None
+    info = parse_infotext(text) if text else {}
+    seed = info.get("Seed")
+    seed = int(seed) if str(seed).isdigit() else None
+    return Sample(file, info.get("Prompt", ""), info.get("Negative prompt", ""), seed)
+
+
+def card_tags(kind: str, user_tags: Sequence[str]) -> list[str]:
+    """The standard LoRA tags, then the user's (stripped, without duplicates, in the order given)."""
+    tags = ["lora", "text-to-image", "diffusers", BASE_TAGS[kind], "template:sd-lora"]
+    for tag in user_tags:
+        tag = str(tag).strip()
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def build_model_card(adapter_dir: Path, *, repo_id: str | None = None, license: str | None = None,
+                     tags: Sequence[str] = ()) -> ModelCard:  # fmt: skip
+    """The model card of `adapter_dir` (reads adapter.json and samples/); `repo_id` fills the usage snippets."""
+    adapter_dir = Path(adapter_dir)
+    manifest = read_manifest(adapter_dir)
+    kind = manifest["base_kind"]
+    name = str(manifest.get("name") or adapter_dir.name)
+    base = str(manifest.get("base_model") or "")
+    samples = collect_samples(adapter_dir, manifest)
+    trigger_words = [str(w) for w in manifest.get("trigger_words") or [] if str(w).strip()]
+
+    data = ModelCardData(
+        base_model=base if is_hub_id(base) else None,
+        license=license or DEFAULT_LICENSES[kind],
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=card_tags(kind, tags),
+        instance_prompt=", ".join(trigger_words) or None,
+        widget=[_widget(sample) for sample in samples] or None,
+    )
+    body = "\n".join(
+        part
+        for part in (
+            _intro(name, kind, base, manifest),
+            _trigger_section(trigger_words),
+            _samples_section(samples),
+            _usage_section(name, kind, base, trigger_words, repo_id, adapter_dir),
+            _training_section(manifest),
+            _files_section(name, manifest),
+        )
+        if part
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _widget(sample: Sample) -> dict:
+    entry = {"text": sample.prompt, "output": {"url": sample.file}}
+    if sample.negative_prompt:
+        entry["parameters"] = {"negative_prompt": sample.negative_prompt}
+    return entry
+
+
+def _base_description(kind: str, base: str) -> str:
+    if base in DEMO_MODELS:
+        return f"Studio's built-in tiny `{base}` model (random weights, for testing only; not on the Hub)"
+    if is_hub_id(base):
+        return f"[{base}](https://huggingface.co/{base}) ({KIND_LABELS[kind]})"
+    if base:
+        return f"a local {KIND_LABELS[kind]} model, `{_cell(base)}` (not a Hub repository)"
+    return f"a {KIND_LABELS[kind]} model"
+
+
+def _intro(name: str, kind: str, base: str, manifest: dict) -> str:
+    rank, alpha = manifest.get("rank"), manifest.get("alpha")
+    shape = f" with rank {rank} and alpha {alpha}" if rank is not None else ""
+    te = " The text encoder was trained too." if manifest.get("text_encoder") else ""
+    lines = [f"# {name}", "", f"A LoRA adapter{shape} for {_base_description(kind, base)}.{te}"]
+    blend = manifest.get("blend")
+    if blend:
+        parts = ", ".join(f"`{_cell(item.get('name', '?'))}` × {item.get('weight', 1):g}" for item in blend)
+        lines += ["", f"It is a blend of {parts}, merged into one adapter."]
+    created = manifest.get("created")
+    made = f" on {created}" if created else ""
+    version = manifest.get("studio_version")
+    lines += ["", f"Made with Studio{f' {version}' if version else ''}{made}.", ""]
+    return "\n".join(lines)
+
+
+def _trigger_section(trigger_words: list[str]) -> str:
+    if not trigger_words:
+        return "## Trigger words\n\nNo trigger words: the adapter applies to any prompt.\n"
+    words = ", ".join(f"`{_cell(w)}`" for w in trigger_words)
+    return f"## Trigger words\n\nUse {words} in the prompt to trigger the style.\n"
+
+
+def _samples_section(samples: list[Sample]) -> str:
+    if not samples:
+        return ""
+    lines = ["## Samples", "", "<Gallery />", "", "| Image | Prompt | Negative prompt | Seed | Step |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for s in samples:
+        lines.append(f"| ![{_cell(s.prompt)[:40]}]({s.file}) | {_cell(s.prompt)} | {_cell(s.negative_prompt)} | "
+                     f"{'' if s.seed is None else s.seed} | {'' if s.step is None else s.step} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _usage_section(name: str, kind: str, base: str, trigger_words: list[str], repo_id: str | None,
+                   adapter_dir: Path) -> str:  # fmt: skip
+    pipeline_id = base if is_hub_id(base) else REFERENCE_BASES[kind]
+    base_note = "" if is_hub_id(base) else f"  # any {KIND_LABELS[kind]} model"
+    source = f'"{repo_id}"' if repo_id else f'"loras/{adapter_dir.name}"'
+    prompt = ", ".join(trigger_words + ["your prompt"])
+    kohya = f"{name}.safetensors"
+    return f"""## Use it
+
+### diffusers
+
+```python
+import torch
+from diffusers import AutoPipelineForText2Image
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.float16 if device == "cuda" else torch.float32
+pipe = AutoPipelineForText2Image.from_pretrained("{pipeline_id}", dtype=dtype).to(device){base_note}
+pipe.load_lora_weights({source}, weight_name="{DIFFUSERS_FILE}")
+image = pipe("{_py(prompt)}", num_inference_steps=30).images[0]
+image.save("lora.png")
+```
+
+### AUTOMATIC1111 / Forge
+
+Download `{kohya}` into `models/Lora/` and add `<lora:{name}:1>` to the prompt{_with(trigger_words)}.
+
+### ComfyUI
+
+Download `{kohya}` into `models/loras/` and load it with a **LoraLoader** node between the checkpoint loader and
+the sampler (strength 1.0){_with(trigger_words)}.
+"""
+
+
+def _with(trigger_words: list[str]) -> str:
+    return f", together with {', '.join(f'`{_cell(w)}`' for w in trigger_words)}" if trigger_words else ""
+
+
+def _training_section(manifest: dict) -> str:
+    settings = manifest.get("settings")
+    if not isinstance(settings, dict) or not settings:
+        return ""
+    lines = ["## Training settings", "", "| Setting | Value |", "|---|---|"]
+    for key, value in settings.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        lines.append(f"| {_cell(key)} | {_cell(text)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _files_section(name: str, manifest: dict) -> str:
+    return f"""## Files
+
+- `{DIFFUSERS_FILE}`: diffusers format (`load_lora_weights`), LoRA alpha kept in its metadata.
+- `{name}.safetensors`: kohya format for AUTOMATIC1111, Forge and ComfyUI.
+- `{MANIFEST}`: Studio's manifest (base model, rank, alpha, trigger words, settings).
+"""
+
+
+def _cell(text) -> str:
+    """Text safe inside a Markdown table cell or inline code: one line, no column breaks, no backticks."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("`", "'")
+
+
+def _py(text: str) -> str:
+    """Text safe inside a double-quoted Python string literal in a snippet."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]

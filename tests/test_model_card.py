@@ -1,0 +1,120 @@
+"""The model card of an adapter folder: Hub front matter, gallery, usage snippets, and honest base-model ids."""
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from studio.errors import LoraError
+from studio.metadata import png_info
+from studio.model_card import build_model_card
+
+
+def make_adapter(folder, **manifest):
+    """An adapter folder with adapter.json and the sample PNGs it lists (the trainer's layout)."""
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    values = {
+        "name": folder.name, "base_model": "demo-sd15", "base_kind": "sd15", "trigger_words": [], "rank": 4,
+        "alpha": 4, "text_encoder": False, "settings": None, "blend": None, "samples": [],
+        "created": "2026-11-25T03:00:00Z", "studio_version": "0.1.0",
+    }  # fmt: skip
+    values.update(manifest)
+    for sample in values["samples"]:
+        Image.new("RGB", (8, 8), "white").save(folder / sample["file"])
+    (folder / "adapter.json").write_text(json.dumps(values))
+    return folder
+
+
+def saved_and_loaded(card, tmp_path) -> ModelCard:
+    card.save(tmp_path / "README.md")
+    return ModelCard.load(tmp_path / "README.md")
+
+
+def test_sd15_card_front_matter_gallery_and_snippets(tmp_path):
+    folder = make_adapter(
+        tmp_path / "alps",
+        base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        trigger_words=["aid_mountain"],
+        settings={"steps": 500, "learning_rate": 1e-4, "resolution": 512},
+        samples=[{"file": "samples/s0.png", "prompt": "aid_mountain, snowy peaks", "negative_prompt": "blurry",
+                  "seed": 42, "step": 500}],
+    )  # fmt: skip
+    card = saved_and_loaded(build_model_card(folder, repo_id="me/alps", tags=["remote-sensing"]), tmp_path)
+    data = card.data.to_dict()
+    assert data["base_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert data["license"] == "creativeml-openrail-m"
+    assert data["tags"][:4] == ["lora", "text-to-image", "diffusers", "stable-diffusion"]
+    assert "remote-sensing" in data["tags"]
+    assert data["instance_prompt"] == "aid_mountain"
+    assert data["widget"] == [{"text": "aid_mountain, snowy peaks", "output": {"url": "samples/s0.png"},
+                               "parameters": {"negative_prompt": "blurry"}}]  # fmt: skip
+    text = card.text
+    assert 'pipe.load_lora_weights("me/alps", weight_name="pytorch_lora_weights.safetensors")' in text
+    assert "<lora:alps:1>" in text and "LoraLoader" in text
+    assert "| learning_rate | 0.0001 |" in text
+    assert "`aid_mountain`" in text
+
+
+def test_sdxl_demo_base_is_not_invented_and_license_follows_the_base(tmp_path):
+    folder = make_adapter(tmp_path / "tiny", base_model="demo-sdxl", base_kind="sdxl")
+    card = build_model_card(folder)
+    data = card.data.to_dict()
+    assert "base_model" not in data  # the demo model is not on the Hub
+    assert data["license"] == "openrail++"
+    assert "stable-diffusion-xl" in data["tags"] and "stable-diffusion" not in data["tags"]
+    assert "demo-sdxl" in card.text and "not on the Hub" in card.text
+    # Without a repo id the snippet loads the local folder.
+    assert 'load_lora_weights("loras/tiny"' in card.text
+
+
+@pytest.mark.parametrize("base", ["v1-5-pruned-emaonly.safetensors", "my-model", "../models/x.safetensors"])
+def test_local_bases_are_described_in_the_text_not_the_front_matter(tmp_path, base):
+    card = build_model_card(make_adapter(tmp_path / "a", base_model=base), license="mit")
+    assert "base_model" not in card.data.to_dict()
+    assert card.data.license == "mit"
+    assert "not a Hub repository" in card.text
+
+
+def test_user_tags_are_stripped_and_deduplicated(tmp_path):
+    card = build_model_card(make_adapter(tmp_path / "a"), tags=[" remote-sensing ", "lora", "", "remote-sensing"])
+    assert card.data.tags == ["lora", "text-to-image", "diffusers", "stable-diffusion", "template:sd-lora",
+                              "remote-sensing"]  # fmt: skip
+
+
+def test_samples_outside_the_folder_or_missing_are_left_out_and_unlisted_pngs_use_their_infotext(tmp_path):
+    folder = make_adapter(tmp_path / "a", samples=[{"file": "samples/ok.png", "prompt": "listed"}])
+    manifest = json.loads((folder / "adapter.json").read_text())
+    (tmp_path / "secret.png").write_bytes(b"x")
+    manifest["samples"] += [{"file": "../secret.png", "prompt": "escape"}, {"file": "/etc/passwd", "prompt": "abs"},
+                            {"file": "samples/gone.png", "prompt": "missing"}]  # fmt: skip
+    (folder / "adapter.json").write_text(json.dumps(manifest))
+    infotext = png_info("from infotext\nSteps: 2, Seed: 7, Size: 8x8")
+    Image.new("RGB", (8, 8)).save(folder / "samples/extra.png", pnginfo=infotext)
+    widget = build_model_card(folder).data.widget
+    assert widget == [{"text": "listed", "output": {"url": "samples/ok.png"}},
+                      {"text": "from infotext", "output": {"url": "samples/extra.png"}}]  # fmt: skip
+
+
+def test_blend_card_names_its_parts(tmp_path):
+    folder = make_adapter(tmp_path / "mix", blend=[{"name": "alps", "weight": 0.7}, {"name": "desert", "weight": 0.3}])
+    assert "blend of `alps` × 0.7, `desert` × 0.3" in build_model_card(folder).text
+
+
+def test_prompts_cannot_break_the_table_or_the_snippet(tmp_path):
+    folder = make_adapter(tmp_path / "a", trigger_words=['say "hi"'],
+                          samples=[{"file": "samples/s.png", "prompt": "a | b\nc"}])  # fmt: skip
+    text = build_model_card(folder).text
+    assert "| a \\| b c |" in text
+    assert 'pipe("say \\"hi\\", your prompt"' in text
+
+
+@pytest.mark.parametrize("content, message", [(None, "has no adapter.json"), ("{", "is not valid JSON"),
+                                              ('{"base_kind": "sd2"}', '"sd15" or "sdxl"')])  # fmt: skip
+def test_bad_manifest_is_a_clear_error(tmp_path, content, message):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    if content is not None:
+        (folder / "adapter.json").write_text(content)
+    with pytest.raises(LoraError, match=message):
+        build_model_card(folder)
