@@ -95,6 +95,8 @@ def running_app(
     ]  # fmt: skip
     log = folder / "app.log"
     started = time.monotonic()
+    # Gradio's file cache in our folder: apps of parallel test runs must not share /tmp/gradio.
+    env = {"GRADIO_TEMP_DIR": str(folder / "gradio-cache"), **(env or {})}
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, env=app_env(env), stdout=log_file, stderr=subprocess.STDOUT)
     try:

@@ -19,7 +19,9 @@ def model_choices(studio: Studio) -> list[tuple[str, str]]:
 def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) -> dict:
     """Build the tab inside the current Blocks; returns its components for other tabs to wire to."""
     with gr.Row():
-        model = gr.Dropdown(model_choices(studio), value=studio.config.default_model, label="Model", scale=4)
+        # Custom values: a Hub id or a file added after start can be typed (the engine checks the name).
+        model = gr.Dropdown(model_choices(studio), value=studio.config.default_model, label="Model", scale=4,
+                            allow_custom_value=True, elem_id="model-picker")
         refresh = gr.Button("↻ Rescan models", scale=1, size="sm")
     with gr.Row():
         with gr.Column(scale=3):

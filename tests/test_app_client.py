@@ -1,0 +1,173 @@
+"""The launched app driven by gradio_client from this (separate) process, as scripts and other tools use it.
+
+Covers every public api_name of the Generate tab: /generate, /stop, /png_info, /list_models, /history.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from studio.metadata import parse_infotext, read_infotext
+from studio.models.kinds import ModelKind
+from tests.helpers import pixels
+
+SMALL = dict(steps=2, cfg=7.0, width=64, height=64, scheduler="Euler", batch_size=1, batch_count=1, clip_skip=1)
+
+
+@pytest.fixture(scope="module")
+def client(studio_app):
+    return Client(studio_app, verbose=False)
+
+
+def generate(client: Client, *, model="demo-sd15", prompt="snowy mountains", seed=42, **overrides):
+    """One /generate call with small defaults; returns (status, image path, infotext, seed used)."""
+    args = {**SMALL, **overrides}
+    status, _preview, gallery, infotext, seed_used = client.predict(
+        model=model, prompt=prompt, negative_prompt="", seed=seed, api_name="/generate", **args
+    )
+    return status, Path(gallery[0]["image"]) if gallery else None, infotext, seed_used
+
+
+def saved_outputs(app) -> list[Path]:
+    return sorted(app.outputs_dir.glob("txt2img/*/*.png"))
+
+
+def test_same_seed_gives_identical_png_with_infotext(client, studio_running_app):
+    before = set(saved_outputs(studio_running_app))
+    status_a, image_a, info_a, seed_a = generate(client, seed=1234)
+    status_b, image_b, info_b, seed_b = generate(client, seed=1234)
+
+    assert status_a.startswith("Done.") and status_b.startswith("Done.")
+    assert seed_a == seed_b == 1234
+    assert np.array_equal(pixels(Image.open(image_a)), pixels(Image.open(image_b)))
+    # The two files the app saved on disk are byte for byte the same image with the same infotext.
+    new = sorted(set(saved_outputs(studio_running_app)) - before)
+    assert len(new) == 2 and [p.name.split("-")[1] for p in new] == ["1234.png", "1234.png"]
+    assert new[0].read_bytes() == new[1].read_bytes()
+
+    assert info_a == info_b == read_infotext(image_a)
+    parsed = parse_infotext(info_a)
+    assert parsed["Prompt"] == "snowy mountains"
+    assert (parsed["Seed"], parsed["Steps"], parsed["Size"], parsed["Sampler"]) == ("1234", "2", "64x64", "Euler")
+    assert parsed["Model"] == "demo-sd15"
+
+
+def test_another_seed_gives_another_image(client):
+    _, image_a, _, _ = generate(client, seed=1)
+    _, image_b, _, _ = generate(client, seed=2)
+    assert not np.array_equal(pixels(Image.open(image_a)), pixels(Image.open(image_b)))
+
+
+def test_random_seed_is_reported_and_reproduces_the_image(client):
+    _, image_random, info, used = generate(client, seed=-1)
+    assert used >= 0 and f"Seed: {used}," in info
+    _, image_again, _, _ = generate(client, seed=used)
+    assert np.array_equal(pixels(Image.open(image_random)), pixels(Image.open(image_again)))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(width=65), "width=65 must be a multiple of 8"),
+        (dict(height=100), "height=100 must be a multiple of 8"),
+        (dict(model="missing-model.safetensors"), "'missing-model.safetensors' was not found"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_the_next_call_works(client, overrides, message):
+    with pytest.raises(AppError, match=message):
+        generate(client, **overrides)
+    status, image, _, seed = generate(client, seed=7)
+    assert status.startswith("Done.") and image.exists() and seed == 7
+
+
+def test_unknown_scheduler_is_refused_with_its_name(client):
+    with pytest.raises(AppError, match="Fancy Sampler"):
+        generate(client, scheduler="Fancy Sampler")
+    assert generate(client, seed=8)[0].startswith("Done.")
+
+
+def test_corrupt_and_deleted_checkpoints_give_clear_errors(client, studio_running_app):
+    corrupt = studio_running_app.models_dir / "broken.safetensors"
+    corrupt.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(AppError, match="broken.safetensors"):
+        generate(client, model="broken.safetensors")
+    corrupt.unlink()
+    with pytest.raises(AppError, match="'broken.safetensors' was not found"):
+        generate(client, model="broken.safetensors")
+    assert generate(client, seed=9)[0].startswith("Done.")
+
+
+def test_a_diffusers_folder_added_after_start_is_listed_and_generates(client, studio_running_app):
+    from studio.models.tiny import save_tiny
+
+    save_tiny(ModelKind.SD15, studio_running_app.models_dir / "my-folder-model")
+    listed = client.predict(api_name="/list_models")
+    assert ["my-folder-model  [SD1.5]", "my-folder-model"] in [list(c) for c in listed["choices"]]
+    status, image, info, _ = generate(client, model="my-folder-model", seed=3)
+    assert status.startswith("Done.") and parse_infotext(info)["Model"] == "my-folder-model"
+    assert Image.open(image).size == (64, 64)
+
+
+def test_png_info_reads_back_the_parameters(client):
+    _, image, info, _ = generate(client, seed=5, prompt="a glacier, at dawn")
+    text = client.predict(handle_file(str(image)), api_name="/png_info")
+    assert text == info
+    assert parse_infotext(text)["Prompt"] == "a glacier, at dawn"
+
+
+def test_png_info_of_a_plain_png_says_it_has_no_parameters(client, tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8), "red").save(plain)
+    assert "no generation parameters" in client.predict(handle_file(str(plain)), api_name="/png_info")
+
+
+def test_history_lists_saved_images_newest_first(client, studio_running_app):
+    generate(client, seed=111)
+    generate(client, seed=222)
+    history = client.predict(api_name="/history")
+    names = [Path(item["image"]).name for item in history]
+    assert names[0].endswith("-222.png") and names[1].endswith("-111.png")
+    on_disk = sorted((p.name for p in saved_outputs(studio_running_app)), reverse=True)
+    assert names == on_disk[: len(names)]
+
+
+def test_two_concurrent_generations_queue_and_both_get_their_seed(client):
+    alone = {seed: pixels(Image.open(generate(client, seed=seed, steps=4)[1])) for seed in (21, 22)}
+    jobs = {
+        seed: client.submit(model="demo-sd15", prompt="snowy mountains", negative_prompt="", seed=seed,
+                            api_name="/generate", **{**SMALL, "steps": 4})
+        for seed in (21, 22)
+    }  # fmt: skip
+    for seed, job in jobs.items():
+        status, _preview, gallery, infotext, used = job.result(timeout=120)
+        assert status.startswith("Done.") and used == seed and f"Seed: {seed}," in infotext
+        # Same pixels as when run alone: the queued runs did not share a scheduler or a generator.
+        assert np.array_equal(pixels(Image.open(gallery[0]["image"])), alone[seed])
+
+
+def test_stop_ends_a_long_generation_within_moments(client):
+    job = client.submit(model="demo-sd15", prompt="a long one", negative_prompt="", seed=1,
+                        api_name="/generate", **{**SMALL, "steps": 150, "width": 256, "height": 256})  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any("step" in str(out[0]) for out in job.outputs()):
+        assert time.monotonic() < deadline, "no progress was reported"
+        time.sleep(0.05)
+    stopped_at = time.monotonic()
+    client.predict(api_name="/stop")
+    status, *_ = job.result(timeout=60)
+    assert status.startswith("Stopped."), status
+    assert time.monotonic() - stopped_at < 10
+    # The app keeps working after a stop.
+    assert generate(client, seed=4)[0].startswith("Done.")
+
+
+def test_stop_when_nothing_runs_is_harmless(client):
+    client.predict(api_name="/stop")
+    assert generate(client, seed=6)[0].startswith("Done.")
