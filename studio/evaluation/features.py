@@ -1,0 +1,147 @@
+"""The feature model (a CLIP image encoder) and the images it embeds.
+
+Real users get `openai/clip-vit-large-patch14-336`, the encoder CMMD is defined on, downloaded once from
+the Hub with progress (only its configs and `model.safetensors`). Any local folder with a
+`CLIPVisionModelWithProjection` (or a whole `CLIPModel`) in safetensors works too: tests use a tiny one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio.errors import DatasetError, ModelNotFoundError
+
+DEFAULT_FEATURE_MODEL = "openai/clip-vit-large-patch14-336"
+FEATURE_FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclasses.dataclass
+class FeatureModel:
+    name: str
+    model: torch.nn.Module
+    processor: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @torch.no_grad()
+    def embed(self, images: list[Image.Image], *, batch_size: int = 16) -> np.ndarray:
+        """L2-normalised projected CLIP image embeddings, one row per image (float64 for the statistics)."""
+        rows = []
+        for start in range(0, len(images), batch_size):
+            batch = [image.convert("RGB") for image in images[start : start + batch_size]]
+            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            embeds = self.model(pixel_values=pixels.to(self.device, self.dtype)).image_embeds.float()
+            rows.append(torch.nn.functional.normalize(embeds, dim=-1).cpu().double().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, 0))
+
+
+def load_feature_model(
+    name: str, *, device: torch.device, dtype: torch.dtype, on_progress: ProgressFn | None = None
+) -> FeatureModel:
+    """Load a CLIP image encoder from a local folder or a Hub id (downloaded once, then read from the cache)."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        folder = _download(name, on_progress)
+    if not (folder / "model.safetensors").is_file():
+        raise ModelNotFoundError(
+            f"Feature model {name!r} has no model.safetensors (only safetensors weights are loaded); "
+            "pick a CLIP folder or Hub repo that has them."
+        )
+    # A full CLIPModel checkpoint (as the Hub repos are) also loads here: its vision tower and projection.
+    model = CLIPVisionModelWithProjection.from_pretrained(folder, use_safetensors=True, dtype=dtype)
+    processor = CLIPImageProcessorPil.from_pretrained(folder)
+    return FeatureModel(name, model.to(device).eval(), processor, device, dtype)
+
+
+def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from studio.models.hub_models import _progress_bar_class
+
+    kwargs = {"tqdm_class": _progress_bar_class(on_progress, repo_id)} if on_progress else {}
+    try:
+        revision = _safetensors_revision(HfApi(), repo_id)
+    except (OSError, HfHubHTTPError) as e:
+        if isinstance(e, RepositoryNotFoundError):
+            raise ModelNotFoundError(f"Feature model {repo_id!r} is neither a local folder nor a Hub repo.") from None
+        revision = None  # offline: use whatever the cache holds
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=FEATURE_FILES, **kwargs))
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"Feature model {repo_id} is not in the local Hub cache and the Hub cannot be reached; connect "
+            "once to download it, or pass a local CLIP folder as the feature model."
+        ) from None
+    except (OSError, HfHubHTTPError) as e:
+        raise ModelNotFoundError(f"Could not download the feature model {repo_id}: {e}") from e
+
+
+def _safetensors_revision(api, repo_id: str) -> str | None:
+    """main, or else the Hub's safetensors conversion pull request: older repos keep only pickles on main."""
+    if "model.safetensors" in api.list_repo_files(repo_id):
+        return None
+    for ref in api.list_repo_refs(repo_id, include_pull_requests=True).pull_requests:
+        if "model.safetensors" in api.list_repo_files(repo_id, revision=ref.ref):
+            return ref.ref
+    return None
+
+
+def data_images(folder: Path) -> list[Path]:
+    """The usable images of a data folder, scanned like a training folder (broken files are skipped)."""
+    from studio.training.dataset import DatasetRequest, scan_dataset
+
+    # Captions do not matter here; a default caption keeps uncaptioned images in the scan.
+    report = scan_dataset(DatasetRequest(folder=Path(folder), default_caption="-", min_size=8))
+    paths = sorted(sample.path for sample in report.samples)
+    if len(paths) < 4:
+        raise DatasetError(
+            f"Data folder {folder} has {len(paths)} usable image(s); the floor needs at least 4 (two halves of 2). "
+            "Add images or pick another folder."
+        )
+    return paths
+
+
+def embed_files(features: FeatureModel, paths: list[Path], *, on_progress: ProgressFn | None = None,
+                batch_size: int = 16) -> np.ndarray:  # fmt: skip
+    """Embed image files a batch at a time, so hundreds of large images never sit in RAM together."""
+    from studio.training.dataset import load_image
+
+    rows = []
+    for start in range(0, len(paths), batch_size):
+        batch = [load_image(path) for path in paths[start : start + batch_size]]
+        rows.append(features.embed(batch, batch_size=batch_size))
+        if on_progress is not None:
+            done = min(start + batch_size, len(paths))
+            on_progress(done / len(paths), f"Embedding the data images: {done}/{len(paths)}")
+    return np.concatenate(rows)
+
+
+def save_tiny_feature_model(folder: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """A tiny random CLIP image encoder in the Hub layout: tests and benchmarks use it offline.
+
+    Its embeddings are random projections of the pixels, not semantic ones, but every code path
+    (processor, projection, safetensors loading) is the one the real encoder goes through.
+    """
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        image_size=image_size, patch_size=8, projection_dim=16,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPVisionModelWithProjection(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    size = {"shortest_edge": image_size}
+    CLIPImageProcessorPil(size=size, crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return Path(folder)

@@ -1,0 +1,135 @@
+"""What the user asks for: an evaluation of candidates against a data folder, or a synthetic data set.
+
+A candidate is a model with an optional LoRA blend, written `MODEL` or `MODEL + NAME:WEIGHT + NAME:WEIGHT`
+in the CLI and the UI. Every candidate of a run is generated with the same prompt and the same seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from studio.errors import DatasetError, InvalidRequestError
+from studio.evaluation.features import DEFAULT_FEATURE_MODEL
+from studio.generation import MAX_SEED, GenerationRequest
+from studio.schedulers import DEFAULT_SCHEDULER
+
+MAX_CANDIDATES = 16
+MAX_COUNT = 100  # images per generation run (its batch count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    model: str
+    """Model picker entry, path or Hub id."""
+    loras: tuple[tuple[str, float], ...] = ()
+    """(adapter name, strength) pairs."""
+
+    @property
+    def label(self) -> str:
+        return " + ".join([self.model] + [f"{name}:{weight:g}" for name, weight in self.loras])
+
+
+def parse_candidate(text: str) -> Candidate:
+    """`MODEL` or `MODEL + NAME:WEIGHT + ...` (weight optional, default 1) -> Candidate."""
+    model, *loras = (part.strip() for part in text.split("+"))
+    if not model:
+        raise InvalidRequestError(f"Candidate {text!r} names no model; write e.g. 'demo-sd15 + my-lora:0.8'.")
+    parsed = []
+    for lora in loras:
+        name, sep, weight = lora.rpartition(":")
+        try:
+            parsed.append((name.strip(), float(weight)) if sep else (lora, 1.0))
+        except ValueError:
+            raise InvalidRequestError(
+                f"Candidate {text!r}: LoRA weight {weight!r} is not a number; write e.g. {name.strip()}:0.8."
+            ) from None
+        if not parsed[-1][0]:
+            raise InvalidRequestError(f"Candidate {text!r} has an empty LoRA name; write e.g. 'my-lora:0.8'.")
+    return Candidate(model, tuple(parsed))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How each image is drawn; shared by evaluation and export so their images are comparable."""
+
+    negative_prompt: str = ""
+    steps: int = 25
+    cfg: float = 7.0
+    width: int | None = None
+    """None uses each model's native size."""
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+
+    def generation_request(self, candidate: Candidate, *, prompt: str, seed: int, count: int) -> GenerationRequest:
+        """Images seed, seed+1, ... seed+count-1, one per pipeline call (the same seeds for every candidate)."""
+        return GenerationRequest(
+            model=candidate.model, prompt=prompt, negative_prompt=self.negative_prompt, steps=self.steps,
+            cfg=self.cfg, seed=seed, width=self.width, height=self.height, scheduler=self.scheduler,
+            batch_size=1, batch_count=count, loras=candidate.loras,
+        )  # fmt: skip
+
+
+def _check_seed_and_count(seed: int, count: int, low: int, what: str, *, images: int) -> None:
+    if not low <= count <= MAX_COUNT:
+        raise InvalidRequestError(f"count={count} is out of range; use {low} to {MAX_COUNT} {what}.")
+    if not 0 <= seed <= MAX_SEED - images:
+        raise InvalidRequestError(f"seed={seed} is out of range; use a fixed seed from 0 to {MAX_SEED - images}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRequest:
+    candidates: tuple[Candidate, ...]
+    data: Path
+    """Folder of the images to compare with (e.g. the LoRA's training images)."""
+    prompt: str
+    count: int = 16
+    """Images generated per candidate."""
+    seed: int = 0
+    """Image i of every candidate uses seed + i."""
+    sampling: SamplingSettings = SamplingSettings()
+    feature_model: str = DEFAULT_FEATURE_MODEL
+    """Hub id or local folder of a CLIP image encoder (safetensors)."""
+    kid: bool = True
+    """Also report KID on the CLIP features."""
+    resamples: int = 200
+    """Bootstrap resamples for the confidence intervals."""
+
+    def validate(self) -> None:
+        if not self.candidates or len(self.candidates) > MAX_CANDIDATES:
+            raise InvalidRequestError(
+                f"{len(self.candidates)} candidates given; compare 1 to {MAX_CANDIDATES} models/LoRA blends."
+            )
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidRequestError("The prompt is empty; use the kind of caption the data set has.")
+        _check_seed_and_count(self.seed, self.count, 2, "images per candidate (MMD needs at least 2)", images=self.count)
+        if not 10 <= self.resamples <= 10000:
+            raise InvalidRequestError(f"resamples={self.resamples} is out of range; use 10 to 10000.")
+        for candidate in self.candidates:
+            self.sampling.generation_request(candidate, prompt=self.prompt, seed=self.seed, count=self.count).validate()
+        data = Path(self.data).expanduser()
+        if not data.is_dir():
+            raise DatasetError(f"Data folder {data} does not exist or is not a folder; pick the folder of images.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    candidate: Candidate
+    prompts: tuple[str, ...]
+    folder: Path
+    """A new (or empty) folder: it becomes a Hugging Face imagefolder data set."""
+    count: int = 4
+    """Images per prompt."""
+    seed: int = 0
+    """Image j of prompt i uses seed + i * count + j: every image differs, and any one can be redrawn."""
+    sampling: SamplingSettings = SamplingSettings()
+
+    def validate(self) -> None:
+        prompts = [p for p in self.prompts if isinstance(p, str) and p.strip()]
+        if not prompts or len(prompts) != len(self.prompts):
+            raise InvalidRequestError("Give at least one prompt, and no empty ones (one prompt per line).")
+        _check_seed_and_count(self.seed, self.count, 1, "images per prompt", images=self.count * len(prompts))
+        self.sampling.generation_request(self.candidate, prompt=prompts[0], seed=self.seed, count=1).validate()
+        folder = Path(self.folder).expanduser()
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise InvalidRequestError(f"Export folder {folder} already exists and is not empty; pick a new folder.")
