@@ -1,0 +1,325 @@
+"""Share adapters on the Hugging Face Hub (push) and import them by repo id (pull).
+
+The token lives only in memory, for one call: it is passed to `HfApi` and never written to disk, logs, settings
+or metadata (`PushRequest` hides it from its repr). `HF_ENDPOINT` (or `endpoint=`) points everything at a
+self-hosted or test Hub.
+
+A push never changes the local folder: the model card with the repo id is generated in memory and uploaded
+with the adapter files in one commit. Files are uploaded through the LFS batch API ("basic" transfer), which
+every Hub-compatible server implements, rather than Xet, which only huggingface.co does; huggingface_hub
+takes that path for file objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+import studio
+from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
+from studio.model_card import DIFFUSERS_FILE, MANIFEST, build_model_card
+
+ProgressFn = Callable[[float, str], None]
+
+# The Hub's rules for a repo id: "owner/name", letters, digits, '-', '_', '.', no '--' or '..', max 96 characters.
+_REPO_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+_TAG = re.compile(r"^[\w][\w:.+-]{0,63}$")
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+# What a pull brings into loras/<name>/: the weights in both formats, the card, the manifest and the samples.
+# Nothing else: no pickles, no training checkpoints, no code.
+DOWNLOAD_PATTERNS = ["*.safetensors", "README.md", MANIFEST, "samples/*.png", "samples/*.jpg", "samples/*.webp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PushRequest:
+    name: str
+    """Adapter folder in `loras_dir`, as listed by the LoRA library."""
+
+    repo_id: str
+    """Target repository, `owner/name`; created (public unless `private`) when it does not exist."""
+
+    loras_dir: Path
+    private: bool = False
+    """Only used when the repository is created; an existing repo keeps its visibility."""
+
+    tags: tuple[str, ...] = ()
+    """Extra model card tags, e.g. ("remote-sensing",); the LoRA/base-model tags are always there."""
+
+    license: str | None = None
+    """Model card license; default: the base model's (creativeml-openrail-m for SD1.5, openrail++ for SDXL)."""
+
+    message: str = ""
+    """Commit message; default "Upload <name> with Studio"."""
+
+    token: str | None = dataclasses.field(default=None, repr=False)
+    """For this push only (the UI's password field); else HF_TOKEN, else the `hf auth login` token. Never stored."""
+
+    endpoint: str | None = None
+    """Hub URL; default HF_ENDPOINT, else https://huggingface.co."""
+
+    def validate(self) -> None:
+        adapter_folder(self.loras_dir, self.name)
+        check_repo_id(self.repo_id)
+        for tag in self.tags:
+            if not _TAG.match(tag):
+                raise InvalidRequestError(f"Tag {tag!r} is not valid: use letters, digits, '-', '_', ':' or '.'.")
+        if self.license is not None and not _LICENSE.match(self.license):
+            raise InvalidRequestError(
+                f"License {self.license!r} is not a Hub license id; use e.g. creativeml-openrail-m, openrail++, mit."
+            )
+
+    @property
+    def commit_message(self) -> str:
+        return self.message.strip() or f"Upload {self.name} with Studio {studio.__version__}"
+
+
+def check_repo_id(repo_id: str) -> None:
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise InvalidRequestError(
+            f"Repo id {repo_id!r} is not valid: use OWNER/NAME with letters, digits, '-', '_' or '.', "
+            "e.g. my-name/alps-lora."
+        )
+
+
+def adapter_folder(loras_dir: Path, name: str) -> Path:
+    """The adapter folder `loras_dir/name`, refusing names that escape loras_dir and folders Studio did not write."""
+    root = Path(loras_dir).resolve()
+    if not name or not name.strip():
+        raise InvalidRequestError("Pick an adapter to share.")
+    folder = (root / name).resolve()
+    if not folder.is_relative_to(root) or folder == root:
+        raise UnsafePathError(f"Adapter name {name!r} points outside the LoRA folder; pick an adapter from the list.")
+    if not folder.is_dir():
+        raise InvalidRequestError(f"There is no adapter folder {name!r} in {root}; pick one from the list.")
+    for required in (MANIFEST, DIFFUSERS_FILE):
+        if not (folder / required).is_file():
+            raise InvalidRequestError(
+                f"{folder} has no {required}; only adapters trained or blended by Studio can be pushed."
+            )
+    return folder
+
+
+def resolve_token(explicit: str | None) -> str | None:
+    """The token to use: the one typed for this push, else HF_TOKEN, else huggingface_hub's stored login."""
+    if explicit and explicit.strip():
+        return explicit.strip()
+    return get_token()
+
+
+def resolve_endpoint(explicit: str | None) -> str:
+    return (explicit or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def files_to_upload(folder: Path) -> list[Path]:
+    """The adapter files a push uploads: weights, manifest and sample images (README.md is regenerated)."""
+    candidates = [*folder.glob("*.safetensors"), folder / MANIFEST]
+    candidates += [p for p in sorted((folder / "samples").glob("*")) if p.suffix.lower() in (".png", ".jpg", ".webp")]
+    root = folder.resolve()
+    # A symlink in the folder must not upload a file from elsewhere on the disk.
+    return sorted({p for p in candidates if p.is_file() and p.resolve().is_relative_to(root)})
+
+
+def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
+                 cancel: threading.Event | None = None) -> str:  # fmt: skip
+    """Create `request.repo_id` if needed and upload the adapter with a fresh model card; returns the repo URL."""
+    request.validate()
+    report = on_progress or (lambda fraction, message: None)
+    folder = adapter_folder(request.loras_dir, request.name)
+    endpoint = resolve_endpoint(request.endpoint)
+    token = resolve_token(request.token)
+    if not token:
+        raise HubError(
+            "No Hub token: paste a write token in the Token field, set HF_TOKEN, or run `hf auth login`."
+        )
+    api = HfApi(endpoint=endpoint, token=token, library_name="studio", library_version=studio.__version__)
+    card = build_model_card(folder, repo_id=request.repo_id, license=request.license, tags=request.tags)
+    files = files_to_upload(folder)
+    with hub_errors(endpoint, request.repo_id):
+        report(0.0, f"Checking the token with {endpoint}")
+        check_namespace(api.whoami(), request.repo_id)
+        report(0.05, f"Creating {request.repo_id} (if needed)")
+        url = api.create_repo(request.repo_id, private=request.private, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            progress = _UploadProgress(sum(p.stat().st_size for p in files), report, cancel)
+            operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
+            for path in files:
+                reader = stack.enter_context(_CountingReader(path, progress))
+                operations.append(CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(),
+                                                     path_or_fileobj=reader))  # fmt: skip
+            progress.start()  # reads so far were hashing; count only what is sent from here on
+            api.create_commit(request.repo_id, operations, commit_message=request.commit_message)
+    report(1.0, f"Pushed {request.name} to {url}")
+    return str(url)
+
+
+def check_namespace(me: dict, repo_id: str) -> None:
+    """Refuse before uploading anything when the token cannot write to the repo's owner."""
+    owner = repo_id.split("/")[0]
+    namespaces = {me.get("name")} | {org.get("name") for org in me.get("orgs") or []}
+    if owner not in namespaces:
+        raise HubError(
+            f"The token belongs to {me.get('name')!r}, who cannot create or write repos under {owner!r}. "
+            f"Use {me.get('name')}/{repo_id.split('/')[1]} or an organization you belong to."
+        )
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubError("This Hub token is read-only; create a token with write access and use it to push.")
+
+
+def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None, endpoint: str | None = None,
+                     on_progress: ProgressFn | None = None) -> Path:  # fmt: skip
+    """Download an adapter repo into `loras_dir/<repo name>/` (replacing an older copy only once complete)."""
+    check_repo_id(repo_id)
+    root = Path(loras_dir).resolve()
+    name = re.sub(r"[^\w.-]", "_", repo_id.split("/")[1]).strip(".") or "adapter"
+    target = (root / name).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise UnsafePathError(f"Repo {repo_id!r} would be saved outside the LoRA folder; rename it.")
+    endpoint = resolve_endpoint(endpoint)
+    root.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if on_progress is not None:
+        from studio.models.hub_models import _progress_bar_class
+
+        kwargs["tqdm_class"] = _progress_bar_class(on_progress, repo_id)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=root))
+    try:
+        with hub_errors(endpoint, repo_id):
+            snapshot_download(repo_id, local_dir=staging, allow_patterns=DOWNLOAD_PATTERNS, endpoint=endpoint,
+                              token=resolve_token(token), **kwargs)  # fmt: skip
+        shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping for local_dir
+        if not any(staging.rglob("*.safetensors")):
+            raise HubError(f"Hub repo {repo_id!r} has no .safetensors file; it is not a LoRA Studio can import.")
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if on_progress is not None:
+        on_progress(1.0, f"Imported {repo_id} as {name}")
+    return target
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Move the finished download to `target`; an older copy is removed only after the new one is in place."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old / target.name, target)
+        raise
+    finally:
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def hub_errors(endpoint: str, repo_id: str) -> Iterator[None]:
+    """Turn huggingface_hub/network failures into one-line HubErrors that say what to do."""
+    try:
+        yield
+    except (HubError, CancelledError):
+        raise
+    except Exception as error:  # huggingface_hub wraps upload failures in RuntimeError; look at the causes
+        mapped = _map_error(error, endpoint, repo_id)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def _map_error(error: BaseException, endpoint: str, repo_id: str) -> Exception | None:
+    for cause in _causes(error):
+        if isinstance(cause, (HubError, CancelledError)):
+            return cause
+        if isinstance(cause, OfflineModeIsEnabled):
+            return HubError("Hub access is switched off (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to use the Hub.")
+        if isinstance(cause, RepositoryNotFoundError):
+            return HubError(
+                f"Hub repo {repo_id!r} does not exist or is private; check the id (and the token for private repos)."
+            )
+        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+            status = cause.response.status_code
+            if status == 401:
+                return HubError(
+                    f"{endpoint} rejected the Hub token (401): it is invalid or expired. Create a write token at "
+                    f"{endpoint}/settings/tokens and paste it, or update HF_TOKEN / `hf auth login`."
+                )
+            if status == 403:
+                return HubError(
+                    f"No write access to {repo_id!r} (403): it belongs to someone else or the token cannot write "
+                    "there. Push to your own namespace or use a token with write access."
+                )
+            detail = cause.server_message or str(cause).splitlines()[0]
+            return HubError(f"The Hub refused the request for {repo_id!r} ({status}): {detail.strip()}")
+        if isinstance(cause, (httpx2.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
+            return HubError(f"Cannot reach {endpoint}: check the network connection (or HF_ENDPOINT) and try again.")
+    return None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+class _UploadProgress:
+    """Bytes sent across all files -> on_progress(0.1..0.95); raises CancelledError when Stop is pressed."""
+
+    def __init__(self, total: int, report: ProgressFn, cancel: threading.Event | None):
+        self.total, self.report, self.cancel = max(total, 1), report, cancel
+        self.sent, self.counting = 0, False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.counting = True
+        self.report(0.1, f"Uploading {self.total / 1e6:.1f} MB")
+
+    def add(self, n: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError("Push stopped; the Hub repo keeps its previous commit.")
+        if not self.counting or n <= 0:
+            return
+        with self._lock:
+            self.sent = min(self.sent + n, self.total)
+            sent = self.sent
+        self.report(0.1 + 0.85 * sent / self.total, f"Uploading {sent / 1e6:.1f} / {self.total / 1e6:.1f} MB")
+
+
+class _CountingReader(io.BufferedReader):
+    """A binary file that reports the bytes read from it (huggingface_hub streams it to the server)."""
+
+    def __init__(self, path: Path, progress: _UploadProgress):
+        super().__init__(io.FileIO(path, "rb"))
+        self._progress = progress
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._progress.add(len(data))
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        data = super().read1(size)
+        self._progress.add(len(data))
+        return data
+
+    def readinto(self, buffer) -> int:
+        n = super().readinto(buffer)
+        self._progress.add(n or 0)
+        return n
