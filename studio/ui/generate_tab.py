@@ -39,27 +39,33 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                 random_seed = gr.Button("Random seed", size="sm", min_width=40)
                 reuse_seed = gr.Button("♻ last seed", size="sm", min_width=40)
+            with gr.Row():
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
                 batch_count = gr.Slider(1, 32, value=1, step=1, label="Batch count")
                 clip_skip = gr.Slider(1, 4, value=1, step=1, label="Clip skip")
             with gr.Row():
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="stop-button")
+            # Under the buttons, so the form column is not half empty next to the tall results column.
+            with gr.Accordion("PNG info: read the parameters of a generated image", open=False):
+                with gr.Row():
+                    png_upload = gr.Image(type="filepath", label="Drop a PNG", sources=["upload"], height=256,
+                                          elem_id="png-upload")
+                    with gr.Column():
+                        png_text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="png-info-text")
+                        send_to_form = gr.Button("Send to Generate", elem_id="send-to-generate")
+            with gr.Accordion("Output history", open=False) as history_panel:
+                history_gallery = gr.Gallery(columns=6, height=360, label="Saved images (newest first)",
+                                             elem_id="history-gallery")
+                history_refresh = gr.Button("↻ Refresh history", size="sm")
         with gr.Column(scale=2):
             status = gr.Markdown("Ready.", elem_id="generate-status")
             preview = gr.Image(label="Preview", interactive=False, height=256, elem_id="live-preview")
             gallery = gr.Gallery(label="This session", columns=3, height=420, elem_id="session-gallery", format="png")
             infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="infotext")
-            last_seed = gr.Number(label="Seed used", precision=0, interactive=False)
-    with gr.Accordion("PNG info: read the parameters of a generated image", open=False):
-        with gr.Row():
-            png_upload = gr.Image(type="filepath", label="Drop a PNG", sources=["upload"], height=256)
-            with gr.Column():
-                png_text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="png-info-text")
-                send_to_form = gr.Button("Send to Generate")
-    with gr.Accordion("Output history", open=False):
-        history_gallery = gr.Gallery(columns=6, height=360, label="Saved images (newest first)")
-        history_refresh = gr.Button("↻ Refresh history", size="sm")
+            # Hidden: an empty Number shows "0", a valid seed. The seed is in the status line and the infotext;
+            # this holds it for "♻ last seed" and returns it as an int to API clients.
+            last_seed = gr.Number(label="Seed used", precision=0, interactive=False, visible=False)
 
     session_images = gr.State([])
     form = [model, prompt, negative, steps, cfg, seed, width, height, scheduler, batch_size, batch_count, clip_skip]
@@ -99,8 +105,11 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
                 session = paths[::-1] + list(session)
                 result = event.result
                 note = "Stopped." if result.interrupted else "Done."
+                first_seed = result.seeds[0] if result.seeds else "-"
                 yield {
-                    status: f"{note} {len(paths)} image(s) in {result.seconds:.1f}s, seed {result.seeds[0] if result.seeds else '-'}.",
+                    status: f"{note} {len(paths)} image(s) in {result.seconds:.1f}s, seed {first_seed}.",
+                    # The last step's preview is a small latent sketch; show the finished image instead.
+                    preview: paths[0] if paths else None,
                     gallery: session,
                     session_images: session,
                     infotext: result.infotexts[0] if result.infotexts else "",
@@ -131,7 +140,8 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
 
     model.input(native_size, inputs=model, outputs=[width, height], api_visibility="private")
     random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
-    reuse_seed.click(lambda used: used if used is not None else -1, inputs=last_seed, outputs=seed, api_visibility="private")
+    reuse_seed.click(lambda used: -1 if used is None else used, inputs=last_seed, outputs=seed,
+                     api_visibility="private")
 
     def apply_preset(label):
         if not label:
@@ -157,6 +167,10 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         return [gr.update(value=values[name]) if name in values else gr.update() for name in FORM_FIELDS]
 
     send_to_form.click(fill_form, inputs=png_text, outputs=form, api_visibility="private")
-    history_refresh.click(lambda: [str(p) for p in studio.history()], outputs=history_gallery, api_name="history")
+    def list_history():
+        return [str(p) for p in studio.history()]
+
+    history_refresh.click(list_history, outputs=history_gallery, api_name="history")
+    history_panel.expand(list_history, outputs=history_gallery, api_visibility="private")  # fresh on every open
 
     return {"model": model, "prompt": prompt, "seed": seed, "width": width, "height": height, "gallery": gallery}

@@ -1,0 +1,157 @@
+"""A real browser (Debian's Chromium, driven by Playwright) clicking through the Generate tab of the launched app.
+
+Screenshots of every tab land in artifacts/screenshots/ (git-ignored) for a human look.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from studio.metadata import parse_infotext, read_infotext
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]  # fmt: skip
+TIMEOUT_MS = 60_000
+
+if not CHROMIUM.exists():
+    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (Debian package `chromium`)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need `pip install playwright`")
+expect = playwright_api.expect
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    """Headless Chromium with a new, empty profile (nothing cached from a previous run or a user's browser)."""
+    with playwright_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser_context, studio_app):
+    page = browser_context.new_page()  # a new page is a new Gradio session: empty gallery, default form
+    page.goto(studio_app)
+    page.get_by_label("Prompt", exact=True).wait_for()
+    yield page
+    page.close()
+
+
+def set_number(page, label: str, value) -> None:
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def fill_form(page, *, prompt="snowy mountains", seed=42, steps=2, width=64, height=64) -> None:
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_label("Seed (-1 = random)").fill(str(seed))
+    set_number(page, "Steps", steps)
+    set_number(page, "Width", width)
+    set_number(page, "Height", height)
+
+
+def status(page):
+    return page.locator("#generate-status")
+
+
+def test_generate_shows_the_image_in_the_session_gallery(page):
+    fill_form(page, seed=42)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text("Done. 1 image(s)")
+    expect(status(page)).to_contain_text("seed 42")
+    expect(page.locator("#session-gallery img")).to_have_count(1)
+    infotext = page.locator("#infotext textarea").input_value()
+    assert infotext.startswith("snowy mountains\n") and "Seed: 42, Size: 64x64" in infotext
+
+    fill_form(page, seed=43)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text("seed 43")
+    expect(page.locator("#session-gallery img")).to_have_count(2)  # the session keeps both, newest first
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "generate-after-two-images.png"), full_page=True)
+
+
+def test_stop_ends_a_long_generation(page):
+    fill_form(page, seed=1, steps=150, width=256, height=256)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text(re.compile(r"step \d+/150"))
+    page.locator("#stop-button").click()
+    expect(status(page)).to_contain_text("Stopped.")
+    # The app keeps working after a stop.
+    fill_form(page, seed=2)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text("Done.")
+
+
+def test_bad_size_shows_an_error_toast_and_the_next_generation_works(page):
+    fill_form(page, width=65)
+    page.locator("#generate-button").click()
+    toast = page.locator(".toast-body")
+    expect(toast).to_contain_text("width=65 must be a multiple of 8")
+    set_number(page, "Width", 64)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text("Done. 1 image(s)")
+    expect(page.locator("#session-gallery img")).to_have_count(1)
+
+
+def test_png_info_reads_an_image_and_sends_it_to_the_form(page, studio_running_app, tmp_path):
+    fill_form(page, prompt="a glacier at dawn", seed=77)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text("seed 77")
+    saved = sorted(studio_running_app.outputs_dir.glob("txt2img/*/*-77.png"))[-1]
+    upload = shutil.copy(saved, tmp_path / "dropped.png")
+
+    page.get_by_label("Prompt", exact=True).fill("something else")
+    page.get_by_text("PNG info: read the parameters").click()
+    page.locator("#png-upload input[type=file]").set_input_files(str(upload))
+    expect(page.locator("#png-info-text textarea")).to_have_value(read_infotext(saved))
+    page.locator("#send-to-generate").click()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("a glacier at dawn")
+    expect(page.get_by_label("Seed (-1 = random)")).to_have_value("77")
+    assert parse_infotext(read_infotext(saved))["Seed"] == "77"
+
+
+def test_screenshot_of_every_tab(page):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tabs = page.get_by_role("tab")
+    names = [tabs.nth(i).inner_text().strip() for i in range(tabs.count())]
+    assert "Generate" in names
+    for i, name in enumerate(names):
+        tabs.nth(i).click()
+        page.wait_for_timeout(300)  # let the tab's components render
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or f"tab-{i}"
+        page.screenshot(path=str(SCREENSHOTS / f"{slug}.png"), full_page=True)
+        assert (SCREENSHOTS / f"{slug}.png").stat().st_size > 0
+
+
+def test_random_seed_is_shown_and_last_seed_puts_it_back(page):
+    fill_form(page, seed=-1)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text("Done.")
+    used = re.search(r"seed (\d+)\.", status(page).inner_text()).group(1)
+    assert f"Seed: {used}," in page.locator("#infotext textarea").input_value()
+    page.get_by_role("button", name="♻ last seed").click()
+    expect(page.get_by_label("Seed (-1 = random)")).to_have_value(used)
+
+
+def test_output_history_shows_saved_images_when_opened(page, studio_running_app):
+    fill_form(page, seed=99)
+    page.locator("#generate-button").click()
+    expect(status(page)).to_contain_text("seed 99")
+    page.get_by_text("Output history").click()
+    saved = len(list(studio_running_app.outputs_dir.glob("txt2img/*/*.png")))
+    expect(page.locator("#history-gallery img")).to_have_count(min(saved, 60))
