@@ -1,0 +1,138 @@
+"""Latent and text-embedding caches: encode every image and caption once, not at every step.
+
+Why: the VAE encoder and the text encoders are frozen, so their outputs for a given image (in a given
+bucket and orientation) and a given caption never change. Encoding them once lets those models leave
+the GPU while the UNet trains, and saves their forward passes at every step (the diffusers example
+script re-encodes both at each step).
+
+Keys name the sample, never the step: shuffling changes which sample a step sees, not what a sample
+encodes to. Latents are stored as the VAE's mean and standard deviation, so every step still draws a
+fresh `mean + std * noise` sample as an uncached run would. Both caches are saved in the run folder
+(`cache/*.safetensors`) so a resumed run skips the encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from studio.training.buckets import fit_to_bucket
+from studio.training.dataset import Sample, load_image
+
+Tensors = dict[str, torch.Tensor]
+
+
+def latent_key(sample: Sample, bucket: tuple[int, int], flipped: bool) -> str:
+    """Identifies what an image encodes to: the file (path, size, mtime), its bucket and orientation."""
+    stat = sample.path.stat()
+    text = f"{sample.path}|{stat.st_size}|{stat.st_mtime_ns}|{bucket[0]}x{bucket[1]}|{int(flipped)}"
+    return "latent." + hashlib.sha1(text.encode()).hexdigest()
+
+
+def text_key(caption: str) -> str:
+    return "text." + hashlib.sha1(caption.encode()).hexdigest()
+
+
+def image_tensor(sample: Sample, bucket: tuple[int, int], flipped: bool) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The sample fitted to its bucket as a (3, H, W) tensor in [-1, 1], and the crop's (top, left)."""
+    image, crop = fit_to_bucket(load_image(sample.path), bucket)
+    if flipped:
+        image = image.transpose(0)  # Image.Transpose.FLIP_LEFT_RIGHT
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(image.height, image.width, 3)
+    return pixels.permute(2, 0, 1).float().div(127.5).sub(1.0), crop
+
+
+class Cache:
+    """A dict of tensors by key, loaded from and saved to one safetensors file."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.tensors: Tensors = {}
+        if path is not None and path.is_file():
+            self.tensors = load_file(path)
+        self._dirty = False
+
+    def __contains__(self, key: str) -> bool:
+        return f"{key}.0" in self.tensors
+
+    def put(self, key: str, values: list[torch.Tensor]) -> None:
+        for i, value in enumerate(values):
+            self.tensors[f"{key}.{i}"] = value.detach().to("cpu").contiguous()
+        self._dirty = True
+
+    def get(self, key: str) -> list[torch.Tensor]:
+        values, i = [], 0
+        while f"{key}.{i}" in self.tensors:
+            values.append(self.tensors[f"{key}.{i}"])
+            i += 1
+        return values
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file(self.tensors, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._dirty = False
+
+
+@torch.no_grad()
+def cache_latents(
+    cache: Cache,
+    vae,
+    items: list[tuple[Sample, tuple[int, int], bool]],
+    *,
+    device: torch.device,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> None:
+    """Encode each (sample, bucket, flipped) not yet in the cache: [latent mean, std (VAE-scaled), crop (top, left)]."""
+    missing = [item for item in items if latent_key(*item) not in cache]
+    scale = vae.config.scaling_factor
+    for done, (sample, bucket, flipped) in enumerate(missing, start=1):
+        pixels, crop = image_tensor(sample, bucket, flipped)
+        dist = vae.encode(pixels[None].to(device, vae.dtype)).latent_dist
+        values = [dist.mean[0] * scale, dist.std[0] * scale, torch.tensor(crop)]
+        cache.put(latent_key(sample, bucket, flipped), values)
+        on_progress(done, len(missing))
+
+
+def encode_text(pipe, kind_is_sdxl: bool, captions: list[str], device: torch.device) -> list[torch.Tensor]:
+    """[prompt_embeds] for SD1.5, [prompt_embeds, pooled] for SDXL, as the pipelines condition the UNet.
+
+    SD1.5 uses the last hidden state; SDXL the penultimate hidden states of both encoders side by side
+    and the projected pooled output of the second. No `no_grad` here: a trained text encoder needs grads.
+    """
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    if kind_is_sdxl:
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    hidden, pooled = [], None
+    for tokenizer, encoder in encoders:
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
+        output = encoder(ids, output_hidden_states=True)
+        hidden.append(output.hidden_states[-2] if kind_is_sdxl else output.last_hidden_state)
+        pooled = output[0]  # text_embeds of CLIPTextModelWithProjection (only used for SDXL's second encoder)
+    if kind_is_sdxl:
+        return [torch.cat(hidden, dim=-1), pooled]
+    return [hidden[0]]
+
+
+@torch.no_grad()
+def cache_text(cache: Cache, pipe, kind_is_sdxl: bool, captions: list[str], *, device: torch.device) -> None:
+    for caption in dict.fromkeys(captions):
+        if text_key(caption) not in cache:
+            values = encode_text(pipe, kind_is_sdxl, [caption], device)
+            cache.put(text_key(caption), [v[0] for v in values])

@@ -1,0 +1,175 @@
+"""What a training run is asked to do: one frozen `TrainingRequest`, checked by `validate()`.
+
+Torch-free on purpose: the UI and the CLI build and validate requests (and show VRAM estimates)
+without importing torch, and the request travels to the training child process as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+OPTIMIZERS = ("auto", "adamw", "adamw8bit")
+# Letters, digits, '-', '_', '.' (not first): a folder name on every OS, never a path.
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRequest:
+    data: Path
+    """Folder of training images (jpg/png/webp, subfolders too)."""
+
+    model: str
+    """Base model: demo-sd15, demo-sdxl, a models-folder entry, a path or a Hub id."""
+
+    name: str
+    """Adapter name: the output lands in `loras/<name>/`."""
+
+    caption: str | None = None
+    """Caption for images with neither a metadata.jsonl line nor a .txt file."""
+
+    caption_column: str = "text"
+    """Column of metadata.jsonl that holds captions."""
+
+    trigger: str | None = None
+    """Word prepended to every caption ("trigger, caption")."""
+
+    steps: int = 500
+    """Optimizer steps (one step = batch_size x gradient_accumulation images). Ignored when `epochs` is set."""
+
+    epochs: int | None = None
+    """Passes over the data set; when set, steps = epochs x batches per epoch / gradient_accumulation."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    """LoRA scale is alpha / rank; alpha = rank means scale 1."""
+
+    train_text_encoder: bool = False
+    """Also put LoRA on the text encoder(s): stronger effect, more memory, no text-embedding cache."""
+
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    resolution: int = 512
+    """Training size in pixels; images keep their aspect ratio in buckets of about resolution**2 pixels."""
+
+    buckets: bool = True
+    """Aspect-ratio buckets; off squares every image (center crop)."""
+
+    random_flip: bool = True
+    """Mirror images at random (both orientations are cached once)."""
+
+    seed: int = 42
+    mixed_precision: str = "auto"
+    """auto: fp16 (bf16 where supported) on GPUs, fp32 ("no") on CPUs."""
+
+    gradient_checkpointing: bool = False
+    optimizer: str = "auto"
+    """auto: 8-bit AdamW when bitsandbytes works on this machine (CUDA), else AdamW."""
+
+    min_snr_gamma: float | None = None
+    """Min-SNR loss weighting (5 is the paper's value); None trains with plain MSE."""
+
+    noise_offset: float = 0.0
+    """Adds a per-channel constant to the noise (0.05-0.1) so the model learns very dark/bright images."""
+
+    validation_prompt: str | None = None
+    """Prompt for sample images; None uses the first caption."""
+
+    validation_every: int = 0
+    """Sample images every N steps (same seed each time); 0 only at the end."""
+
+    validation_seed: int = 1234
+    validation_steps: int = 20
+    """Sampling steps of the validation images."""
+
+    checkpoint_every: int = 100
+    """Save a resumable checkpoint every N steps (and always on Stop); 0 only on Stop."""
+
+    resume: bool = False
+    """Continue the run of the same name from its last checkpoint."""
+
+    def validate(self) -> None:
+        if not _NAME.match(self.name or ""):
+            raise UnsafePathError(
+                f"Adapter name {self.name!r} must be 1-100 letters, digits, '-', '_' or '.' (not first); "
+                "for example 'alps-v1'."
+            )
+        data = Path(self.data).expanduser()
+        if not data.is_dir():
+            raise DatasetError(f"Dataset folder {data} does not exist or is not a folder; pick a folder of images.")
+        if not (self.model or "").strip():
+            raise InvalidRequestError("No base model picked; choose one, e.g. demo-sd15.")
+        ranges = [
+            ("steps", self.steps, 1, 1_000_000),
+            ("rank", self.rank, 1, 1024),
+            ("alpha", self.alpha, 1e-6, 4096),
+            ("learning_rate", self.learning_rate, 1e-8, 1.0),
+            ("warmup_steps", self.warmup_steps, 0, 1_000_000),
+            ("batch_size", self.batch_size, 1, 64),
+            ("gradient_accumulation", self.gradient_accumulation, 1, 256),
+            ("resolution", self.resolution, 64, 2048),
+            ("noise_offset", self.noise_offset, 0.0, 1.0),
+            ("validation_every", self.validation_every, 0, 1_000_000),
+            ("validation_steps", self.validation_steps, 1, 150),
+            ("checkpoint_every", self.checkpoint_every, 0, 1_000_000),
+            ("seed", self.seed, 0, 2**32 - 1),
+            ("validation_seed", self.validation_seed, 0, 2**32 - 1),
+        ]
+        if self.epochs is not None:
+            ranges.append(("epochs", self.epochs, 1, 100_000))
+        if self.min_snr_gamma is not None:
+            ranges.append(("min_snr_gamma", self.min_snr_gamma, 0.1, 100.0))
+        for field, value, low, high in ranges:
+            if not low <= value <= high:
+                raise InvalidRequestError(f"{field}={value} is out of range; use a value from {low:g} to {high:g}.")
+        if self.resolution % 64:
+            raise InvalidRequestError(
+                f"resolution={self.resolution} must be a multiple of 64; try {max(64, round(self.resolution / 64) * 64)}."
+            )
+        for field, value, allowed in (
+            ("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS),
+            ("mixed_precision", self.mixed_precision, MIXED_PRECISIONS),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+        ):
+            if value not in allowed:
+                raise InvalidRequestError(f"{field}={value!r} is not one of {', '.join(allowed)}.")
+
+    def output_dir(self, loras_dir: Path) -> Path:
+        """`loras/<name>`, checked to stay inside the LoRA folder whatever the name says."""
+        return _inside(Path(loras_dir), self.name)
+
+    def run_dir(self, outputs_dir: Path) -> Path:
+        """`outputs/training/<name>`: checkpoints, caches, samples and the log of the run."""
+        return _inside(Path(outputs_dir) / "training", self.name)
+
+    def to_json(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["data"] = str(self.data)
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict) -> "TrainingRequest":
+        return cls(**{**values, "data": Path(values["data"])})
+
+    def fingerprint(self) -> str:
+        """The settings that must match for a checkpoint to be resumed (not: resume, checkpoint/sample cadence)."""
+        free = {"resume", "checkpoint_every", "validation_every", "validation_prompt", "validation_seed",
+                "validation_steps"}  # fmt: skip
+        return json.dumps({k: v for k, v in self.to_json().items() if k not in free}, sort_keys=True)
+
+
+def _inside(folder: Path, name: str) -> Path:
+    folder = folder.resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder) or path == folder:
+        raise UnsafePathError(f"Adapter name {name!r} would leave {folder}; use a plain name like 'alps-v1'.")
+    return path

@@ -1,0 +1,28 @@
+"""A training run as the app sees it: hold the GPU, release the generation pipeline, run the child.
+
+`Studio.train_stream` calls `train_in_background` and reads the job's events. The GPU lock is taken
+in the job's own thread (a Gradio generator may resume on different threads, and a lock must be
+released by the thread that took it); while it is held, generation is refused with a clear BusyError
+instead of waiting for hours. The parked pipeline returns to the GPU at the next generation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from studio.config import StudioConfig
+from studio.jobs import Job
+from studio.models.manager import ModelManager
+from studio.training.request import TrainingRequest
+from studio.training.worker import run_in_child
+
+
+def train_in_background(manager: ModelManager, config: StudioConfig, request: TrainingRequest) -> Job:
+    request.validate()  # fail fast, before a thread, a process or a model is involved
+
+    def work(job: Job) -> Path | None:
+        with manager.exclusive("training"):
+            manager.release_accelerator()
+            return run_in_child(request, config, on_event=job.emit, stop=job.cancel)
+
+    return Job(work, name="training").start()
