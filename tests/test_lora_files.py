@@ -34,19 +34,22 @@ def text_encoders(kind):
     return ["text_encoder", "text_encoder_2"] if kind is ModelKind.SDXL else ["text_encoder"]
 
 
-def live_adapter(kind):
-    """A tiny pipeline with a random (non-zero) peft LoRA on the UNet and the text encoders."""
+def live_adapter(kind, seed=1, rank=RANK, alpha=ALPHA):
+    """A tiny pipeline with a random (non-zero) peft LoRA on the UNet and the text encoders.
+
+    Also the factory of LoRA files for the other LoRA tests (`weights` of the returned pair).
+    """
     pipe = build_tiny(kind)
     pipe.set_progress_bar_config(disable=True)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        pipe.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=UNET_TARGETS, init_lora_weights=False))
+        torch.manual_seed(seed)
+        pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=UNET_TARGETS, init_lora_weights=False))
         for name in text_encoders(kind):
-            config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TEXT_TARGETS, init_lora_weights=False)
+            config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=TEXT_TARGETS, init_lora_weights=False)
             # transformers' own add_adapter wants a newer peft; inject the adapter with peft directly.
             inject_adapter_in_model(config, getattr(pipe, name))
     layers = {name: get_peft_model_state_dict(getattr(pipe, name)) for name in ["unet", *text_encoders(kind)]}
-    weights = LoraWeights(kind=kind, layers=layers, alphas={name: ALPHA for name in layers})
+    weights = LoraWeights(kind=kind, layers=layers, alphas={name: alpha for name in layers})
     return pipe, weights
 
 

@@ -1,0 +1,224 @@
+"""The `loras/` folder: one entry per adapter folder or single `.safetensors` file, read from headers only.
+
+    entries = scan_loras(config.loras_dir)          # instant: no tensor is loaded
+    entry = find_lora(config.loras_dir, "alps")     # by name, never outside the folder
+
+Each entry says what the adapter is (format, SD1.5/SDXL, rank, components, trigger words), carries the
+A1111 "addnet" hash for the infotext and a preview image if there is one, and a `problem` (with the
+reason and what to do) when it cannot be used: a truncated download, a LyCORIS type diffusers cannot
+load, a full checkpoint put here by mistake, a pickle file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+from studio.errors import LoraError, ModelNotFoundError, StudioError, UnsafePathError
+from studio.lora.files import DIFFUSERS_WEIGHTS
+from studio.lora.formats import components_of, detect_kind, lora_format, rank_of
+from studio.models.kinds import ModelKind, read_safetensors_header
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
+PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MAX_TRIGGER_WORDS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraEntry:
+    name: str
+    path: Path
+    """The adapter folder or the single file in `loras/`."""
+
+    weights_file: Path | None
+    """The file that is loaded into the pipeline."""
+
+    format: str
+    """"diffusers", "kohya", "lycoris:<type>" or "unknown"."""
+
+    kind: ModelKind | None
+    rank: int | None = None
+    components: tuple[str, ...] = ()
+    trigger_words: tuple[str, ...] = ()
+    addnet_hash: str | None = None
+    """A1111's short "addnet" hash (12 hex digits of the sha256 of the tensor data), as in "Lora hashes"."""
+
+    preview: Path | None = None
+    problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None
+
+    def incompatibility(self, kind: ModelKind) -> str | None:
+        """Why this adapter cannot be used with a model of `kind`, or None when it can."""
+        if self.problem:
+            return self.problem
+        if self.kind is not kind:
+            return f"{self.name} is an {self.kind.label} LoRA; the loaded model is {kind.label}."
+        return None
+
+    @property
+    def label(self) -> str:
+        kind = self.kind.label if self.kind else "?"
+        rank = f", rank {self.rank}" if self.rank else ""
+        return f"{self.name} ({kind}, {self.format}{rank})"
+
+
+def scan_loras(loras_dir: Path) -> list[LoraEntry]:
+    """Every adapter in the folder, sorted by name; a folder wins over a file of the same name."""
+    loras_dir = Path(loras_dir)
+    if not loras_dir.is_dir():
+        return []
+    entries: dict[str, LoraEntry] = {}
+    for path in sorted(loras_dir.iterdir()):
+        if path.name.startswith("."):
+            continue  # temp files of atomic writes, hidden folders
+        if path.is_dir() and (any(path.glob("*.safetensors")) or (path / "adapter.json").exists()):
+            entries[path.name] = read_entry(path)
+        elif path.is_file() and path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+            entries.setdefault(path.stem, read_entry(path))
+    return [entries[name] for name in sorted(entries, key=str.lower)]
+
+
+def find_lora(loras_dir: Path, name: str) -> LoraEntry:
+    """The entry called `name` (folder or file stem); refuses names that would leave the folder."""
+    loras_dir = Path(loras_dir).resolve()
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise UnsafePathError(f"LoRA name {name!r} is not a plain name; pick one from the LoRA list.")
+    for candidate in (loras_dir / name, loras_dir / f"{name}.safetensors"):
+        if candidate.resolve().is_relative_to(loras_dir) and candidate.exists():
+            if candidate.is_dir() or candidate.suffix == ".safetensors":
+                return read_entry(candidate)
+    for pickle_suffix in PICKLE_SUFFIXES:
+        if (loras_dir / f"{name}{pickle_suffix}").exists():
+            return read_entry(loras_dir / f"{name}{pickle_suffix}")
+    known = ", ".join(e.name for e in scan_loras(loras_dir)) or "none"
+    raise ModelNotFoundError(f"No LoRA named {name!r} in {loras_dir}. Available: {known}.")
+
+
+def read_entry(path: Path) -> LoraEntry:
+    path = Path(path)
+    name = path.name if path.is_dir() else path.stem
+    manifest = _manifest(path)
+    weights_file = _weights_file(path)
+    preview = _preview(path)
+    base = dict(name=name, path=path, weights_file=weights_file, preview=preview)
+    if weights_file is None:
+        return LoraEntry(**base, format="unknown", kind=None, problem=f"{name} holds no .safetensors LoRA file.")
+    if weights_file.suffix.lower() in PICKLE_SUFFIXES:
+        return LoraEntry(
+            **base, format="pickle", kind=None,
+            problem=f"{weights_file.name} is a pickle file, which can run code; Studio loads only .safetensors LoRAs.",
+        )  # fmt: skip
+    try:
+        header = read_safetensors_header(weights_file)
+    except StudioError as e:
+        return LoraEntry(**base, format="unknown", kind=None, problem=str(e))
+    metadata = header.pop("__metadata__", None) or {}
+    shapes = {key: value.get("shape", []) for key, value in header.items()}
+    problem, fmt, kind = None, "unknown", None
+    try:
+        fmt = lora_format(shapes)
+        kind = _manifest_kind(manifest) or detect_kind(shapes, metadata, name=weights_file.name)
+    except LoraError as e:
+        message = str(e)
+        problem = message if message.startswith(weights_file.name) else f"{weights_file.name} {message}"
+    if fmt.startswith("lycoris:"):
+        problem = (
+            f"{weights_file.name} is a LyCORIS {fmt.split(':', 1)[1]} file; diffusers loads only plain LoRA "
+            "(lora_down/lora_up). Use a LoRA version of this adapter."
+        )
+    return LoraEntry(
+        **base,
+        format=fmt,
+        kind=kind,
+        rank=rank_of(shapes),
+        components=tuple(components_of(shapes)),
+        trigger_words=_trigger_words(manifest, metadata),
+        addnet_hash=addnet_hash(_hash_file(path, weights_file)),
+        problem=problem,
+    )
+
+
+def _manifest(path: Path) -> dict:
+    if not path.is_dir() or not (path / "adapter.json").is_file():
+        return {}
+    try:
+        manifest = json.loads((path / "adapter.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # the weights still tell us what we need; a broken manifest only loses the extras
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _manifest_kind(manifest: dict) -> ModelKind | None:
+    try:
+        return ModelKind(manifest.get("base_kind"))
+    except ValueError:
+        return None
+
+
+def _weights_file(path: Path) -> Path | None:
+    if path.is_file():
+        return path
+    candidates = [path / DIFFUSERS_WEIGHTS, path / f"{path.name}.safetensors", *sorted(path.glob("*.safetensors"))]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _hash_file(path: Path, weights_file: Path) -> Path:
+    """The kohya file when a folder has one: that is the file A1111 and Civitai users know the hash of."""
+    kohya = path / f"{path.name}.safetensors" if path.is_dir() else None
+    return kohya if kohya is not None and kohya.is_file() else weights_file
+
+
+def _preview(path: Path) -> Path | None:
+    if path.is_dir():
+        candidates = [path / f"preview{s}" for s in PREVIEW_SUFFIXES] + sorted((path / "samples").glob("*.png"))
+    else:
+        candidates = [path.with_name(f"{path.stem}.preview{s}") for s in PREVIEW_SUFFIXES]
+        candidates += [path.with_suffix(s) for s in PREVIEW_SUFFIXES]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _trigger_words(manifest: dict, metadata: dict) -> tuple[str, ...]:
+    words = [str(w) for w in manifest.get("trigger_words") or [] if str(w).strip()]
+    phrase = metadata.get("modelspec.trigger_phrase")
+    if phrase:
+        words += [w.strip() for w in phrase.split(",") if w.strip()]
+    if not words and metadata.get("ss_tag_frequency"):
+        # kohya records how often each caption tag was seen; the most frequent ones are the triggers.
+        try:
+            counts: dict[str, int] = {}
+            for tags in json.loads(metadata["ss_tag_frequency"]).values():
+                for tag, count in tags.items():
+                    counts[tag.strip()] = counts.get(tag.strip(), 0) + int(count)
+            words = sorted(counts, key=counts.get, reverse=True)
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            pass
+    return tuple(dict.fromkeys(words))[:MAX_TRIGGER_WORDS]
+
+
+def addnet_hash(path: Path) -> str | None:
+    """A1111's addnet short hash; cached per file version (size, mtime) since big files take a moment."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _addnet_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _addnet_hash(path: str, _size: int, _mtime_ns: int) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            header_length = int.from_bytes(f.read(8), "little")
+            f.seek(8 + header_length)  # the tensor data only: editing metadata does not change the hash
+            for block in iter(lambda: f.read(1024 * 1024), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()[:12]

@@ -1,0 +1,145 @@
+"""Blending LoRAs live on a loaded pipeline, through the real generation path and model manager."""
+
+import numpy as np
+import pytest
+import torch
+
+from studio.errors import LoraError
+from studio.generation import GenerationRequest, generate
+from studio.lora.blend import apply_blend, blend_state
+from studio.lora.files import save_diffusers_lora, save_kohya_lora
+from studio.metadata import parse_infotext
+from studio.models.kinds import ModelKind
+from studio.models.manager import ModelManager
+from tests.helpers import pixels
+from tests.test_lora_files import live_adapter
+
+
+def add_lora(loras_dir, name, kind=ModelKind.SD15, seed=1, kohya=False):
+    _pipe, weights = live_adapter(kind, seed=seed)
+    if kohya:
+        save_kohya_lora(weights, loras_dir / f"{name}.safetensors", metadata={})
+    else:
+        save_diffusers_lora(weights, loras_dir / name)
+    return weights
+
+
+@pytest.fixture
+def setup(studio_config):
+    loras = studio_config.loras_dir
+    add_lora(loras, "alps", seed=1)
+    add_lora(loras, "sketch", seed=2, kohya=True)
+    add_lora(loras, "dunes", seed=3)
+    add_lora(loras, "xl-only", kind=ModelKind.SDXL, seed=4)
+    return ModelManager(studio_config), loras
+
+
+def image(manager, *loras, prompt="mountains"):
+    request = GenerationRequest(model="demo-sd15", prompt=prompt, steps=2, width=64, height=64, seed=5, loras=loras)
+    result = generate(manager, request)
+    return result.images[0], result.infotexts[0]
+
+
+def diff(a, b) -> float:
+    return float(np.abs(pixels(a) - pixels(b)).mean())
+
+
+def test_strength_zero_is_the_base_image_and_the_effect_grows_with_strength(setup):
+    manager, _loras = setup
+    base, _ = image(manager)
+    zero, _ = image(manager, ("alps", 0.0))
+    assert np.array_equal(pixels(zero), pixels(base))
+    diffs = [diff(image(manager, ("alps", w))[0], base) for w in (0.5, 1.0, 2.0)]
+    assert diffs[0] > 0
+    assert diffs == sorted(diffs), diffs
+    back_to_base, _ = image(manager)  # leaving the blend removes the adapter entirely
+    assert np.array_equal(pixels(back_to_base), pixels(base))
+    assert manager.active.pipe.get_list_adapters() in ({}, {"unet": [], "text_encoder": []})
+
+
+def test_slider_changes_reuse_loaded_adapters_and_unused_ones_are_deleted(setup):
+    manager, loras = setup
+    first, _ = image(manager, ("alps", 0.5), ("sketch", 0.5), ("dunes", 0.5))
+    pipe = manager.active.pipe
+    adapters = pipe.get_list_adapters()["unet"]
+    assert len(adapters) == 3
+    layer = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_q
+    lora_modules = {name: layer.lora_A[name] for name in adapters}
+    second, info = image(manager, ("alps", 1.0), ("sketch", 0.5))
+    assert manager.active.pipe is pipe
+    assert sorted(pipe.get_list_adapters()["unet"]) == sorted(a for a in adapters if not a.startswith("dunes"))
+    assert diff(first, second) > 0
+    # The adapters that stayed are the same modules: a slider change loads nothing again.
+    assert all(layer.lora_A[name] is module for name, module in lora_modules.items() if name in layer.lora_A)
+    assert len(layer.lora_A) == 2
+    hashes = parse_infotext(info)["Lora hashes"]
+    assert hashes.startswith("alps: ") and ", sketch: " in hashes
+
+
+def test_sdxl_adapter_is_refused_for_sd15_and_the_blend_is_unchanged(setup):
+    manager, _loras = setup
+    before, _ = image(manager, ("alps", 0.7))
+    with pytest.raises(LoraError, match="xl-only.*SDXL LoRA; the loaded model is SD1.5"):
+        image(manager, ("alps", 0.7), ("xl-only", 1.0))
+    after, _ = image(manager, ("alps", 0.7))
+    assert np.array_equal(pixels(before), pixels(after))
+
+
+def test_a_failed_load_leaves_the_pipeline_exactly_as_it_was(setup):
+    """An SD1.5 LoRA for other layer shapes passes every header check, then fails inside diffusers."""
+    manager, loras = setup
+    before, _ = image(manager, ("alps", 0.7), ("sketch", -0.4))
+    pipe = manager.active.pipe
+    adapters_before = pipe.get_list_adapters()
+    tensors = {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.ones(4, 768),
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.ones(640, 4),
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.alpha": torch.tensor(4.0),
+    }
+    from safetensors.torch import save_file
+
+    save_file(tensors, loras / "big.safetensors")
+    with pytest.raises(LoraError, match="'big' could not be loaded.*unchanged"):
+        image(manager, ("alps", 0.7), ("sketch", -0.4), ("big", 1.0))
+    assert pipe.get_list_adapters() == adapters_before
+    after, _ = image(manager, ("alps", 0.7), ("sketch", -0.4))
+    assert np.array_equal(pixels(before), pixels(after))
+
+
+def test_text_encoder_strength_is_separate(setup):
+    manager, loras = setup
+    full, _ = image(manager, ("alps", 1.0))
+    model = manager.active
+    apply_blend(model, [("alps", 1.0, 0.0)], loras_dir=loras)
+    no_te = _render(model)
+    apply_blend(model, [("alps", 1.0, 1.0)], loras_dir=loras)
+    assert np.array_equal(pixels(_render(model)), pixels(full))
+    assert diff(no_te, full) > 0
+    # A blend-wide text-encoder scale is remembered for later generations that pass names and weights only.
+    apply_blend(model, [("alps", 1.0)], loras_dir=loras, text_encoder_scale=0.0)
+    again, _ = image(manager, ("alps", 1.0))
+    assert np.array_equal(pixels(again), pixels(no_te))
+    assert blend_state(model.pipe)["text_encoder_scale"] == 0.0
+
+
+def _render(model):
+    return model.pipe(
+        "mountains", num_inference_steps=2, width=64, height=64, guidance_scale=7.0,
+        generator=torch.Generator("cpu").manual_seed(5),
+    ).images[0]  # fmt: skip
+
+
+def test_fused_blend_matches_unfused_and_is_undone_when_the_blend_changes(setup):
+    manager, loras = setup
+    base, _ = image(manager)
+    unfused, _ = image(manager, ("alps", 0.8), ("sketch", 0.5))
+    model = manager.active
+    apply_blend(model, [("alps", 0.8), ("sketch", 0.5)], loras_dir=loras, fuse=True)
+    assert blend_state(model.pipe)["fused"]
+    fused, _ = image(manager, ("alps", 0.8), ("sketch", 0.5))
+    assert diff(fused, unfused) < 0.5  # the same image up to float rounding of the folded weights
+    changed, _ = image(manager, ("alps", 0.0))  # a new blend: unfuse first, then apply (and fuse) the new one
+    assert diff(changed, base) < 0.5
+    apply_blend(model, [], loras_dir=loras, fuse=False)
+    assert not blend_state(model.pipe)["fused"]
+    assert diff(image(manager)[0], base) < 0.5
