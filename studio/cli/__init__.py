@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from studio.cli import generate, models
+from studio.cli import generate, models, push
 from studio.errors import StudioError
 
-COMMANDS = [generate, models]
+COMMANDS = [generate, models, push]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,295 @@
+"""Pushing and pulling adapters with huggingface_hub's real HTTP client against a local Hub-compatible server.
+
+The test session runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once at import, so every operation that
+talks to the server runs in a child process with its own HOME/HF_HOME, exactly as a user's `python -m studio push`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+
+from studio.errors import InvalidRequestError, UnsafePathError
+from studio.hub import PushRequest, files_to_upload
+from studio.metadata import png_info
+from tests.hub_server import HubServer
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = "hf_alice_T0k3n_4c1d2f9e8b7a"
+BOB = "hf_bob_T0k3n_0f1e2d3c4b5a"
+READ_ONLY = "hf_alice_read_5e6f7a8b9c0d"
+BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+ADAPTER_FILES = {"README.md", "adapter.json", "alps.safetensors", "pytorch_lora_weights.safetensors", "samples/s0.png"}
+
+
+@pytest.fixture
+def hub():
+    with HubServer({ALICE: "alice", BOB: "bob", READ_ONLY: "alice"}, orgs={"alice": ["alps-lab"]},
+                   read_only_tokens=(READ_ONLY,)) as server:  # fmt: skip
+        yield server
+
+
+@pytest.fixture
+def loras(tmp_path):
+    """loras/alps as the trainer writes it, with a local README that a push must leave alone."""
+    folder = tmp_path / "loras" / "alps"
+    (folder / "samples").mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    save_file({"unet.down.lora_A.weight": torch.randn(4, 64, generator=generator)},
+              folder / "pytorch_lora_weights.safetensors", metadata={"format": "pt"})  # fmt: skip
+    save_file({"lora_unet_down.alpha": torch.tensor(4.0)}, folder / "alps.safetensors")
+    infotext = "aid_mountain, snowy ridge\nNegative prompt: blurry\nSteps: 2, Seed: 42, Size: 8x8"
+    Image.new("RGB", (8, 8), "white").save(folder / "samples" / "s0.png", pnginfo=png_info(infotext))
+    manifest = {
+        "name": "alps", "base_model": BASE, "base_kind": "sd15", "trigger_words": ["aid_mountain"], "rank": 4,
+        "alpha": 4, "text_encoder": False, "settings": {"steps": 500, "learning_rate": 0.0001}, "blend": None,
+        "samples": [{"file": "samples/s0.png", "prompt": "aid_mountain, snowy ridge", "negative_prompt": "blurry",
+                     "seed": 42, "step": 500}],
+        "created": "2026-11-25T03:00:00Z", "studio_version": "0.1.0",
+    }  # fmt: skip
+    (folder / "adapter.json").write_text(json.dumps(manifest))
+    (folder / "README.md").write_text("local card\n")
+    (folder / "checkpoint-100").mkdir()  # training leftovers are never uploaded
+    (folder / "checkpoint-100" / "optimizer.safetensors").write_bytes(b"x" * 10)
+    return tmp_path / "loras"
+
+
+def child_env(tmp_path, hub_url, token=None):
+    home = tmp_path / "home"
+    (home / "hf").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HOME=str(home), HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1",
+               PYTHONPATH=str(ROOT), HF_ENDPOINT=hub_url)  # fmt: skip
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def push_cli(tmp_path, hub_url, *args, token=ALICE):
+    return subprocess.run([sys.executable, "-m", "studio", "push", *map(str, args), "--loras-dir", tmp_path / "loras"],
+                          capture_output=True, text=True, env=child_env(tmp_path, hub_url, token), cwd=ROOT,
+                          stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
+
+
+def run_python(tmp_path, hub_url, code, *, token=None):
+    """Call studio.hub in a child process (online mode); the last stdout line is the result."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=child_env(tmp_path, hub_url, token), cwd=ROOT, stdin=subprocess.DEVNULL,
+                          timeout=120)  # fmt: skip
+
+
+PUSH_CODE = """
+import sys
+from pathlib import Path
+from studio.errors import StudioError
+from studio.hub import PushRequest, push_adapter
+try:
+    print(push_adapter(PushRequest(name="alps", loras_dir=Path({loras!r}), **{fields!r})))
+except StudioError as e:
+    print(f"{{type(e).__name__}}: {{e}}")
+    sys.exit(2)
+"""
+
+
+def push_python(tmp_path, hub_url, *, env_token=ALICE, **fields):
+    """push_adapter in a child process, as the Share tab calls it: exit 2 and the error's one line on failure."""
+    code = PUSH_CODE.format(loras=str(tmp_path / "loras"), fields=fields)
+    return run_python(tmp_path, hub_url, code, token=env_token)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def front_matter(readme: bytes) -> dict:
+    text = readme.decode()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def assert_token_nowhere(token: str, folders, *texts):
+    for text in texts:
+        assert token not in text
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                assert token.encode() not in path.read_bytes(), f"token found in {path}"
+
+
+def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(tmp_path, hub, loras):
+    before = snapshot(loras)
+    result = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps", "--tag", "remote-sensing",
+                      "--message", "first version")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{hub.url}/alice/alps"  # HF_ENDPOINT decided where it went
+    assert "100% Pushed alps" in result.stderr
+
+    repo = hub.repos["alice/alps"]
+    assert repo.owner == "alice" and not repo.private
+    assert set(repo.files) == ADAPTER_FILES
+    for name in ADAPTER_FILES - {"README.md"}:
+        assert repo.files[name] == before[f"alps/{name}"]
+    assert {"alps.safetensors", "pytorch_lora_weights.safetensors", "samples/s0.png"} <= repo.lfs
+    card = front_matter(repo.files["README.md"])
+    assert card["base_model"] == BASE and card["license"] == "creativeml-openrail-m"
+    assert {"lora", "text-to-image", "diffusers", "stable-diffusion", "remote-sensing"} <= set(card["tags"])
+    assert card["widget"][0] == {"text": "aid_mountain, snowy ridge", "output": {"url": "samples/s0.png"},
+                                 "parameters": {"negative_prompt": "blurry"}}  # fmt: skip
+    assert 'load_lora_weights("alice/alps"' in repo.files["README.md"].decode()
+    assert repo.commits[-1]["summary"] == "first version"
+    assert hub.xet_requests == []  # plain LFS, which any Hub-compatible server speaks
+
+    # A new sample and a changed manifest: the second push updates the same repo.
+    Image.new("RGB", (8, 8), "black").save(loras / "alps" / "samples" / "s1.png")
+    manifest = json.loads((loras / "alps" / "adapter.json").read_text())
+    manifest["samples"].append({"file": "samples/s1.png", "prompt": "aid_mountain, at night"})
+    (loras / "alps" / "adapter.json").write_text(json.dumps(manifest))
+    second = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps")
+    assert second.returncode == 0, second.stderr
+    assert len(repo.commits) == 3  # created, first push, second push
+    assert set(repo.commits[-1]["files"]) == {"README.md", "adapter.json", "samples/s1.png"}
+    assert [w["output"]["url"] for w in front_matter(repo.files["README.md"])["widget"]] == ["samples/s0.png",
+                                                                                            "samples/s1.png"]
+    assert (loras / "alps" / "README.md").read_text() == "local card\n"  # the local folder is never modified
+    assert_token_nowhere(ALICE, [tmp_path], result.stdout, result.stderr, second.stdout, second.stderr,
+                         *(data.decode("latin-1") for data in repo.files.values()))  # fmt: skip
+
+
+def test_private_repo_in_an_organization(tmp_path, hub, loras):
+    result = push_python(tmp_path, hub.url, repo_id="alps-lab/alps-private", private=True, license="mit")
+    assert result.returncode == 0, result.stderr
+    repo = hub.repos["alps-lab/alps-private"]
+    assert repo.private and front_matter(repo.files["README.md"])["license"] == "mit"
+
+
+@pytest.mark.parametrize(
+    "token, repo_id, message",
+    [
+        ("hf_not_a_real_token_99", "alice/alps", "rejected the Hub token (401)"),
+        (BOB, "alice/alps", "The token belongs to 'bob', who cannot create or write repos under 'alice'"),
+        (READ_ONLY, "alice/alps", "read-only"),
+    ],
+)
+def test_refused_push_is_one_clear_line_and_changes_nothing(tmp_path, hub, loras, token, repo_id, message):
+    before = snapshot(tmp_path)
+    result = push_python(tmp_path, hub.url, repo_id=repo_id, env_token=token)
+    assert result.returncode == 2
+    assert result.stdout.startswith("HubError: ") and message in result.stdout and "Traceback" not in result.stderr
+    assert hub.repos == {} and hub.lfs_objects == {}
+    assert snapshot(tmp_path / "loras") == {k[len("loras/"):]: v for k, v in before.items() if k.startswith("loras/")}
+    assert_token_nowhere(token, [tmp_path], result.stdout, result.stderr)
+
+
+def test_repo_the_token_cannot_write_is_refused_by_the_server_and_left_as_it_was(tmp_path, hub, loras):
+    """Past our own namespace check (alice is in alps-lab) the Hub still decides: this repo is not hers to write."""
+    card = b"---\nlicense: mit\n---\nbob's\n"
+    hub.add_repo("alps-lab/bobs-alps", "bob", {"README.md": card})
+    result = push_python(tmp_path, hub.url, repo_id="alps-lab/bobs-alps")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "HubError: No write access to 'alps-lab/bobs-alps' (403)" in result.stdout
+    assert hub.repos["alps-lab/bobs-alps"].files == {"README.md": card}
+
+
+def test_unreachable_hub_names_the_endpoint(tmp_path, loras):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = push_python(tmp_path, dead, repo_id="alice/alps")
+    assert result.returncode == 2
+    assert f"HubError: Cannot reach {dead}" in result.stdout and "Traceback" not in result.stderr
+
+
+
+def test_token_typed_for_this_push_wins_over_hf_token_and_stored_login_is_used(tmp_path, hub, loras):
+    typed = push_python(tmp_path, hub.url, repo_id="alice/typed", token=ALICE, env_token=BOB)  # HF_TOKEN: bob's
+    assert typed.returncode == 0, typed.stderr
+    assert "alice/typed" in hub.repos
+
+    (tmp_path / "home" / "hf" / "token").write_text(ALICE)  # what `hf auth login` stores
+    stored = push_python(tmp_path, hub.url, repo_id="alice/stored", env_token=None)
+    assert stored.returncode == 0, stored.stderr
+    assert "alice/stored" in hub.repos
+    assert ALICE not in typed.stdout + typed.stderr + stored.stdout + stored.stderr
+
+
+def test_no_token_anywhere_says_how_to_get_one(tmp_path, hub, loras):
+    result = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps", token=None)
+    assert result.returncode == 2
+    assert "error: No Hub token" in result.stderr and "HF_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+DOWNLOAD_CODE = """
+from pathlib import Path
+from studio.hub import download_adapter
+print(download_adapter(repo_id={repo!r}, loras_dir=Path({loras!r})))
+"""
+
+
+def test_download_adapter_round_trip_into_the_lora_folder(tmp_path, hub, loras):
+    assert push_python(tmp_path, hub.url, repo_id="alice/alps-v2").returncode == 0
+    hub.repos["alice/alps-v2"].files["train.ckpt"] = b"pickle"  # never downloaded
+    imported = tmp_path / "imported"
+    result = run_python(tmp_path, hub.url, DOWNLOAD_CODE.format(repo="alice/alps-v2", loras=str(imported)))
+    assert result.returncode == 0, result.stderr
+    folder = Path(result.stdout.strip().splitlines()[-1])
+    assert folder == imported / "alps-v2"
+    files = snapshot(folder)
+    assert set(files) == ADAPTER_FILES
+    for name in ADAPTER_FILES:
+        assert files[name] == hub.repos["alice/alps-v2"].files[name]
+    assert [p.name for p in imported.iterdir()] == ["alps-v2"]  # no staging folder or cache left behind
+
+    # Importing again (after an update on the Hub) replaces the old copy.
+    hub.repos["alice/alps-v2"].files["samples/s9.png"] = files["samples/s0.png"]
+    again = run_python(tmp_path, hub.url, DOWNLOAD_CODE.format(repo="alice/alps-v2", loras=str(imported)))
+    assert again.returncode == 0, again.stderr
+    assert (folder / "samples" / "s9.png").exists()
+    assert [p.name for p in imported.iterdir()] == ["alps-v2"]
+
+
+def test_download_of_a_repo_without_weights_or_missing_leaves_the_folder_alone(tmp_path, hub):
+    hub.add_repo("carol/notes", "carol", {"README.md": b"---\nlicense: mit\n---\nnotes\n"})
+    imported = tmp_path / "imported"
+    (imported / "notes").mkdir(parents=True)
+    (imported / "notes" / "keep.safetensors").write_bytes(b"old")
+    code = "from studio.errors import HubError\ntry:\n" + textwrap.indent(textwrap.dedent(DOWNLOAD_CODE), "    ")
+    code += "except HubError as e:\n    print('HubError:', e)\n"
+    cases = [("carol/notes", "has no .safetensors file"), ("carol/missing", "does not exist or is private")]
+    for repo, message in cases:
+        result = run_python(tmp_path, hub.url, code.format(repo=repo, loras=str(imported)))
+        assert result.returncode == 0, result.stderr
+        assert "HubError:" in result.stdout and message in result.stdout
+    assert snapshot(imported) == {"notes/keep.safetensors": b"old"}
+
+
+def test_request_validation_and_hidden_token(tmp_path, loras):
+    request = PushRequest(name="alps", repo_id="alice/alps", loras_dir=loras, token=ALICE)
+    request.validate()
+    assert ALICE not in repr(request)
+    with pytest.raises(UnsafePathError, match="outside the LoRA folder"):
+        PushRequest(name="../../etc", repo_id="alice/x", loras_dir=loras).validate()
+    for repo_id in ["alps", "alice/al ps", "alice/../x", "-alice/x", "a/b/c"]:
+        with pytest.raises(InvalidRequestError, match="Repo id"):
+            PushRequest(name="alps", repo_id=repo_id, loras_dir=loras).validate()
+    with pytest.raises(InvalidRequestError, match="Tag"):
+        PushRequest(name="alps", repo_id="alice/x", loras_dir=loras, tags=("two words",)).validate()
+    (loras / "not-studio").mkdir()
+    with pytest.raises(InvalidRequestError, match="no adapter.json"):
+        PushRequest(name="not-studio", repo_id="alice/x", loras_dir=loras).validate()
+
+
+def test_only_adapter_files_are_uploaded_and_symlinks_cannot_leak_other_files(tmp_path, loras):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"private")
+    (loras / "alps" / "samples" / "link.png").symlink_to(secret)
+    names = {p.relative_to(loras / "alps").as_posix() for p in files_to_upload(loras / "alps")}
+    assert names == ADAPTER_FILES - {"README.md"}
