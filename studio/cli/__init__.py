@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from studio.cli import generate, models, push
+from studio.cli import generate, loras, models, push
 from studio.errors import StudioError
 
-COMMANDS = [generate, models, push]
+COMMANDS = [generate, models, push, loras]
 
 
 def build_parser() -> argparse.ArgumentParser:
