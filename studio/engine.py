@@ -68,6 +68,30 @@ class Studio:
     def history(self, limit: int = 60) -> list[Path]:
         return outputs.history(self.config.outputs_dir, limit=limit)
 
+    def evaluate_stream(self, request) -> Iterator:
+        """Score candidates against a data folder in a background thread: `Progress`, then the EvaluationResult."""
+        from studio.evaluation.runner import evaluate
+
+        request.validate()  # fail fast, before a thread or a model is involved
+        kwargs = dict(outputs_dir=self.config.outputs_dir)
+        return self._stream("evaluate", lambda job: evaluate(self.manager, request, **kwargs, on_progress=job.emit,
+                                                             cancel=job.cancel))  # fmt: skip
+
+    def export_dataset_stream(self, request) -> Iterator:
+        """Draw a synthetic imagefolder data set in a background thread: `Progress`, then the ExportResult."""
+        from studio.evaluation.synthetic import export_dataset
+
+        request.validate()
+        return self._stream("export", lambda job: export_dataset(self.manager, request, on_progress=job.emit,
+                                                                 cancel=job.cancel))  # fmt: skip
+
+    def _stream(self, name: str, work) -> Iterator:
+        job = Job(work, name=name)
+        self._current_job = job  # the Stop button stops it
+        job.start()
+        yield from job.events()
+        yield job.result
+
     @staticmethod
     def read_png_info(path) -> dict:
         """The generation parameters stored in a PNG, parsed like A1111's PNG Info tab ({} if none)."""

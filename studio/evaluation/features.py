@@ -8,6 +8,7 @@ the Hub with progress (only its configs and `model.safetensors`). Any local fold
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from studio.errors import DatasetError, ModelNotFoundError
+from studio.errors import DatasetError, ModelNotFoundError, UnsupportedModelError
 
 DEFAULT_FEATURE_MODEL = "openai/clip-vit-large-patch14-336"
 FEATURE_FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
@@ -56,10 +57,39 @@ def load_feature_model(
             f"Feature model {name!r} has no model.safetensors (only safetensors weights are loaded); "
             "pick a CLIP folder or Hub repo that has them."
         )
-    # A full CLIPModel checkpoint (as the Hub repos are) also loads here: its vision tower and projection.
-    model = CLIPVisionModelWithProjection.from_pretrained(folder, use_safetensors=True, dtype=dtype)
+    model, info = CLIPVisionModelWithProjection.from_pretrained(
+        folder, config=_vision_config(folder), use_safetensors=True, dtype=dtype, output_loading_info=True
+    )
+    if info["missing_keys"] or info["mismatched_keys"]:
+        # transformers would fill these with random weights: scores from a half-random encoder mean nothing.
+        mismatched = [str(k[0]) if isinstance(k, tuple) else str(k) for k in info["mismatched_keys"]]
+        missing = sorted(info["missing_keys"]) + mismatched
+        raise UnsupportedModelError(
+            f"Feature model {name!r} is not a CLIP image encoder ({len(missing)} weights missing or of the wrong "
+            f"shape, e.g. {missing[0]}); use a CLIP checkpoint such as {DEFAULT_FEATURE_MODEL}."
+        )
     processor = CLIPImageProcessorPil.from_pretrained(folder)
     return FeatureModel(name, model.to(device).eval(), processor, device, dtype)
+
+
+def _vision_config(folder: Path):
+    """The vision tower's config; for a whole CLIPModel checkpoint (as Hub repos are), with its projection size.
+
+    transformers reads the vision part of a CLIPModel config without the top-level `projection_dim`, and
+    would then re-initialise the projection at the default size with random weights.
+    """
+    from transformers import CLIPConfig, CLIPVisionConfig
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as e:
+        raise UnsupportedModelError(f"Feature model folder {folder} has no readable config.json ({e}).") from None
+    if model_type != "clip":
+        return CLIPVisionConfig.from_pretrained(folder)
+    full = CLIPConfig.from_pretrained(folder)
+    vision = full.vision_config
+    vision.projection_dim = full.projection_dim
+    return vision
 
 
 def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:

@@ -102,7 +102,8 @@ class EvaluationRequest:
             )
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidRequestError("The prompt is empty; use the kind of caption the data set has.")
-        _check_seed_and_count(self.seed, self.count, 2, "images per candidate (MMD needs at least 2)", images=self.count)
+        what = "images per candidate (MMD needs at least 2)"
+        _check_seed_and_count(self.seed, self.count, 2, what, images=self.count)
         if not 10 <= self.resamples <= 10000:
             raise InvalidRequestError(f"resamples={self.resamples} is out of range; use 10 to 10000.")
         for candidate in self.candidates:

@@ -71,3 +71,10 @@ class EvaluationResult:
         floor.update({metric.label: str(self.floor[metric.key]) for metric in metrics})
         rows.append({**floor, "closest data image": "", "likely copies": "", "note": "lower is closer to the data"})
         return rows
+
+    def chart_rows(self, metric_key: str = "cmmd") -> list[dict]:
+        """Ranked bars (candidates, then the floor) for a bar chart."""
+        rows = [{"candidate": f"{rank}. {r.label}", "score": r.scores[metric_key].value, "kind": "candidate"}
+                for rank, r in enumerate(self.candidates, start=1)]  # fmt: skip
+        floor = self.floor[metric_key].value
+        return rows + [{"candidate": "floor: data vs itself", "score": floor, "kind": "floor"}]

@@ -99,7 +99,8 @@ def evaluate(
 
         generation = generate(
             manager,
-            request.sampling.generation_request(candidate, prompt=request.prompt, seed=request.seed, count=request.count),
+            request.sampling.generation_request(candidate, prompt=request.prompt, seed=request.seed,
+                                                count=request.count),  # fmt: skip
             on_step=on_step,
             on_load=lambda f, message: report(Progress(share + (1 - share) * index / total, message)),
             cancel=cancel,

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from studio import outputs
+from studio.errors import UnsafePathError
 from studio.evaluation.report import write_atomic
 from studio.evaluation.requests import ExportRequest
 from studio.evaluation.runner import Progress, ProgressFn
@@ -29,6 +30,15 @@ class ExportResult:
     metadata: Path
     images: list[Path]
     interrupted: bool = False
+
+
+def export_folder(outputs_dir: Path, name: str) -> Path:
+    """outputs/datasets/<name> for a name typed in the UI, which must stay inside that folder."""
+    root = (Path(outputs_dir) / "datasets").resolve()
+    folder = (root / (name or "").strip()).resolve()
+    if not (name or "").strip() or folder == root or not folder.is_relative_to(root):
+        raise UnsafePathError(f"Data set name {name!r} must be a plain folder name like 'synthetic-mountains'.")
+    return folder
 
 
 def export_dataset(

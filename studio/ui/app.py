@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.engine import Studio
+from studio.ui.evaluate_tab import build_evaluate_tab
 from studio.ui.generate_tab import build_generate_tab
 
 CSS = """
@@ -18,6 +19,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 build_generate_tab(studio)
+            with gr.Tab("Evaluate", id="evaluate"):
+                build_evaluate_tab(studio)
     app.queue(default_concurrency_limit=1)
     return app
 
