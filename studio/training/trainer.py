@@ -281,7 +281,7 @@ def _encoders(pipe, kind: ModelKind) -> list[torch.nn.Module]:
 
 
 def _add_lora(run: _Run) -> None:
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     r = run.request
 
@@ -293,7 +293,8 @@ def _add_lora(run: _Run) -> None:
     if r.train_text_encoder:
         names = ["text_encoder", "text_encoder_2"] if run.kind is ModelKind.SDXL else ["text_encoder"]
         for name in names:
-            getattr(run.pipe, name).add_adapter(config(TEXT_TARGETS))
+            # peft directly: transformers' own add_adapter wants a newer peft than diffusers needs.
+            inject_adapter_in_model(config(TEXT_TARGETS), getattr(run.pipe, name))
             run.trained[name] = getattr(run.pipe, name)
 
 

@@ -1,0 +1,140 @@
+"""`python -m studio train`: train a LoRA on a folder of images, headless, with a text progress bar.
+
+Runs in this process, so `accelerate launch -m studio train ...` trains on several GPUs. The first
+Ctrl+C stops cleanly at the next step (a checkpoint is saved; `--resume` continues); a second one aborts.
+Prints the adapter folder on stdout when done; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from studio.cli.common import add_config_options, config_from_args
+from studio.training.presets import PRESETS
+from studio.training.request import LR_SCHEDULERS, MIXED_PRECISIONS, OPTIMIZERS
+
+# Options that override the preset; None means "take the preset's (or the request's) default".
+OVERRIDES = {
+    "steps": int, "epochs": int, "rank": int, "alpha": float, "lr": float, "resolution": int, "batch": int,
+    "grad_accum": int, "warmup": int, "seed": int, "min_snr_gamma": float, "noise_offset": float,
+    "validation_every": int, "checkpoint_every": int,
+}  # fmt: skip
+FIELD_NAMES = {"lr": "learning_rate", "batch": "batch_size", "grad_accum": "gradient_accumulation",
+               "warmup": "warmup_steps"}  # fmt: skip
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a LoRA on a folder of images")
+    parser.add_argument("--data", type=Path, required=True, help="folder of jpg/png/webp images (subfolders too)")
+    parser.add_argument("--model", required=True, help="base model: demo-sd15, a models-folder entry, a path, a Hub id")
+    parser.add_argument("--name", required=True, help="adapter name; the result lands in loras/NAME/")
+    parser.add_argument("--caption", default=None, help="caption for images without metadata.jsonl or .txt")
+    parser.add_argument("--caption-column", default="text", help="caption column of metadata.jsonl")
+    parser.add_argument("--trigger", default=None, help="trigger word prepended to every caption")
+    parser.add_argument("--preset", default="auto", help=f"auto (from the GPU), none, or one of: {', '.join(PRESETS)}")
+    for option, cast in OVERRIDES.items():
+        parser.add_argument("--" + option.replace("_", "-"), type=cast, default=None)
+    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None)
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=None)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
+    parser.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=None, help="aspect-ratio buckets")
+    parser.add_argument("--validation-prompt", default=None)
+    parser.add_argument("--resume", action="store_true", help="continue the run NAME from its last checkpoint")
+    parser.add_argument("--check", action="store_true", help="only check the data set and show the VRAM estimate")
+    add_config_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def build_request(args, config):
+    from studio.models.sources import resolve_model
+    from studio.training.presets import estimate_vram, get_preset, pick_preset
+    from studio.training.request import TrainingRequest
+
+    settings, preset = {}, None
+    if args.preset != "none":
+        kind = resolve_model(args.model, config).kind
+        if args.preset == "auto" and kind is not None:
+            preset = pick_preset(kind, _total_vram())
+        elif args.preset != "auto":
+            preset = get_preset(args.preset)
+        settings.update(preset.settings if preset else {})
+    for option in OVERRIDES:
+        if getattr(args, option) is not None:
+            settings[FIELD_NAMES.get(option, option)] = getattr(args, option)
+    for field, option in (("lr_scheduler", "lr_scheduler"), ("mixed_precision", "mixed_precision"),
+                          ("optimizer", "optimizer"), ("train_text_encoder", "train_text_encoder"),
+                          ("gradient_checkpointing", "gradient_checkpointing"), ("random_flip", "flip"),
+                          ("buckets", "buckets"), ("validation_prompt", "validation_prompt")):  # fmt: skip
+        if getattr(args, option) is not None:
+            settings[field] = getattr(args, option)
+    request = TrainingRequest(data=args.data, model=args.model, name=args.name, caption=args.caption,
+                              caption_column=args.caption_column, trigger=args.trigger, resume=args.resume,
+                              **settings)  # fmt: skip
+    request.validate()
+    note = f"Preset {preset.name}. " if preset else ""
+    kind = preset.kind if preset else resolve_model(args.model, config).kind
+    if kind is not None:
+        note += estimate_vram(request, kind).summary() + " (full-size model, on a GPU)."
+    return request, note
+
+
+def _total_vram() -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from studio.training.trainer import check_dataset, train
+
+    config = config_from_args(args)
+    request, note = build_request(args, config)
+    print(note, file=sys.stderr)
+    if args.check:
+        print(check_dataset(request).summary(), file=sys.stderr)
+        return 0
+
+    stop = {"requested": False}
+
+    def on_interrupt(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nStopping at the next step (Ctrl+C again to abort)...", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    bar = None
+
+    def on_event(event):
+        nonlocal bar
+        if event.kind == "step":
+            if bar is None:
+                bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="training", unit="step", file=sys.stderr)
+            bar.update(event.step - bar.n)
+            bar.set_postfix_str(f"loss {event.loss:.4f}, lr {event.lr:.2e}")
+        elif event.kind in ("dataset", "status", "sample", "checkpoint", "stopped"):
+            text = f"{event.kind} at step {event.step}: {event.path}" if event.path else event.message
+            if bar is not None:
+                bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr)
+
+    folder = train(request, config, on_event=on_event, should_stop=lambda: stop["requested"])
+    if bar is not None:
+        bar.close()
+    if folder is None and stop["requested"]:
+        print("Stopped; resume with the same command plus --resume.", file=sys.stderr)
+        return 130
+    if folder is not None:  # None on the other processes of a multi-GPU run
+        print(folder)
+    return 0
