@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from studio.cli import evaluate, export_dataset, generate, loras, models, push
+from studio.cli import evaluate, export_dataset, generate, loras, models, push, train
 from studio.errors import StudioError
 
-COMMANDS = [generate, models, evaluate, export_dataset, push, loras]
+COMMANDS = [generate, models, evaluate, export_dataset, push, train, loras]
 
 
 def build_parser() -> argparse.ArgumentParser:
