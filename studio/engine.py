@@ -65,6 +65,20 @@ class Studio:
         if self._current_job is not None:
             self._current_job.cancel.set()
 
+    def train_stream(self, request) -> Iterator:
+        """Train a LoRA in a child process (GPU released first); yields `TrainingEvent`s, last "done" or "stopped"."""
+        from studio.training.session import train_in_background
+
+        job = train_in_background(self.manager, self.config, request)
+        self._training_job = job
+        yield from job.events(latest_only=False)
+
+    def stop_training(self) -> None:
+        """Stop the training run at its next step; it saves a checkpoint that Resume continues from."""
+        job = getattr(self, "_training_job", None)
+        if job is not None:
+            job.cancel.set()
+
     def history(self, limit: int = 60) -> list[Path]:
         return outputs.history(self.config.outputs_dir, limit=limit)
 
