@@ -1,0 +1,181 @@
+""""Save blend as new LoRA": merge weighted adapters into one adapter that reproduces the blend at strength 1.
+
+A blend adds, per layer, sum_i w_i * (alpha_i / r_i) * B_i @ A_i. Stacking the factors along the rank axis,
+
+    A = [A_1; A_2; ...]      B = [w_1 s_1 B_1, w_2 s_2 B_2, ...]      (s_i = alpha_i / r_i)
+
+gives B @ A = that same sum, exactly (no SVD, nothing lost), with rank r_1 + r_2 + ... Layers that only some
+adapters touch get zero rows/columns so every layer of a component has the same rank, and alpha = rank
+(scale 1), which both diffusers and kohya loaders read without ambiguity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+import studio
+from studio.errors import InvalidRequestError, LoraError, UnsafePathError
+from studio.lora.blend import BlendEntry, resolve_blend
+from studio.lora.files import LoraWeights, read_lora, save_diffusers_lora, save_kohya_lora
+from studio.models.kinds import ModelKind
+
+KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveBlendRequest:
+    name: str
+    """Folder name of the new adapter in `loras/` (letters, digits, `_`, `-`, `.`)."""
+
+    loras: tuple = ()
+    """(name, weight) or (name, weight, text-encoder weight) of each adapter in the blend."""
+
+    kind: ModelKind = ModelKind.SD15
+    """Base kind of the blend (the loaded model's); every adapter must match it."""
+
+    base_model: str = ""
+    """What the user picked as the base (for the manifest and model card)."""
+
+    text_encoder_scale: float = 1.0
+    """Text-encoder weight of adapters without their own: weight times this."""
+
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not _NAME.fullmatch(self.name or "") or ".." in self.name:
+            raise UnsafePathError(
+                f"Adapter name {self.name!r} is not allowed; use up to 64 letters, digits, '_', '-' or '.', e.g. my_blend."
+            )
+        if not self.loras:
+            raise InvalidRequestError("The blend is empty; add at least one LoRA before saving it.")
+        for item in self.loras:
+            if not -4.0 <= float(item[1]) <= 4.0:
+                raise InvalidRequestError(f"LoRA {item[0]!r} weight {item[1]} is out of range; use -4 to 4.")
+
+
+def merge_weights(parts: list[tuple[LoraWeights, dict[str, float]]], kind: ModelKind) -> LoraWeights:
+    """One LoraWeights equal to sum of parts, each scaled per component ({component: weight})."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        # module -> [(A, B scaled)], in blend order
+        factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for weights, component_weights in parts:
+            weight = component_weights.get(component, 0.0)
+            if weight == 0.0 or component not in weights.layers:
+                continue
+            for module in weights.modules(component):
+                down = weights.layers[component][f"{module}.lora_A.weight"].float()
+                up = weights.layers[component][f"{module}.lora_B.weight"].float()
+                scale = weight * weights.alphas[component] / down.shape[0]
+                factors.setdefault(module, []).append((down, up * scale))
+        if not factors:
+            continue
+        rank = max(sum(down.shape[0] for down, _up in pairs) for pairs in factors.values())
+        merged = {}
+        for module, pairs in factors.items():
+            down = torch.cat([d for d, _u in pairs], dim=0)
+            up = torch.cat([u for _d, u in pairs], dim=1)
+            pad = rank - down.shape[0]
+            if pad:
+                down = torch.cat([down, down.new_zeros((pad, *down.shape[1:]))], dim=0)
+                up = torch.cat([up, up.new_zeros((up.shape[0], pad, *up.shape[2:]))], dim=1)
+            merged[f"{module}.lora_A.weight"] = down
+            merged[f"{module}.lora_B.weight"] = up
+        layers[component] = merged
+    if not layers:
+        raise LoraError("Every LoRA in the blend has strength 0; there is nothing to save.")
+    alphas = {component: float(next(iter(lay.values())).shape[0]) for component, lay in layers.items()}
+    return LoraWeights(kind=kind, layers=layers, alphas=alphas)
+
+
+def save_blend(request: SaveBlendRequest, *, loras_dir: Path) -> Path:
+    """Write `loras/<name>/` (diffusers + kohya files, adapter.json, README.md); returns the folder."""
+    request.validate()
+    loras_dir = Path(loras_dir)
+    target = loras_dir / request.name
+    if not target.resolve().is_relative_to(loras_dir.resolve()):
+        raise UnsafePathError(f"Adapter name {request.name!r} would leave the LoRA folder; pick a plain name.")
+    if (target.exists() or (loras_dir / f"{request.name}.safetensors").exists()) and not request.overwrite:
+        raise LoraError(f"A LoRA named {request.name!r} already exists; pick another name or choose overwrite.")
+    resolved = resolve_blend(request.loras, loras_dir=loras_dir, kind=request.kind)
+    parts = []
+    for blend_entry, entry in resolved:
+        weights = read_lora(entry.weights_file)
+        te = blend_entry.text_encoder_weight
+        te = blend_entry.weight * request.text_encoder_scale if te is None else te
+        parts.append((weights, {"unet": blend_entry.weight, "text_encoder": te, "text_encoder_2": te}))
+    merged = merge_weights(parts, request.kind)
+    triggers = list(dict.fromkeys(word for _b, entry in resolved for word in entry.trigger_words))
+    return _write_folder(target, merged, request, resolved, triggers)
+
+
+def _write_folder(target: Path, merged: LoraWeights, request: SaveBlendRequest, resolved, triggers) -> Path:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    blend = [{"name": entry.name, "weight": b.weight, **_te(b)} for b, entry in resolved]
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    tmp = staging / target.name
+    tmp.mkdir()
+    try:
+        save_diffusers_lora(merged, tmp)
+        save_kohya_lora(merged, tmp / f"{request.name}.safetensors", metadata=_kohya_metadata(request, merged, blend, triggers, now))
+        manifest = {
+            "name": request.name,
+            "base_model": request.base_model,
+            "base_kind": request.kind.value,
+            "trigger_words": triggers,
+            "rank": merged.rank(),
+            "alpha": float(merged.rank()),
+            "text_encoder": any(c != "unet" for c in merged.layers),
+            "settings": None,
+            "blend": blend,
+            "samples": [],
+            "created": now.isoformat(),
+            "studio_version": studio.__version__,
+        }
+        (tmp / "adapter.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        from studio.model_card import build_model_card
+
+        build_model_card(tmp).save(tmp / "README.md")
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)  # mkdtemp makes them private; this is user data
+        if target.exists():
+            shutil.rmtree(target)  # overwrite was asked for; the new folder is complete before the old one goes
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _te(blend_entry: BlendEntry) -> dict:
+    te = blend_entry.text_encoder_weight
+    return {} if te is None else {"text_encoder_weight": te}
+
+
+def _kohya_metadata(request: SaveBlendRequest, merged: LoraWeights, blend: list, triggers: list, now) -> dict[str, str]:
+    recipe = ", ".join(f"{b['name']}:{b['weight']:g}" for b in blend)
+    values = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": merged.rank(),
+        "ss_network_alpha": float(merged.rank()),
+        "ss_base_model_version": KOHYA_BASE_VERSION[request.kind],
+        "ss_sd_model_name": request.base_model or None,
+        "ss_output_name": request.name,
+        "ss_network_train_unet_only": "text_encoder" not in merged.layers,
+        "ss_training_comment": f"Blend of {recipe} (Studio, exact rank concatenation)",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.implementation": "https://github.com/huggingface/diffusers",
+        "modelspec.title": request.name,
+        "modelspec.date": now.isoformat(),
+        "modelspec.trigger_phrase": ", ".join(triggers) or None,
+    }
+    return {key: str(value) for key, value in values.items() if value is not None}
