@@ -106,6 +106,30 @@ class Studio:
         yield from job.events()
         yield job.result
 
+    def shareable_adapters(self) -> list[str]:
+        """Adapter folders in loras/ that Studio wrote (with adapter.json), for the Share tab's picker."""
+        from studio.hub import shareable_adapters
+
+        return shareable_adapters(self.config.loras_dir)
+
+    def push_stream(self, request) -> Iterator:
+        """Push an adapter to the Hub in a background thread: `LoadProgress` events, then the repo URL (str)."""
+        from studio.hub import push_adapter
+
+        request.validate()
+        job = Job(lambda job: push_adapter(request, on_progress=lambda f, m: job.emit(LoadProgress(f, m)),
+                                           cancel=job.cancel), name="push")  # fmt: skip
+        self._push_job = job  # not `_current_job`: Generate's Stop must not cancel an upload
+        job.start()
+        yield from job.events()
+        yield job.result
+
+    def stop_push(self) -> None:
+        """Stop an upload between chunks; the Hub repo keeps its previous commit."""
+        job = getattr(self, "_push_job", None)
+        if job is not None:
+            job.cancel.set()
+
     @staticmethod
     def read_png_info(path) -> dict:
         """The generation parameters stored in a PNG, parsed like A1111's PNG Info tab ({} if none)."""

@@ -25,7 +25,12 @@ from typing import Callable, Iterator
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
 
 import studio
 from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
@@ -110,6 +115,15 @@ def adapter_folder(loras_dir: Path, name: str) -> Path:
                 f"{folder} has no {required}; only adapters trained or blended by Studio can be pushed."
             )
     return folder
+
+
+def shareable_adapters(loras_dir: Path) -> list[str]:
+    """Names of the adapter folders in loras_dir that a push accepts (adapter.json and the diffusers file)."""
+    root = Path(loras_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and (p / MANIFEST).is_file() and (p / DIFFUSERS_FILE).is_file())  # fmt: skip
 
 
 def resolve_token(explicit: str | None) -> str | None:

@@ -293,3 +293,31 @@ def test_only_adapter_files_are_uploaded_and_symlinks_cannot_leak_other_files(tm
     (loras / "alps" / "samples" / "link.png").symlink_to(secret)
     names = {p.relative_to(loras / "alps").as_posix() for p in files_to_upload(loras / "alps")}
     assert names == ADAPTER_FILES - {"README.md"}
+
+
+def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, loras):
+    """The launched app's /push (what the Push button calls), driven with gradio_client."""
+    from gradio_client import Client
+
+    from tests.app_server import running_app
+
+    home = tmp_path / "home"
+    (home / "hf").mkdir(parents=True)
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HOME": str(home), "HF_HOME": str(home / "hf"),
+           "HF_TOKEN": ""}  # fmt: skip
+    with running_app(tmp_path, env=env) as app:
+        client = Client(app.url, verbose=False)
+        status, url, token_left = client.predict("alps", "alice/from-ui", False, "remote-sensing, alps", "", "via UI",
+                                                 ALICE, api_name="/push")  # fmt: skip
+        assert url == f"{hub.url}/alice/from-ui"
+        assert "Pushed" in status and token_left == ""
+        with pytest.raises(Exception, match=r"rejected the Hub token \(401\)"):
+            client.predict("alps", "alice/other", False, "", "", "", "hf_wrong_token_1", api_name="/push")
+        with pytest.raises(Exception, match="not in the list of choices"):  # names cannot escape loras/
+            client.predict("../loras", "alice/other", False, "", "", "", ALICE, api_name="/push")
+        log = app.output()
+    repo = hub.repos["alice/from-ui"]
+    assert repo.commits[-1]["summary"] == "via UI"
+    assert {"remote-sensing", "alps"} <= set(front_matter(repo.files["README.md"])["tags"])
+    assert "alice/other" not in hub.repos
+    assert_token_nowhere(ALICE, [tmp_path], log)

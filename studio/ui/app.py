@@ -7,6 +7,7 @@ import gradio as gr
 from studio.engine import Studio
 from studio.ui.evaluate_tab import build_evaluate_tab
 from studio.ui.generate_tab import build_generate_tab
+from studio.ui.share_tab import build_share_tab
 
 CSS = """
 #generate-status { min-height: 2.5em; }
@@ -21,6 +22,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 build_generate_tab(studio)
             with gr.Tab("Evaluate", id="evaluate"):
                 build_evaluate_tab(studio)
+            with gr.Tab("Share", id="share"):
+                build_share_tab(studio)
     app.queue(default_concurrency_limit=1)
     return app
 

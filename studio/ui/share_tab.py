@@ -1,0 +1,71 @@
+"""Share tab: push an adapter from loras/ to a Hugging Face Hub repository, with progress and the repo URL.
+
+The token field is a password box used for this push only: it is cleared when the push ends and never saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.engine import LoadProgress, Studio
+from studio.hub import PushRequest
+from studio.ui.common import user_errors
+
+
+def build_share_tab(studio: Studio) -> dict:
+    """Build the tab inside the current Blocks; returns its components."""
+    gr.Markdown(
+        "Upload an adapter (both LoRA files, its samples and a model card) to the Hugging Face Hub. "
+        "The repository is created if needed; pushing again updates it."
+    )
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                adapter = gr.Dropdown(studio.shareable_adapters(), label="Adapter", scale=4, elem_id="share-adapter")
+                refresh = gr.Button("↻ Rescan", scale=1, size="sm")
+            repo_id = gr.Textbox(label="Repository", placeholder="your-name/alps-lora", elem_id="share-repo")
+            with gr.Row():
+                private = gr.Checkbox(label="Private (when created)", value=False)
+                license = gr.Textbox(label="License", placeholder="default: the base model's", scale=2)
+            tags = gr.Textbox(label="Extra tags (comma-separated)", placeholder="remote-sensing, mountains")
+            message = gr.Textbox(label="Commit message", placeholder="Upload <adapter> with Studio")
+            token_field = gr.Textbox(
+                label="Hub token (optional: HF_TOKEN or `hf auth login` is used otherwise)",
+                type="password",
+                placeholder="hf_... (write access; used for this push only, never saved)",
+                elem_id="share-token",
+            )
+            with gr.Row():
+                push_button = gr.Button("Push to the Hub", variant="primary", elem_id="push-button")
+                stop_button = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=2):
+            status = gr.Markdown("Ready.", elem_id="push-status")
+            url = gr.Textbox(label="Repository URL", interactive=False, elem_id="push-url", buttons=["copy"])
+
+    @user_errors
+    def push(adapter, repo_id, private, tags, license, message, token):
+        # Named parameters become the keyword names of the /push API for gradio_client.
+        request = PushRequest(
+            name=adapter or "",
+            repo_id=(repo_id or "").strip(),
+            loras_dir=Path(studio.config.loras_dir),
+            private=bool(private),
+            tags=tuple(t.strip() for t in (tags or "").split(",") if t.strip()),
+            license=(license or "").strip() or None,
+            message=message or "",
+            token=token or None,
+        )
+        for event in studio.push_stream(request):
+            if isinstance(event, LoadProgress):
+                yield {status: f"⏳ {event.fraction:.0%} · {event.message}"}
+            else:
+                yield {status: f"✅ Pushed **{adapter}**: [{event}]({event})", url: event, token_field: ""}
+
+    push_button.click(push, inputs=[adapter, repo_id, private, tags, license, message, token_field],
+                      outputs=[status, url, token_field], api_name="push", concurrency_id="hub",
+                      concurrency_limit=1)  # fmt: skip
+    stop_button.click(studio.stop_push, api_name="stop_push", queue=False)
+    refresh.click(lambda: gr.Dropdown(choices=studio.shareable_adapters()), outputs=adapter, api_name="list_adapters")
+    return {"adapter": adapter, "repo_id": repo_id, "status": status, "url": url}
