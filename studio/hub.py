@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ from huggingface_hub.errors import (
 
 import studio
 from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
-from studio.model_card import DIFFUSERS_FILE, MANIFEST, build_model_card
+from studio.model_card import DIFFUSERS_FILE, MANIFEST, build_model_card, public_manifest, read_manifest
 
 ProgressFn = Callable[[float, str], None]
 
@@ -170,9 +171,12 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
             progress = _UploadProgress(sum(p.stat().st_size for p in files), report, cancel)
             operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
             for path in files:
-                reader = stack.enter_context(_CountingReader(path, progress))
+                if path == folder / MANIFEST:  # published without local paths (see public_manifest)
+                    content = json.dumps(public_manifest(read_manifest(folder)), indent=2).encode()
+                else:
+                    content = stack.enter_context(_CountingReader(path, progress))
                 operations.append(CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(),
-                                                     path_or_fileobj=reader))  # fmt: skip
+                                                     path_or_fileobj=content))  # fmt: skip
             progress.start()  # reads so far were hashing; count only what is sent from here on
             api.create_commit(request.repo_id, operations, commit_message=request.commit_message)
     report(1.0, f"Pushed {request.name} to {url}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Sequence
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -60,6 +60,25 @@ def read_manifest(adapter_dir: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("base_kind") not in DEFAULT_LICENSES:
         raise LoraError(f"{path} must be an object with \"base_kind\" set to \"sd15\" or \"sdxl\".")
     return manifest
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The manifest as it may be published: local paths (training data, a base model file) reduced to their names.
+
+    `/home/alice/datasets/aid-mountains` says who and where; `aid-mountains` is all a reader of the card needs.
+    """
+    public = dict(manifest)
+    if isinstance(public.get("base_model"), str):
+        public["base_model"] = _without_folders(public["base_model"])
+    if isinstance(public.get("settings"), dict):
+        public["settings"] = {key: _without_folders(value) for key, value in public["settings"].items()}
+    return public
+
+
+def _without_folders(value):
+    if isinstance(value, str) and (value.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value)):
+        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+    return value
 
 
 def collect_samples(adapter_dir: Path, manifest: dict) -> list[Sample]:
@@ -116,7 +135,7 @@ def build_model_card(adapter_dir: Path, *, repo_id: str | None = None, license: 
                      tags: Sequence[str] = ()) -> ModelCard:  # fmt: skip
     """The model card of `adapter_dir` (reads adapter.json and samples/); `repo_id` fills the usage snippets."""
     adapter_dir = Path(adapter_dir)
-    manifest = read_manifest(adapter_dir)
+    manifest = public_manifest(read_manifest(adapter_dir))
     kind = manifest["base_kind"]
     name = str(manifest.get("name") or adapter_dir.name)
     base = str(manifest.get("base_model") or "")

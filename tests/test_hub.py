@@ -51,7 +51,8 @@ def loras(tmp_path):
     Image.new("RGB", (8, 8), "white").save(folder / "samples" / "s0.png", pnginfo=png_info(infotext))
     manifest = {
         "name": "alps", "base_model": BASE, "base_kind": "sd15", "trigger_words": ["aid_mountain"], "rank": 4,
-        "alpha": 4, "text_encoder": False, "settings": {"steps": 500, "learning_rate": 0.0001}, "blend": None,
+        "alpha": 4, "text_encoder": False, "blend": None,
+        "settings": {"steps": 500, "learning_rate": 0.0001, "data": "/home/alice/datasets/aid-mountains"},
         "samples": [{"file": "samples/s0.png", "prompt": "aid_mountain, snowy ridge", "negative_prompt": "blurry",
                      "seed": 42, "step": 500}],
         "created": "2026-11-25T03:00:00Z", "studio_version": "0.1.0",
@@ -136,8 +137,11 @@ def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(
     repo = hub.repos["alice/alps"]
     assert repo.owner == "alice" and not repo.private
     assert set(repo.files) == ADAPTER_FILES
-    for name in ADAPTER_FILES - {"README.md"}:
+    for name in ADAPTER_FILES - {"README.md", "adapter.json"}:
         assert repo.files[name] == before[f"alps/{name}"]
+    published = json.loads(repo.files["adapter.json"])  # as local, minus the folders of the training data
+    assert published["settings"]["data"] == "aid-mountains" and b"/home/alice" not in repo.files["README.md"]
+    assert published["samples"] == json.loads(before["alps/adapter.json"])["samples"]
     assert {"alps.safetensors", "pytorch_lora_weights.safetensors", "samples/s0.png"} <= repo.lfs
     card = front_matter(repo.files["README.md"])
     assert card["base_model"] == BASE and card["license"] == "creativeml-openrail-m"

@@ -118,3 +118,11 @@ def test_bad_manifest_is_a_clear_error(tmp_path, content, message):
         (folder / "adapter.json").write_text(content)
     with pytest.raises(LoraError, match=message):
         build_model_card(folder)
+
+
+def test_local_paths_are_reduced_to_names_in_the_card(tmp_path):
+    folder = make_adapter(tmp_path / "a", base_model="/home/alice/models/v1-5-pruned-emaonly.safetensors",
+                          settings={"data": "/home/alice/datasets/aid", "win": "C:\\Users\\al\\set", "steps": 10})
+    text = str(build_model_card(folder))
+    assert "/home/alice" not in text and "Users" not in text
+    assert "`v1-5-pruned-emaonly.safetensors`" in text and "| data | aid |" in text and "| win | set |" in text
