@@ -99,9 +99,8 @@ def run(args) -> int:
 
     config = config_from_args(args)
     request, note = build_request(args, config)
-    print(note, file=sys.stderr)
     if args.check:
-        print(check_dataset(request).summary(), file=sys.stderr)
+        print(check_dataset(request).summary() + "\n" + note, file=sys.stderr)
         return 0
 
     stop = {"requested": False}
@@ -122,7 +121,9 @@ def run(args) -> int:
                 bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="training", unit="step", file=sys.stderr)
             bar.update(event.step - bar.n)
             bar.set_postfix_str(f"loss {event.loss:.4f}, lr {event.lr:.2e}")
-        elif event.kind in ("dataset", "status", "sample", "checkpoint", "stopped"):
+        elif event.kind == "dataset":  # the data set is fine: now the settings are worth showing
+            print(event.message + "\n" + note, file=sys.stderr)
+        elif event.kind in ("status", "sample", "checkpoint", "stopped"):
             text = f"{event.kind} at step {event.step}: {event.path}" if event.path else event.message
             if bar is not None:
                 bar.write(text, file=sys.stderr)
