@@ -130,6 +130,49 @@ class Studio:
         if job is not None:
             job.cancel.set()
 
+    # --- LoRA library, blending, comparison grids (studio.lora, studio.compare) ---
+
+    def loras(self) -> list:
+        """Every adapter in loras/ with its kind, format, rank, hash and problem (read from headers only)."""
+        from studio.lora.library import scan_loras
+
+        return scan_loras(self.config.loras_dir)
+
+    def model_kind(self, model: str):
+        """SD1.5 or SDXL for a model picker entry (without loading it); None if unknown."""
+        from studio.models.sources import resolve_model
+
+        return resolve_model(model, self.config).kind
+
+    def apply_blend(self, request) -> list[tuple[str, float, str]]:
+        """Put a `BlendRequest` on its model now: loads new adapters once, then only changes weights."""
+        from studio.lora.blend import apply_request
+
+        return apply_request(self.manager, request)
+
+    def save_blend(self, request) -> Path:
+        """Merge a `SaveBlendRequest` into a new adapter folder in loras/."""
+        from studio.lora.merge import save_blend
+
+        return save_blend(request, loras_dir=self.config.loras_dir)
+
+    def compare_stream(self, request) -> Iterator:
+        """Render a `CompareRequest` grid in a background thread: `LoadProgress` events, then the CompareResult."""
+        from studio.compare import compare
+
+        request.validate()
+        return self._stream("compare", lambda job: compare(
+            self.manager, request, outputs_dir=self.config.outputs_dir, cancel=job.cancel,
+            on_progress=lambda fraction, message: job.emit(LoadProgress(fraction, message))))  # fmt: skip
+
+    def import_lora_stream(self, repo_id: str, token: str | None = None) -> Iterator:
+        """Download a LoRA repo from the Hub into loras/: `LoadProgress` events, then the folder (Path)."""
+        from studio.hub import download_adapter
+
+        return self._stream("import", lambda job: download_adapter(
+            repo_id=repo_id, loras_dir=self.config.loras_dir, token=token,
+            on_progress=lambda fraction, message: job.emit(LoadProgress(fraction, message))))  # fmt: skip
+
     @staticmethod
     def read_png_info(path) -> dict:
         """The generation parameters stored in a PNG, parsed like A1111's PNG Info tab ({} if none)."""

@@ -196,3 +196,34 @@ def blend_state(pipe) -> dict:
         "text_encoder_scale": state.text_encoder_scale,
         "fused": state.fused is not None,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendRequest:
+    """The LoRA tab's blend, applied to a model right away (a slider move, a new adapter, fuse on/off)."""
+
+    model: str
+    loras: tuple[tuple[str, float], ...] = ()
+    text_encoder_scale: float = 1.0
+    """Text-encoder weight of each adapter = its weight times this (0 = UNet only)."""
+
+    fuse: bool = False
+
+    def validate(self) -> None:
+        from studio.errors import InvalidRequestError
+
+        for name, weight in self.loras:
+            if not -2.0 <= weight <= 2.0:
+                raise InvalidRequestError(f"LoRA {name!r} strength {weight} is out of range; use -2 to 2.")
+        if not -2.0 <= self.text_encoder_scale <= 2.0:
+            raise InvalidRequestError(f"Text-encoder strength {self.text_encoder_scale} is out of range; use -2 to 2.")
+
+
+def apply_request(manager, request: BlendRequest) -> list[tuple[str, float, str]]:
+    """Take the GPU, load the model if needed, and put the blend on it."""
+    request.validate()
+    with manager.acquire(request.model) as model:
+        return apply_blend(
+            model, list(request.loras), loras_dir=manager.config.loras_dir,
+            text_encoder_scale=request.text_encoder_scale, fuse=request.fuse,
+        )  # fmt: skip
