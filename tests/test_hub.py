@@ -94,7 +94,7 @@ from pathlib import Path
 from studio.errors import StudioError
 from studio.hub import PushRequest, push_adapter
 try:
-    print(push_adapter(PushRequest(name="alps", loras_dir=Path({loras!r}), **{fields!r})))
+    print(push_adapter(PushRequest(loras_dir=Path({loras!r}), **{fields!r})))
 except StudioError as e:
     print(f"{{type(e).__name__}}: {{e}}")
     sys.exit(2)
@@ -103,7 +103,7 @@ except StudioError as e:
 
 def push_python(tmp_path, hub_url, *, env_token=ALICE, **fields):
     """push_adapter in a child process, as the Share tab calls it: exit 2 and the error's one line on failure."""
-    code = PUSH_CODE.format(loras=str(tmp_path / "loras"), fields=fields)
+    code = PUSH_CODE.format(loras=str(tmp_path / "loras"), fields={"name": "alps", **fields})
     return run_python(tmp_path, hub_url, code, token=env_token)
 
 
@@ -325,3 +325,54 @@ def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, lo
     assert {"remote-sensing", "alps"} <= set(front_matter(repo.files["README.md"])["tags"])
     assert "alice/other" not in hub.repos
     assert_token_nowhere(ALICE, [tmp_path], log)
+
+
+CANCEL_CODE = """
+import threading
+from pathlib import Path
+from studio.errors import CancelledError
+from studio.hub import PushRequest, push_adapter
+stop = threading.Event()
+def progress(fraction, message):
+    if message.startswith("Uploading"):
+        stop.set()  # the user presses Stop as the upload starts
+try:
+    push_adapter(PushRequest(name="alps", repo_id="alice/alps", loras_dir=Path({loras!r})), on_progress=progress,
+                 cancel=stop)
+except CancelledError as e:
+    print("CancelledError:", e)
+"""
+
+
+def test_stop_during_upload_leaves_no_commit(tmp_path, hub, loras):
+    result = run_python(tmp_path, hub.url, CANCEL_CODE.format(loras=str(loras)), token=ALICE)
+    assert result.returncode == 0, result.stderr
+    assert "CancelledError: Push stopped" in result.stdout
+    assert hub.repos["alice/alps"].files == {}  # created, but nothing committed
+    assert hub.lfs_objects == {}
+
+
+def test_a_real_adapter_pulled_from_the_hub_draws_what_the_trained_one_drew(tmp_path, hub):
+    """Push a live peft LoRA's files, pull them into another loras/, load both formats in diffusers: same image."""
+    import numpy as np
+
+    from studio.lora.files import save_diffusers_lora, save_kohya_lora
+    from studio.models.kinds import ModelKind
+    from studio.models.tiny import build_tiny
+    from tests.test_lora_files import live_adapter, render
+
+    pipe, weights = live_adapter(ModelKind.SD15)
+    expected = render(pipe)
+    folder = tmp_path / "loras" / "live"
+    save_diffusers_lora(weights, folder)
+    save_kohya_lora(weights, folder / "live.safetensors", metadata={"ss_network_dim": "4"})
+    (folder / "adapter.json").write_text(json.dumps({"name": "live", "base_model": "demo-sd15", "base_kind": "sd15",
+                                                     "rank": 4, "alpha": 8.0, "samples": []}))  # fmt: skip
+    assert push_python(tmp_path, hub.url, name="live", repo_id="alice/live").returncode == 0
+    pulled = run_python(tmp_path, hub.url, DOWNLOAD_CODE.format(repo="alice/live", loras=str(tmp_path / "pulled")))
+    assert pulled.returncode == 0, pulled.stderr
+    for weight_name in ("pytorch_lora_weights.safetensors", "live.safetensors"):  # diffusers, then A1111/ComfyUI
+        fresh = build_tiny(ModelKind.SD15)
+        fresh.set_progress_bar_config(disable=True)
+        fresh.load_lora_weights(tmp_path / "pulled" / "live", weight_name=weight_name)
+        np.testing.assert_allclose(render(fresh), expected, atol=1e-4)
