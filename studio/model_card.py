@@ -123,7 +123,7 @@ def _sample_from_png(path: Path, file: str) -> Sample:
 
 def card_tags(kind: str, user_tags: Sequence[str]) -> list[str]:
     """The standard LoRA tags, then the user's (stripped, without duplicates, in the order given)."""
-    tags = ["lora", "text-to-image", "diffusers", BASE_TAGS[kind], "template:sd-lora"]
+    tags = ["lora", "text-to-image", "diffusers", BASE_TAGS[kind]]
     for tag in user_tags:
         tag = str(tag).strip()
         if tag and tag not in tags:

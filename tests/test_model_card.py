@@ -78,8 +78,7 @@ def test_local_bases_are_described_in_the_text_not_the_front_matter(tmp_path, ba
 
 def test_user_tags_are_stripped_and_deduplicated(tmp_path):
     card = build_model_card(make_adapter(tmp_path / "a"), tags=[" remote-sensing ", "lora", "", "remote-sensing"])
-    assert card.data.tags == ["lora", "text-to-image", "diffusers", "stable-diffusion", "template:sd-lora",
-                              "remote-sensing"]  # fmt: skip
+    assert card.data.tags == ["lora", "text-to-image", "diffusers", "stable-diffusion", "remote-sensing"]
 
 
 def test_samples_outside_the_folder_or_missing_are_left_out_and_unlisted_pngs_use_their_infotext(tmp_path):
