@@ -7,6 +7,7 @@ import gradio as gr
 from studio.engine import Studio
 from studio.ui.evaluate_tab import build_evaluate_tab
 from studio.ui.generate_tab import build_generate_tab
+from studio.ui.lora_tab import build_lora_tab
 from studio.ui.share_tab import build_share_tab
 
 CSS = """
@@ -17,13 +18,18 @@ CSS = """
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="Studio") as app:
         gr.Markdown("## Studio: Stable Diffusion 1.5 and SDXL on your own GPU")
+        lora_picks = gr.State([])  # the LoRA tab's blend, used by Generate: [(name, weight)]
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
-                build_generate_tab(studio)
+                generate = build_generate_tab(studio, lora_picks=lora_picks)
+            with gr.Tab("LoRA", id="lora"):
+                lora = build_lora_tab(studio, model=generate["model"], lora_picks=lora_picks)
             with gr.Tab("Evaluate", id="evaluate"):
                 build_evaluate_tab(studio)
             with gr.Tab("Share", id="share"):
                 build_share_tab(studio)
+        fn, inputs, outputs = lora["refresh"]
+        app.load(fn, inputs=inputs, outputs=outputs, api_visibility="private")  # the LoRA list as of page load
     app.queue(default_concurrency_limit=1)
     return app
 

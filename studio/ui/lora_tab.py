@@ -1,0 +1,201 @@
+"""LoRA tab: the library (incompatible adapters greyed with the reason), a live blend with strength sliders,
+fuse, "save blend as new LoRA", same-seed comparison grids and A/B, import from the Hub.
+
+The blend applies as soon as a slider is released (one `set_adapters` call on adapters that stay loaded) and
+is shared with the Generate tab through `lora_picks`, so the next generation uses it.
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+from PIL import Image
+
+from studio.compare import CompareRequest, CompareRow
+from studio.engine import LoadProgress, Studio
+from studio.errors import InvalidRequestError, StudioError
+from studio.lora.blend import BlendRequest
+from studio.lora.merge import SaveBlendRequest
+from studio.ui.common import GPU_QUEUE, user_errors
+
+SLOTS = 4
+ROW_MODES = ["each LoRA", "the blend", "each LoRA and the blend"]
+
+
+def library_view(studio: Studio, model: str | None):
+    """(HTML table, names usable with the model, preview images) for the current model."""
+    try:
+        kind = studio.model_kind(model) if model else None
+    except StudioError:  # an unknown model name: list everything; applying the blend reports the real problem
+        kind = None
+    entries = studio.loras()
+    rows, usable, previews = [], [], []
+    for entry in entries:
+        reason = entry.problem if kind is None else entry.incompatibility(kind)
+        if reason is None:
+            usable.append(entry.name)
+        if entry.preview is not None and reason is None:
+            previews.append((_thumbnail(entry.preview), entry.name))
+        cells = [entry.name, entry.kind.label if entry.kind else "?", entry.format, entry.rank or "?",
+                 ", ".join(entry.components), ", ".join(entry.trigger_words), entry.addnet_hash or "", reason or "ok"]  # fmt: skip
+        style = ' style="opacity:0.45"' if reason else ""
+        title = f' title="{html.escape(reason)}"' if reason else ""
+        rows.append(f"<tr{style}{title}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = "".join(f"<th>{h}</th>" for h in ["Name", "Kind", "Format", "Rank", "Parts", "Triggers", "Hash", "Status"])
+    table = f'<table class="lora-library"><tr>{header}</tr>{"".join(rows)}</table>' if rows else (
+        "<p>No LoRAs yet: put .safetensors files or adapter folders in loras/, train one, or import from the Hub.</p>")
+    return table, usable, previews
+
+
+def _thumbnail(path) -> Image.Image:
+    """Previews live in loras/, which the server does not serve: hand Gradio a small in-memory copy."""
+    with Image.open(path) as image:
+        image.thumbnail((256, 256))
+        return image.convert("RGB")
+
+
+def _blend(names, weights) -> tuple[tuple[str, float], ...]:
+    return tuple((name, float(weight)) for name, weight in zip(names, weights) if name)
+
+
+def _strengths(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise InvalidRequestError(f"Strengths {text!r} must be numbers separated by commas, e.g. 0, 0.5, 1.") from None
+
+
+def compare_rows(blend, mode: str, include_base: bool) -> tuple[CompareRow, ...]:
+    rows = [CompareRow("no LoRA")] if include_base else []
+    if mode in ("each LoRA", "each LoRA and the blend"):
+        rows += [CompareRow(f"{name} ({weight:g})", ((name, weight),)) for name, weight in blend]
+    if mode in ("the blend", "each LoRA and the blend") and blend:
+        rows.append(CompareRow(" + ".join(name for name, _w in blend), tuple(blend)))
+    return tuple(rows)
+
+
+def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
+    """Build the tab; `model` is the Generate tab's model picker, `lora_picks` the blend it generates with."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            library = gr.HTML(elem_id="lora-library")
+            rescan = gr.Button("↻ Rescan loras/", size="sm", elem_id="lora-rescan")
+            previews = gr.Gallery(label="Previews", columns=4, height=200, elem_id="lora-previews")
+            with gr.Accordion("Import from the Hugging Face Hub", open=False):
+                repo_id = gr.Textbox(label="Repo id", placeholder="user/my-lora", elem_id="lora-import-repo")
+                token = gr.Textbox(label="Token (only for private repos; never saved)", type="password")
+                import_button = gr.Button("Import", elem_id="lora-import")
+        with gr.Column(scale=2):
+            picks, weights = [], []
+            for i in range(SLOTS):
+                with gr.Row():
+                    picks.append(gr.Dropdown([], value=None, label=f"LoRA {i + 1}", scale=3, elem_id=f"lora-pick-{i}"))
+                    weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Strength", scale=2,
+                                             elem_id=f"lora-weight-{i}"))  # fmt: skip
+            te_scale = gr.Slider(-2, 2, value=1.0, step=0.05, label="Text-encoder strength (x each LoRA's strength)",
+                                 elem_id="lora-te-scale")  # fmt: skip
+            fuse = gr.Checkbox(label="Fuse the blend into the weights (faster; undone when the blend changes)")
+            apply_button = gr.Button("Apply blend", variant="primary", elem_id="lora-apply")
+            status = gr.Markdown("No blend applied.", elem_id="lora-status")
+            with gr.Accordion("Save blend as new LoRA", open=False):
+                save_name = gr.Textbox(label="New LoRA name", placeholder="my_blend", elem_id="lora-save-name")
+                overwrite = gr.Checkbox(label="Overwrite an existing LoRA of that name")
+                save_button = gr.Button("Save blend", elem_id="lora-save")
+    with gr.Accordion("Compare with the same seed", open=False):
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", scale=3, elem_id="compare-prompt")
+            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random, same for every cell)")
+            steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+        with gr.Row():
+            strengths = gr.Textbox(value="0, 0.25, 0.5, 0.75, 1", label="Strengths (columns)")
+            mode = gr.Radio(ROW_MODES, value="each LoRA", label="Rows")
+            include_base = gr.Checkbox(value=True, label='Add a "no LoRA" row')
+        with gr.Row():
+            compare_button = gr.Button("Compare grid", variant="primary", elem_id="compare-run")
+            ab_button = gr.Button("A/B: base vs blend", elem_id="compare-ab")
+            stop_button = gr.Button("Stop", variant="stop")
+        compare_status = gr.Markdown(elem_id="compare-status")
+        grid = gr.Image(label="Grid (saved with every cell's parameters)", type="filepath", interactive=False,
+                        elem_id="compare-grid")  # fmt: skip
+
+    @user_errors
+    def refresh(model_name, *current):
+        table, usable, images = library_view(studio, model_name)
+        keep = [gr.update(choices=usable, value=value if value in usable else None) for value in current]
+        return [table, images, *keep]
+
+    refresh_outputs = [library, previews, *picks]
+    rescan.click(refresh, inputs=[model, *picks], outputs=refresh_outputs, api_name="lora_library")
+    model.change(refresh, inputs=[model, *picks], outputs=refresh_outputs, api_visibility="private")
+
+    @user_errors
+    def apply(model_name, te, fuse_on, *slots):
+        blend = _blend(slots[:SLOTS], slots[SLOTS:])
+        applied = studio.apply_blend(BlendRequest(model=model_name, loras=blend, text_encoder_scale=float(te),
+                                                  fuse=bool(fuse_on)))  # fmt: skip
+        text = ", ".join(f"{name} {weight:g} ({short_hash})" for name, weight, short_hash in applied) or "no LoRA"
+        fused = " · fused" if fuse_on and applied else ""
+        return f"Blend on {model_name}: {text} · text encoders x{float(te):g}{fused}", [list(p) for p in blend]
+
+    blend_inputs = [model, te_scale, fuse, *picks, *weights]
+    apply_button.click(apply, inputs=blend_inputs, outputs=[status, lora_picks], api_name="apply_blend", **GPU_QUEUE)
+    for control in [*weights, te_scale]:
+        control.release(apply, inputs=blend_inputs, outputs=[status, lora_picks], api_visibility="private", **GPU_QUEUE)
+    for control in [*picks, fuse]:
+        control.input(apply, inputs=blend_inputs, outputs=[status, lora_picks], api_visibility="private", **GPU_QUEUE)
+
+    @user_errors
+    def save(model_name, name, overwrite_on, te, *slots):
+        request = SaveBlendRequest(name=(name or "").strip(), loras=_blend(slots[:SLOTS], slots[SLOTS:]),
+                                   kind=studio.model_kind(model_name), base_model=model_name,
+                                   text_encoder_scale=float(te), overwrite=bool(overwrite_on))  # fmt: skip
+        folder = studio.save_blend(request)
+        table, _usable, images = library_view(studio, model_name)
+        return f"Saved {folder.name}: use it alone at strength 1 to get this blend.", table, images
+
+    save_button.click(save, inputs=[model, save_name, overwrite, te_scale, *picks, *weights],
+                      outputs=[status, library, previews], api_name="save_blend")  # fmt: skip
+
+    def run_compare(model_name, prompt_text, seed_value, steps_value, strengths_text, row_mode, base_row, *slots,
+                    ab=False):  # fmt: skip
+        blend = _blend(slots[:SLOTS], slots[SLOTS:])
+        rows = compare_rows(blend, "the blend", True) if ab else compare_rows(blend, row_mode, base_row)
+        request = CompareRequest(model=model_name, prompt=prompt_text or "", rows=rows,
+                                 strengths=(1.0,) if ab else _strengths(strengths_text),
+                                 seed=int(seed_value if seed_value is not None else -1), steps=int(steps_value))  # fmt: skip
+        for event in studio.compare_stream(request):
+            if isinstance(event, LoadProgress):
+                yield f"⏳ {event.message} ({event.fraction:.0%})", gr.update()
+            else:
+                yield f"Done: seed {event.seed}, saved {event.path.name}.", str(event.path)
+
+    compare_inputs = [model, prompt, seed, steps, strengths, mode, include_base, *picks, *weights]
+
+    @user_errors
+    def compare_grid(*args):
+        yield from run_compare(*args)
+
+    @user_errors
+    def compare_ab(*args):
+        yield from run_compare(*args, ab=True)
+
+    grid_run = compare_button.click(compare_grid, inputs=compare_inputs, outputs=[compare_status, grid],
+                                    api_name="compare", **GPU_QUEUE)  # fmt: skip
+    ab_run = ab_button.click(compare_ab, inputs=compare_inputs, outputs=[compare_status, grid], api_name="compare_ab",
+                             **GPU_QUEUE)  # fmt: skip
+    stop_button.click(studio.stop, cancels=[grid_run, ab_run], api_visibility="private")
+
+    @user_errors
+    def import_lora(model_name, repo, token_value, *current):
+        for event in studio.import_lora_stream((repo or "").strip(), token_value or None):
+            if isinstance(event, LoadProgress):
+                yield [f"⏳ {event.message} ({event.fraction:.0%})"] + [gr.update()] * (2 + SLOTS)
+            else:
+                yield [f"Imported into loras/{event.name}."] + refresh(model_name, *current)
+
+    # Not a GPU event: a download must not wait behind a generation, nor block one.
+    import_button.click(import_lora, inputs=[model, repo_id, token, *picks], outputs=[status, *refresh_outputs],
+                        api_name="import_lora")  # fmt: skip
+    return {"library": library, "picks": picks, "weights": weights, "status": status, "grid": grid,
+            "refresh": (refresh, [model, *picks], refresh_outputs)}  # fmt: skip
