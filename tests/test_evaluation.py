@@ -284,3 +284,28 @@ def test_export_refuses_a_folder_in_use_and_names_that_escape(manager, tmp_path,
     for name in ("../escape", "/etc", "", "a/../.."):
         with pytest.raises(UnsafePathError):
             export_folder(config.outputs_dir, name)
+
+
+def test_exported_data_trains_a_lora_that_evaluate_scores_at_several_strengths(manager, config, clip_dir, tmp_path):
+    from studio.training.request import TrainingRequest
+    from studio.training.trainer import train
+
+    exported = export(manager, tmp_path / "synthetic", prompts=("snowy peaks",), count=4, seed=10)
+    config.loras_dir.mkdir(parents=True, exist_ok=True)
+    events = []
+    request = TrainingRequest(data=exported.folder, model="demo-sd15", name="synthetic", steps=4, rank=4, alpha=2.0,
+                              learning_rate=5e-2, resolution=64, batch_size=2, validation_steps=2,
+                              checkpoint_every=0)  # fmt: skip
+    adapter = train(request, config, on_event=events.append)
+    assert adapter == config.loras_dir / "synthetic" and (adapter / "pytorch_lora_weights.safetensors").is_file()
+    assert "4 usable of 4 images" in events[0].message and "4 from metadata.jsonl" in events[0].message
+
+    # Strength 0 redraws the exported images exactly (same model, seeds and prompt); strength 1 moves away.
+    candidates = tuple(Candidate("demo-sd15", (("synthetic", weight),)) for weight in (1.0, 0.0))
+    result = run(manager, config, candidates=candidates, data=exported.folder, prompt="snowy peaks", seed=10, count=2,
+                 feature_model=str(clip_dir))  # fmt: skip
+    by_label = {r.label: r for r in result.candidates}
+    off, on = by_label["demo-sd15 + synthetic:0"], by_label["demo-sd15 + synthetic:1"]
+    assert [n.nearest.name for n in off.neighbours] == [p.name for p in exported.images[:2]]
+    assert all(n.similarity > 0.999 for n in off.neighbours)
+    assert not np.array_equal(pixels(Image.open(on.neighbours[0].image)), pixels(Image.open(off.neighbours[0].image)))

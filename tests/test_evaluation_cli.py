@@ -1,0 +1,75 @@
+"""`python -m studio evaluate` and `export-dataset` as a user runs them: a separate process, offline."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from studio.evaluation.features import save_tiny_feature_model
+from tests.test_cli import folders, run_cli
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_tiny_feature_model(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(6):
+        Image.effect_noise((48, 48), 20 + 10 * i).convert("RGB").save(folder / f"{i}.png")
+    return folder
+
+
+def test_evaluate_compares_candidates_and_prints_a_ranked_table(tmp_path, clip_dir, data_dir):
+    result = run_cli(
+        "evaluate", "--model", "demo-sd15", "--compare", "demo-sdxl", "--data", data_dir, "--prompt", "noise",
+        "--count", 2, "--seed", 5, "--steps", 2, "--width", 64, "--height", 64, "--scheduler", "Euler",
+        "--feature-model", clip_dir, "--resamples", 50, *folders(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    *table, last = result.stdout.splitlines()
+    folder = Path(last)
+    assert folder.is_relative_to(tmp_path / "outputs" / "evaluations")
+    assert table[0].startswith("| rank | candidate | CMMD | KID (CLIP features)")
+    ranked = [line.split(" | ")[1] for line in table[2:]]
+    assert sorted(ranked[:2]) == ["demo-sd15", "demo-sdxl"] and ranked[2].startswith("floor")
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["seeds"] == [5, 6] and len(saved["candidates"]) == 2
+    assert sorted(p.name for p in folder.glob("*/nearest.png")) == ["nearest.png", "nearest.png"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/no/such/folder"], "/no/such/folder does not exist"),
+        (["--lora", "a:1", "--lora", "b:1", "--strengths", "0,1"], "--strengths needs exactly one --lora"),
+    ],
+)
+def test_evaluate_user_errors_are_one_line(tmp_path, data_dir, args, message):
+    base = {"--data": data_dir, "--prompt": "x"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base.pop(flag, None)
+    defaults = [item for flag, value in base.items() for item in (flag, value)]
+    result = run_cli("evaluate", "--model", "demo-sd15", *defaults, *args, *folders(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_dataset_writes_an_imagefolder_and_prints_it(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a glacier\n\nsnowy peaks\n")
+    out = tmp_path / "synthetic"
+    result = run_cli(
+        "export-dataset", "--model", "demo-sd15", "--prompt", "a ridge", "--prompts-file", prompts, "--count", 1,
+        "--seed", 3, "--steps", 1, "--width", 64, "--height", 64, "--out", out, *folders(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["3 images and metadata.jsonl written", str(out)]
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [(r["text"], r["seed"]) for r in rows] == [("a ridge", 3), ("a glacier", 4), ("snowy peaks", 5)]
+    again = run_cli("export-dataset", "--model", "demo-sd15", "--prompt", "x", "--out", out, *folders(tmp_path))
+    assert again.returncode == 2 and "already exists and is not empty" in again.stderr
