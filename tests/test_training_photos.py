@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 
-from studio.training.request import TrainingRequest
-from studio.training.trainer import check_dataset
+from studio.training.request import TrainingRequest, check_dataset
 
 
 def landscape(width: int, height: int, seed: int) -> Image.Image:

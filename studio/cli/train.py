@@ -53,14 +53,14 @@ def register(subparsers) -> None:
 
 def build_request(args, config):
     from studio.models.sources import resolve_model
-    from studio.training.presets import estimate_vram, get_preset, pick_preset
+    from studio.training.presets import detected_vram_bytes, estimate_vram, get_preset, pick_preset
     from studio.training.request import TrainingRequest
 
     settings, preset = {}, None
     if args.preset != "none":
         kind = resolve_model(args.model, config).kind
         if args.preset == "auto" and kind is not None:
-            preset = pick_preset(kind, _total_vram())
+            preset = pick_preset(kind, detected_vram_bytes())
         elif args.preset != "auto":
             preset = get_preset(args.preset)
         settings.update(preset.settings if preset else {})
@@ -84,18 +84,11 @@ def build_request(args, config):
     return request, note
 
 
-def _total_vram() -> int | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(0).total_memory
-
-
 def run(args) -> int:
     from tqdm import tqdm
 
-    from studio.training.trainer import check_dataset, train
+    from studio.training.request import check_dataset
+    from studio.training.trainer import train
 
     config = config_from_args(args)
     request, note = build_request(args, config)

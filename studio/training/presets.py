@@ -146,3 +146,12 @@ def estimate_vram(request: TrainingRequest, kind: ModelKind, *, device_type: str
     per_pixel = with_checkpointing if request.gradient_checkpointing else without
     activations = per_pixel * request.resolution**2 * request.batch_size * (2 if precision == "no" else 1)
     return VramEstimate({"weights": weights, "lora": lora, "activations": activations, "overhead": OVERHEAD_BYTES})
+
+
+def detected_vram_bytes() -> int | None:
+    """Total memory of the first CUDA GPU, or None without one (probed when called, never at import)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory

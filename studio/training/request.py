@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
+from studio.training.dataset import DatasetReport, DatasetRequest, scan_dataset
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -165,6 +166,18 @@ class TrainingRequest:
         free = {"resume", "checkpoint_every", "validation_every", "validation_prompt", "validation_seed",
                 "validation_steps"}  # fmt: skip
         return json.dumps({k: v for k, v in self.to_json().items() if k not in free}, sort_keys=True)
+
+
+def check_dataset(request: TrainingRequest) -> DatasetReport:
+    """The data set check shown before training; raises DatasetError for an unusable folder."""
+    return scan_dataset(
+        DatasetRequest(
+            folder=request.data,
+            caption_column=request.caption_column,
+            default_caption=request.caption,
+            trigger=request.trigger,
+        )
+    )
 
 
 def _inside(folder: Path, name: str) -> Path:

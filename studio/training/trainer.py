@@ -35,11 +35,10 @@ from studio.models.manager import ModelManager, resolve_device
 from studio.training import cache as caching
 from studio.training.buckets import make_buckets, nearest_bucket
 from studio.training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
-from studio.training.dataset import DatasetReport, DatasetRequest, scan_dataset
 from studio.training.events import TrainingEvent
 from studio.training.order import DataOrder
 from studio.training.presets import resolve_precision
-from studio.training.request import TrainingRequest
+from studio.training.request import TrainingRequest, check_dataset
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -49,18 +48,6 @@ VALIDATION_CFG = 7.0
 MAX_GRAD_NORM = 1.0
 
 EventFn = Callable[[TrainingEvent], None]
-
-
-def check_dataset(request: TrainingRequest) -> DatasetReport:
-    """The dataset report shown before training; raises DatasetError for an unusable folder."""
-    return scan_dataset(
-        DatasetRequest(
-            folder=request.data,
-            caption_column=request.caption_column,
-            default_caption=request.caption,
-            trigger=request.trigger,
-        )
-    )
 
 
 @dataclasses.dataclass

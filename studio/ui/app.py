@@ -9,6 +9,7 @@ from studio.ui.evaluate_tab import build_evaluate_tab
 from studio.ui.generate_tab import build_generate_tab
 from studio.ui.lora_tab import build_lora_tab
 from studio.ui.share_tab import build_share_tab
+from studio.ui.train_tab import build_train_tab
 
 CSS = """
 #generate-status { min-height: 2.5em; }
@@ -24,6 +25,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 generate = build_generate_tab(studio, lora_picks=lora_picks)
             with gr.Tab("LoRA", id="lora"):
                 lora = build_lora_tab(studio, model=generate["model"], lora_picks=lora_picks)
+            with gr.Tab("Train", id="train"):
+                build_train_tab(studio)
             with gr.Tab("Evaluate", id="evaluate"):
                 build_evaluate_tab(studio)
             with gr.Tab("Share", id="share"):
