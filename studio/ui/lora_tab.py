@@ -90,7 +90,9 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
             picks, weights = [], []
             for i in range(SLOTS):
                 with gr.Row():
-                    picks.append(gr.Dropdown([], value=None, label=f"LoRA {i + 1}", scale=3, elem_id=f"lora-pick-{i}"))
+                    # Custom values: API clients name adapters directly; the engine checks every name.
+                    picks.append(gr.Dropdown([], value=None, label=f"LoRA {i + 1}", scale=3, allow_custom_value=True,
+                                             elem_id=f"lora-pick-{i}"))  # fmt: skip
                     weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Strength", scale=2,
                                              elem_id=f"lora-weight-{i}"))  # fmt: skip
             te_scale = gr.Slider(-2, 2, value=1.0, step=0.05, label="Text-encoder strength (x each LoRA's strength)",
