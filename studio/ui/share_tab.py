@@ -32,7 +32,7 @@ def build_share_tab(studio: Studio) -> dict:
             tags = gr.Textbox(label="Extra tags (comma-separated)", placeholder="remote-sensing, mountains")
             message = gr.Textbox(label="Commit message", placeholder="Upload <adapter> with Studio")
             token_field = gr.Textbox(
-                label="Hub token (optional: HF_TOKEN or `hf auth login` is used otherwise)",
+                label="Hub token (optional; otherwise HF_TOKEN or your hf auth login is used)",
                 type="password",
                 placeholder="hf_... (write access; used for this push only, never saved)",
                 elem_id="share-token",
@@ -61,7 +61,7 @@ def build_share_tab(studio: Studio) -> dict:
             if isinstance(event, LoadProgress):
                 yield {status: f"⏳ {event.fraction:.0%} · {event.message}"}
             else:
-                yield {status: f"✅ Pushed **{adapter}**: [{event}]({event})", url: event, token_field: ""}
+                yield {status: f"Done: pushed **{adapter}** to [{event}]({event})", url: event, token_field: ""}
 
     push_button.click(push, inputs=[adapter, repo_id, private, tags, license, message, token_field],
                       outputs=[status, url, token_field], api_name="push", concurrency_id="hub",
