@@ -46,6 +46,8 @@ _TAG = re.compile(r"^[\w][\w:.+-]{0,63}$")
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
 # What a pull brings into loras/<name>/: the weights in both formats, the card, the manifest and the samples.
 # Nothing else: no pickles, no training checkpoints, no code.
+# Written into an imported folder so importing the same repo again may replace it, but nothing else is replaced.
+SOURCE_FILE = ".hub-source.json"
 DOWNLOAD_PATTERNS = ["*.safetensors", "README.md", MANIFEST, "samples/*.png", "samples/*.jpg", "samples/*.webp"]
 
 
@@ -206,6 +208,9 @@ def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None,
     target = (root / name).resolve()
     if not target.is_relative_to(root) or target == root:
         raise UnsafePathError(f"Repo {repo_id!r} would be saved outside the LoRA folder; rename it.")
+    if target.exists() and imported_from(target) != repo_id:
+        raise HubError(f"{target} already holds another adapter (not imported from {repo_id}); "
+                       "rename or delete it, then import again.")  # fmt: skip
     endpoint = resolve_endpoint(endpoint)
     root.mkdir(parents=True, exist_ok=True)
     kwargs = {}
@@ -221,12 +226,21 @@ def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None,
         shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping for local_dir
         if not any(staging.rglob("*.safetensors")):
             raise HubError(f"Hub repo {repo_id!r} has no .safetensors file; it is not a LoRA Studio can import.")
+        (staging / SOURCE_FILE).write_text(json.dumps({"repo_id": repo_id}), encoding="utf-8")
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if on_progress is not None:
         on_progress(1.0, f"Imported {repo_id} as {name}")
     return target
+
+
+def imported_from(folder: Path) -> str | None:
+    """The repo id an adapter folder was imported from, or None for adapters made here (or unreadable markers)."""
+    try:
+        return json.loads((Path(folder) / SOURCE_FILE).read_text(encoding="utf-8")).get("repo_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:

@@ -248,10 +248,11 @@ def test_download_adapter_round_trip_into_the_lora_folder(tmp_path, hub, loras):
     folder = Path(result.stdout.strip().splitlines()[-1])
     assert folder == imported / "alps-v2"
     files = snapshot(folder)
-    assert set(files) == ADAPTER_FILES
+    assert set(files) == ADAPTER_FILES | {".hub-source.json"}
     for name in ADAPTER_FILES:
         assert files[name] == hub.repos["alice/alps-v2"].files[name]
     assert [p.name for p in imported.iterdir()] == ["alps-v2"]  # no staging folder or cache left behind
+    assert json.loads((folder / ".hub-source.json").read_text()) == {"repo_id": "alice/alps-v2"}
 
     # Importing again (after an update on the Hub) replaces the old copy.
     hub.repos["alice/alps-v2"].files["samples/s9.png"] = files["samples/s0.png"]
@@ -261,18 +262,24 @@ def test_download_adapter_round_trip_into_the_lora_folder(tmp_path, hub, loras):
     assert [p.name for p in imported.iterdir()] == ["alps-v2"]
 
 
-def test_download_of_a_repo_without_weights_or_missing_leaves_the_folder_alone(tmp_path, hub):
-    hub.add_repo("carol/notes", "carol", {"README.md": b"---\nlicense: mit\n---\nnotes\n"})
+def test_download_of_a_repo_without_weights_or_missing_leaves_the_folder_alone(tmp_path, hub, loras):
+    hub.add_repo("carol/empty", "carol", {"README.md": b"---\nlicense: mit\n---\nnotes\n"})
     imported = tmp_path / "imported"
     (imported / "notes").mkdir(parents=True)
     (imported / "notes" / "keep.safetensors").write_bytes(b"old")
     code = "from studio.errors import HubError\ntry:\n" + textwrap.indent(textwrap.dedent(DOWNLOAD_CODE), "    ")
     code += "except HubError as e:\n    print('HubError:', e)\n"
-    cases = [("carol/notes", "has no .safetensors file"), ("carol/missing", "does not exist or is private")]
+    cases = [("carol/empty", "has no .safetensors file"), ("carol/missing", "does not exist or is private")]
     for repo, message in cases:
         result = run_python(tmp_path, hub.url, code.format(repo=repo, loras=str(imported)))
         assert result.returncode == 0, result.stderr
         assert "HubError:" in result.stdout and message in result.stdout
+    assert snapshot(imported) == {"notes/keep.safetensors": b"old"}
+
+    # A repo named like an adapter made here does not replace it.
+    assert push_python(tmp_path, hub.url, repo_id="alice/notes").returncode == 0
+    result = run_python(tmp_path, hub.url, code.format(repo="alice/notes", loras=str(imported)))
+    assert "HubError:" in result.stdout and "already holds another adapter" in result.stdout
     assert snapshot(imported) == {"notes/keep.safetensors": b"old"}
 
 
