@@ -121,4 +121,5 @@ def nearest(generated: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.nda
     """For each generated row, the index of the most similar data row and that cosine similarity."""
     similarity = generated @ data.T
     index = similarity.argmax(axis=1)
-    return index, similarity[np.arange(len(generated)), index]
+    # Rounding can put the similarity of identical unit vectors a hair above 1.
+    return index, np.minimum(similarity[np.arange(len(generated)), index], 1.0)

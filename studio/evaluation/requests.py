@@ -95,6 +95,10 @@ class EvaluationRequest:
     resamples: int = 200
     """Bootstrap resamples for the confidence intervals."""
 
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        return ("cmmd", "kid") if self.kid else ("cmmd",)
+
     def validate(self) -> None:
         if not self.candidates or len(self.candidates) > MAX_CANDIDATES:
             raise InvalidRequestError(

@@ -73,8 +73,8 @@ def evaluate(
         on_progress=lambda f, message: report(Progress(share / 2 * f, message)),
     )
     data = embed_files(features, paths, on_progress=lambda f, message: report(Progress(share / 2 * (1 + f), message)))
-    keys = ["cmmd", "kid"] if request.kid else ["cmmd"]
-    floor = {key: metrics.floor_score(data, metrics.METRICS[key], resamples=request.resamples) for key in keys}
+    floor = {key: metrics.floor_score(data, metrics.METRICS[key], resamples=request.resamples)
+             for key in request.metric_keys}  # fmt: skip
     result = EvaluationResult(
         folder=new_run_folder(outputs_dir),
         data_folder=Path(request.data).expanduser(),
@@ -127,7 +127,7 @@ def _score_candidate(candidate: Candidate, generation, folder: Path, features, d
     generated = features.embed(generation.images)
     scores = {
         key: metrics.score(generated, data, metrics.METRICS[key], resamples=request.resamples)
-        for key in (["cmmd", "kid"] if request.kid else ["cmmd"])
+        for key in request.metric_keys
     }
     index, similarity = metrics.nearest(generated, data)
     neighbours = [
