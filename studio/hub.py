@@ -159,7 +159,7 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
     token = resolve_token(request.token)
     if not token:
         raise HubError(
-            "No Hub token: paste a write token in the Token field, set HF_TOKEN, or run `hf auth login`."
+            "No Hub token: paste a write token in the Share tab's token field, set HF_TOKEN, or run `hf auth login`."
         )
     api = HfApi(endpoint=endpoint, token=token, library_name="studio", library_version=studio.__version__)
     card = build_model_card(folder, repo_id=request.repo_id, license=request.license, tags=request.tags)
@@ -170,7 +170,7 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
         report(0.05, f"Creating {request.repo_id} (if needed)")
         url = api.create_repo(request.repo_id, private=request.private, exist_ok=True)
         with contextlib.ExitStack() as stack:
-            progress = _UploadProgress(sum(p.stat().st_size for p in files), report, cancel)
+            progress = _UploadProgress(sum(p.stat().st_size for p in files if p.name != MANIFEST), report, cancel)
             operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
             for path in files:
                 if path == folder / MANIFEST:  # published without local paths (see public_manifest)
@@ -188,8 +188,9 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
 def check_namespace(me: dict, repo_id: str) -> None:
     """Refuse before uploading anything when the token cannot write to the repo's owner."""
     owner = repo_id.split("/")[0]
-    namespaces = {me.get("name")} | {org.get("name") for org in me.get("orgs") or []}
-    if owner not in namespaces:
+    # The Hub matches owner names without regard to case ("Alice/x" is alice's repo).
+    namespaces = {str(me.get("name")).casefold()} | {str(org.get("name")).casefold() for org in me.get("orgs") or []}
+    if owner.casefold() not in namespaces:
         raise HubError(
             f"The token belongs to {me.get('name')!r}, who cannot create or write repos under {owner!r}. "
             f"Use {me.get('name')}/{repo_id.split('/')[1]} or an organization you belong to."

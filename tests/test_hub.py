@@ -158,7 +158,7 @@ def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(
     manifest = json.loads((loras / "alps" / "adapter.json").read_text())
     manifest["samples"].append({"file": "samples/s1.png", "prompt": "aid_mountain, at night"})
     (loras / "alps" / "adapter.json").write_text(json.dumps(manifest))
-    second = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps")
+    second = push_python(tmp_path, hub.url, repo_id="alice/alps")  # as the Share tab calls it
     assert second.returncode == 0, second.stderr
     assert len(repo.commits) == 3  # created, first push, second push
     assert set(repo.commits[-1]["files"]) == {"README.md", "adapter.json", "samples/s1.png"}
@@ -227,9 +227,9 @@ def test_token_typed_for_this_push_wins_over_hf_token_and_stored_login_is_used(t
 
 
 def test_no_token_anywhere_says_how_to_get_one(tmp_path, hub, loras):
-    result = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps", token=None)
-    assert result.returncode == 2
-    assert "error: No Hub token" in result.stderr and "HF_TOKEN" in result.stderr and "Traceback" not in result.stderr
+    result = push_python(tmp_path, hub.url, repo_id="alice/alps", env_token=None)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stdout.startswith("HubError: No Hub token") and "HF_TOKEN" in result.stdout
 
 
 DOWNLOAD_CODE = """
@@ -413,8 +413,20 @@ def test_a_real_adapter_pulled_from_the_hub_draws_what_the_trained_one_drew(tmp_
     assert push_python(tmp_path, hub.url, name="live", repo_id="alice/live").returncode == 0
     pulled = run_python(tmp_path, hub.url, DOWNLOAD_CODE.format(repo="alice/live", loras=str(tmp_path / "pulled")))
     assert pulled.returncode == 0, pulled.stderr
+    fresh = build_tiny(ModelKind.SD15)
+    fresh.set_progress_bar_config(disable=True)
     for weight_name in ("pytorch_lora_weights.safetensors", "live.safetensors"):  # diffusers, then A1111/ComfyUI
-        fresh = build_tiny(ModelKind.SD15)
-        fresh.set_progress_bar_config(disable=True)
         fresh.load_lora_weights(tmp_path / "pulled" / "live", weight_name=weight_name)
         np.testing.assert_allclose(render(fresh), expected, atol=1e-4)
+        fresh.unload_lora_weights()
+
+
+def test_namespace_check_ignores_case_and_knows_organizations():
+    from studio.errors import HubError
+    from studio.hub import check_namespace
+
+    me = {"name": "Alice", "orgs": [{"name": "Alps-Lab"}], "auth": {"accessToken": {"role": "fineGrained"}}}
+    check_namespace(me, "alice/x")
+    check_namespace(me, "alps-lab/x")
+    with pytest.raises(HubError, match="cannot create or write repos under 'bob'"):
+        check_namespace(me, "bob/x")
