@@ -124,6 +124,12 @@ class Studio:
         yield from job.events()
         yield job.result
 
+    def model_card_preview(self, request) -> str:
+        """The README.md model card a push of `request` would upload; nothing is sent."""
+        from studio.hub import model_card_text
+
+        return model_card_text(request)
+
     def stop_push(self) -> None:
         """Stop an upload between chunks; the Hub repo keeps its previous commit."""
         job = getattr(self, "_push_job", None)

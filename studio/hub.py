@@ -162,7 +162,7 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
             "No Hub token: paste a write token in the Share tab's token field, set HF_TOKEN, or run `hf auth login`."
         )
     api = HfApi(endpoint=endpoint, token=token, library_name="studio", library_version=studio.__version__)
-    card = build_model_card(folder, repo_id=request.repo_id, license=request.license, tags=request.tags)
+    card = model_card_text(request)
     files = files_to_upload(folder)
     with hub_errors(endpoint, request.repo_id):
         report(0.0, f"Checking the token with {endpoint}")
@@ -171,7 +171,7 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
         url = api.create_repo(request.repo_id, private=request.private, exist_ok=True)
         with contextlib.ExitStack() as stack:
             progress = _UploadProgress(sum(p.stat().st_size for p in files if p.name != MANIFEST), report, cancel)
-            operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
+            operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
             for path in files:
                 if path == folder / MANIFEST:  # published without local paths (see public_manifest)
                     content = json.dumps(public_manifest(read_manifest(folder)), indent=2).encode()
@@ -183,6 +183,13 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
             api.create_commit(request.repo_id, operations, commit_message=request.commit_message)
     report(1.0, f"Pushed {request.name} to {url}")
     return str(url)
+
+
+def model_card_text(request: PushRequest) -> str:
+    """The README.md a push of `request` uploads: the adapter's card with the repo id, license and tags filled in."""
+    request.validate()
+    folder = adapter_folder(request.loras_dir, request.name)
+    return str(build_model_card(folder, repo_id=request.repo_id, license=request.license, tags=request.tags))
 
 
 def check_namespace(me: dict, repo_id: str) -> None:

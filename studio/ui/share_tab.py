@@ -43,11 +43,11 @@ def build_share_tab(studio: Studio) -> dict:
         with gr.Column(scale=2):
             status = gr.Markdown("Ready.", elem_id="push-status")
             url = gr.Textbox(label="Repository URL", interactive=False, elem_id="push-url", buttons=["copy"])
+            preview_button = gr.Button("Preview the model card", size="sm")
+            card = gr.Code(label="README.md that will be uploaded", language="markdown", lines=12, elem_id="card")
 
-    @user_errors
-    def push(adapter, repo_id, private, tags, license, message, token):
-        # Named parameters become the keyword names of the /push API for gradio_client.
-        request = PushRequest(
+    def request_from(adapter, repo_id, private, tags, license, message, token) -> PushRequest:
+        return PushRequest(
             name=adapter or "",
             repo_id=(repo_id or "").strip(),
             loras_dir=Path(studio.config.loras_dir),
@@ -57,6 +57,11 @@ def build_share_tab(studio: Studio) -> dict:
             message=message or "",
             token=token or None,
         )
+
+    @user_errors
+    def push(adapter, repo_id, private, tags, license, message, token):
+        # Named parameters become the keyword names of the /push API for gradio_client.
+        request = request_from(adapter, repo_id, private, tags, license, message, token)
         for event in studio.push_stream(request):
             if isinstance(event, LoadProgress):
                 yield {status: f"⏳ {event.fraction:.0%} · {event.message}"}
@@ -66,6 +71,12 @@ def build_share_tab(studio: Studio) -> dict:
     push_button.click(push, inputs=[adapter, repo_id, private, tags, license, message, token_field],
                       outputs=[status, url, token_field], api_name="push", concurrency_id="hub",
                       concurrency_limit=1)  # fmt: skip
+    @user_errors
+    def preview_card(adapter, repo_id, private, tags, license, message):
+        return studio.model_card_preview(request_from(adapter, repo_id, private, tags, license, message, None))
+
+    preview_button.click(preview_card, inputs=[adapter, repo_id, private, tags, license, message], outputs=card,
+                         api_name="preview_card")  # fmt: skip
     stop_button.click(studio.stop_push, api_name="stop_push", queue=False)
     refresh.click(lambda: gr.Dropdown(choices=studio.shareable_adapters()), outputs=adapter, api_name="list_adapters")
     return {"adapter": adapter, "repo_id": repo_id, "status": status, "url": url}
