@@ -166,7 +166,9 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
     files = files_to_upload(folder)
     with hub_errors(endpoint, request.repo_id):
         report(0.0, f"Checking the token with {endpoint}")
-        check_namespace(api.whoami(), request.repo_id)
+        me = _whoami(api)
+        if me is not None:
+            check_namespace(me, request.repo_id)
         report(0.05, f"Creating {request.repo_id} (if needed)")
         url = api.create_repo(request.repo_id, private=request.private, exist_ok=True)
         with contextlib.ExitStack() as stack:
@@ -190,6 +192,16 @@ def model_card_text(request: PushRequest) -> str:
     request.validate()
     folder = adapter_folder(request.loras_dir, request.name)
     return str(build_model_card(folder, repo_id=request.repo_id, license=request.license, tags=request.tags))
+
+
+def _whoami(api: HfApi) -> dict | None:
+    """Who the token belongs to; None on a minimal self-hosted Hub without /api/whoami-v2 (its commits still check)."""
+    try:
+        return api.whoami()
+    except HfHubHTTPError as error:
+        if error.response is not None and error.response.status_code in (404, 405, 501):
+            return None
+        raise
 
 
 def check_namespace(me: dict, repo_id: str) -> None:

@@ -68,10 +68,11 @@ class HubServer:
     """`with HubServer({"tok-alice": "alice"}) as hub:` then `HfApi(endpoint=hub.url, token="tok-alice")`."""
 
     def __init__(self, tokens: dict[str, str], *, orgs: dict[str, list[str]] | None = None,
-                 read_only_tokens: tuple[str, ...] = ()):  # fmt: skip
+                 read_only_tokens: tuple[str, ...] = (), without: tuple[str, ...] = ()):  # fmt: skip
         self.tokens = dict(tokens)
         self.orgs = orgs or {}
         self.read_only_tokens = set(read_only_tokens)
+        self.without = set(without)  # route handler names this server lacks (a minimal self-hosted Hub)
         self.repos: dict[str, Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.pending_lfs: dict[str, int] = {}
@@ -148,6 +149,8 @@ def _handler_class(hub: HubServer):
             try:
                 for pattern, route_method, handler in ROUTES:
                     match = re.fullmatch(pattern, url.path)
+                    if handler.__name__ in hub.without:
+                        continue
                     if match and route_method == (method if method != "HEAD" else "GET"):
                         with hub.lock:
                             result = handler(self, hub, headers, body, parse_qs(url.query), **match.groupdict())

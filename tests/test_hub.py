@@ -129,7 +129,7 @@ def assert_token_nowhere(token: str, folders, *texts):
 
 def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(tmp_path, hub, loras):
     before = snapshot(loras)
-    result = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps", "--tag", "remote-sensing",
+    result = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps", "--tags", "remote-sensing,mountains",
                       "--message", "first version")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{hub.url}/alice/alps"  # HF_ENDPOINT decided where it went
@@ -146,7 +146,7 @@ def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(
     assert {"alps.safetensors", "pytorch_lora_weights.safetensors", "samples/s0.png"} <= repo.lfs
     card = front_matter(repo.files["README.md"])
     assert card["base_model"] == BASE and card["license"] == "creativeml-openrail-m"
-    assert {"lora", "text-to-image", "diffusers", "stable-diffusion", "remote-sensing"} <= set(card["tags"])
+    assert card["tags"] == ["lora", "text-to-image", "diffusers", "stable-diffusion", "remote-sensing", "mountains"]
     assert card["widget"][0] == {"text": "aid_mountain, snowy ridge", "output": {"url": "samples/s0.png"},
                                  "parameters": {"negative_prompt": "blurry"}}  # fmt: skip
     assert 'load_lora_weights("alice/alps"' in repo.files["README.md"].decode()
@@ -432,3 +432,12 @@ def test_namespace_check_ignores_case_and_knows_organizations():
     check_namespace(me, "alps-lab/x")
     with pytest.raises(HubError, match="cannot create or write repos under 'bob'"):
         check_namespace(me, "bob/x")
+
+
+def test_a_minimal_hub_without_whoami_still_gets_the_push_and_decides_the_namespace(tmp_path, loras):
+    with HubServer({ALICE: "alice", BOB: "bob"}, without=("whoami",)) as hub:
+        assert push_python(tmp_path, hub.url, repo_id="alice/alps").returncode == 0
+        assert "README.md" in hub.repos["alice/alps"].files
+        refused = push_python(tmp_path, hub.url, repo_id="alice/alps-bob", env_token=BOB)
+        assert refused.returncode == 2 and "No write access to 'alice/alps-bob' (403)" in refused.stdout
+        assert "alice/alps-bob" not in hub.repos

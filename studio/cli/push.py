@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--repo", required=True, metavar="OWNER/NAME", help="Hub repository (created if needed)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--message", default="", help="commit message")
-    parser.add_argument("--tag", action="append", default=[], help="extra model card tag (repeatable)")
+    parser.add_argument("--tag", "--tags", action="append", default=[], metavar="TAG[,TAG...]",
+                        help="extra model card tags, e.g. remote-sensing (repeatable, or comma-separated)")
     parser.add_argument("--license", default=None, help="model card license (default: the base model's)")
     parser.add_argument("--loras-dir", type=Path, default=ROOT / "loras", help="LoRA folder (default: loras)")
     parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         repo_id=args.repo,
         loras_dir=args.loras_dir,
         private=args.private,
-        tags=tuple(args.tag),
+        tags=tuple(tag.strip() for value in args.tag for tag in value.split(",") if tag.strip()),
         license=args.license,
         message=args.message,
         token=token,
