@@ -1,0 +1,122 @@
+"""LoRA blending on the full-size SD1.5 UNet (random weights, CPU): slider latency and generation overhead.
+
+Three rank-16 adapters (UNet attention + text-encoder attention, like most Civitai/kohya LoRAs) are written
+to a temporary loras/ folder in the diffusers format and blended with `studio.lora.blend.apply_blend`.
+
+1. Slider change: `apply_blend` with new weights on 3 loaded adapters (what releasing a slider does) vs
+   reloading the 3 adapter files (delete + `load_lora_weights` x3 + `set_adapters`).
+   Goal: at most 1/20 of a reload, and under 50 ms.
+2. Per-image time, 3 active adapters vs none: unfused (peft adds B(A(x)) per layer) goal <= 1.15x;
+   fused into the weights goal <= 1.02x. Measured as denoising time (`output_type="latent"`; the VAE decode
+   is the same work with or without LoRAs, so leaving it out makes the ratio stricter, not looser).
+
+    python bench/bench_lora.py [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, Row, main_for, median_seconds, ratio_row
+
+RANK = 16
+ADAPTERS = ("alps", "sketch", "dunes")
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def full_size_pipeline():
+    """SD1.5 with the real UNet and text encoder architectures (random weights) and a small VAE."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from studio.models.tiny import _scheduler, byte_level_tokenizer
+
+    configs = ROOT / "studio" / "models" / "configs" / "sd15"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
+    # Latents are timed, not decoded: any VAE with the 1/8 scale factor will do.
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1)  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_tokenizer(),
+        scheduler=_scheduler("epsilon"), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_adapters(pipe, loras_dir: Path) -> None:
+    import torch
+
+    from studio.lora.files import LoraWeights, save_diffusers_lora
+    from studio.models.kinds import ModelKind
+
+    for i, name in enumerate(ADAPTERS):
+        generator = torch.Generator().manual_seed(i)
+        layers = {}
+        for component, module, targets in (("unet", pipe.unet, UNET_TARGETS), ("text_encoder", pipe.text_encoder, TEXT_TARGETS)):
+            layers[component] = {}
+            for path, layer in module.named_modules():
+                if isinstance(layer, torch.nn.Linear) and path.endswith(targets):
+                    layers[component][f"{path}.lora_A.weight"] = torch.randn(RANK, layer.in_features, generator=generator) * 0.01
+                    layers[component][f"{path}.lora_B.weight"] = torch.randn(layer.out_features, RANK, generator=generator) * 0.01
+        save_diffusers_lora(LoraWeights(ModelKind.SD15, layers, {"unet": RANK / 2, "text_encoder": RANK / 2}), loras_dir / name)
+
+
+def run(quick: bool) -> list[Row]:
+    from studio.lora.blend import apply_blend
+    from studio.models.kinds import ModelKind
+    from studio.models.manager import LoadedModel
+    from studio.models.sources import ModelSource
+
+    pipe = full_size_pipeline()
+    model = LoadedModel(source=ModelSource("bench-sd15", ModelKind.SD15, "demo", "bench-sd15"), kind=ModelKind.SD15, pipe=pipe)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        loras = Path(tmp)
+        write_adapters(pipe, loras)
+        blend = [(name, 0.5) for name in ADAPTERS]
+        apply_blend(model, blend, loras_dir=loras)
+
+        # 1. Slider change vs reload.
+        weights = iter([0.1 + (i % 17) / 20 for i in range(10_000)])
+        slider = median_seconds(lambda: apply_blend(model, [(n, next(weights)) for n in ADAPTERS], loras_dir=loras),
+                                repeat=10 if quick else 30, warmup=2)  # fmt: skip
+
+        def reload():
+            pipe.delete_adapters([a for names in pipe.get_list_adapters().values() for a in names])
+            for name in ADAPTERS:
+                pipe.load_lora_weights(str(loras / name), adapter_name=name)
+            pipe.set_adapters(list(ADAPTERS), [0.5] * len(ADAPTERS))
+
+        reload_time = median_seconds(reload, repeat=2 if quick else 3, warmup=0)
+        pipe.delete_adapters(list(ADAPTERS))
+        rows.append(ratio_row("LoRA slider change, 3 adapters, full SD1.5 UNet: set_adapters vs reload", slider * 1000,
+                              reload_time * 1000, "ms", max_ratio=0.05, extra_ok=slider < 0.05,
+                              note=f"{slider * 1000:.1f} ms, goal < 50 ms"))  # fmt: skip
+
+        # 2. Per-image time: no LoRA / 3 adapters unfused / the same fused, in turns so drift hits all alike.
+        size, steps, repeat = (128, 1, 2) if quick else (256, 2, 3)
+        states = {"none": ([], False), "unfused": (blend, False), "fused": (blend, True)}
+        times: dict[str, list[float]] = {name: [] for name in states}
+        for _ in range(repeat + 1):  # the first round warms up
+            for name, (loras_now, fuse) in states.items():
+                apply_blend(model, loras_now, loras_dir=loras, fuse=fuse)
+                start = time.perf_counter()
+                pipe("mountains", num_inference_steps=steps, width=size, height=size, output_type="latent")
+                times[name].append(time.perf_counter() - start)
+        none, unfused, fused = (statistics.median(times[name][1:]) for name in ("none", "unfused", "fused"))
+        label = f"per image {size}px {steps} steps, full SD1.5 UNet"
+        rows.append(ratio_row(f"{label}: 3 LoRAs unfused vs none", unfused, none, "s", max_ratio=1.15))
+        rows.append(ratio_row(f"{label}: 3 LoRAs fused vs none", fused, none, "s", max_ratio=1.02))
+    return rows
+
+
+if __name__ == "__main__":
+    main_for(run)
