@@ -57,8 +57,13 @@ class Studio:
         job = Job(work, name="generate")
         self._current_job = job
         job.start()
-        yield from job.events()
-        yield job.result
+        try:
+            yield from job.events()
+            yield job.result
+        finally:
+            # A closed page or a cancelled API call closes this generator: stop the work too, so it does not
+            # hold the GPU for a result nobody will see. Harmless when the work has already finished.
+            job.cancel.set()
 
     def stop(self) -> None:
         """Stop the running generation within one sampling step."""
@@ -204,7 +209,9 @@ def form_from_png_info(info: dict) -> dict:
     from studio.schedulers import from_a1111
 
     form = {"prompt": info.get("Prompt", ""), "negative_prompt": info.get("Negative prompt", "")}
-    numbers = {"steps": ("Steps", int), "cfg": ("CFG scale", float), "seed": ("Seed", int), "clip_skip": ("Clip skip", int)}
+    numbers = {
+        "steps": ("Steps", int), "cfg": ("CFG scale", float), "seed": ("Seed", int), "clip_skip": ("Clip skip", int)
+    }  # fmt: skip
     for field, (key, cast) in numbers.items():
         try:
             form[field] = cast(info[key])

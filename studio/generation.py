@@ -76,7 +76,8 @@ class GenerationRequest:
                 continue
             if value % 8 or not 64 <= value <= 4096:
                 raise InvalidRequestError(
-                    f"{name}={value} must be a multiple of 8 between 64 and 4096 (e.g. {max(64, round(value / 8) * 8)})."
+                    f"{name}={value} must be a multiple of 8 between 64 and 4096 "
+                    f"(e.g. {max(64, round(value / 8) * 8)})."
                 )
         check_scheduler_name(self.scheduler)
         for name, weight in self.loras:
@@ -251,7 +252,8 @@ def _run_pipeline(model, request, seeds, width, height, call, on_step, cancel) -
     try:
         return pipe(**kwargs).images
     except torch.OutOfMemoryError as e:
-        denoised = len(last_latents) and pipe.scheduler.step_index is not None and pipe.scheduler.step_index >= request.steps
+        step_index = pipe.scheduler.step_index
+        denoised = len(last_latents) and step_index is not None and step_index >= request.steps
         if denoised and not pipe.vae.use_tiling:
             # Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
             return _decode_with_tiling(model, last_latents["latents"])

@@ -118,7 +118,9 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-def run_launch(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_launch(
+    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """Run `launch.py` with flags that make it exit on its own (refusals, --help); capture its output."""
     return subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), *args],

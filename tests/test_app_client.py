@@ -171,3 +171,16 @@ def test_stop_ends_a_long_generation_within_moments(client):
 def test_stop_when_nothing_runs_is_harmless(client):
     client.predict(api_name="/stop")
     assert generate(client, seed=6)[0].startswith("Done.")
+
+
+def test_cancelling_an_api_call_stops_its_generation(client, studio_running_app):
+    job = client.submit(model="demo-sd15", prompt="cancelled", negative_prompt="", seed=4242,
+                        api_name="/generate", **{**SMALL, "steps": 150, "width": 256, "height": 256})  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any("step" in str(out[0]) for out in job.outputs()):
+        assert time.monotonic() < deadline, "no progress was reported"
+        time.sleep(0.05)
+    job.cancel()
+    # The next call queues behind the cancelled one; once it is done, the cancelled run has ended too.
+    assert generate(client, seed=4243)[0].startswith("Done.")
+    assert not list(studio_running_app.outputs_dir.glob("txt2img/*/*-4242.png")), "the cancelled run kept going"
