@@ -170,7 +170,8 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
         if me is not None:
             check_namespace(me, request.repo_id)
         report(0.05, f"Creating {request.repo_id} (if needed)")
-        url = api.create_repo(request.repo_id, private=request.private, exist_ok=True)
+        api.create_repo(request.repo_id, private=request.private, exist_ok=True)
+        url = f"{endpoint}/{request.repo_id}"  # the page on the Hub we talk to (HF_ENDPOINT), as models are linked
         with contextlib.ExitStack() as stack:
             progress = _UploadProgress(sum(p.stat().st_size for p in files if p.name != MANIFEST), report, cancel)
             operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
@@ -184,7 +185,7 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
             progress.start()  # reads so far were hashing; count only what is sent from here on
             api.create_commit(request.repo_id, operations, commit_message=request.commit_message)
     report(1.0, f"Pushed {request.name} to {url}")
-    return str(url)
+    return url
 
 
 def model_card_text(request: PushRequest) -> str:
