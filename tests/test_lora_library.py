@@ -192,3 +192,41 @@ def test_cli_lists_the_library(library, capsys):
     assert cli_main(["loras", "--loras-dir", str(loras), "--kind", "sdxl"]) == 0
     names = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert names == ["sgm-xl", "xl-diffusers", "xl-kohya"]
+
+
+IMPORT_CODE = """
+from pathlib import Path
+from studio.config import StudioConfig
+from studio.engine import LoadProgress, Studio
+studio = Studio(StudioConfig(loras_dir=Path({loras!r}), device="cpu"))
+events = list(studio.import_lora_stream({repo!r}))
+print(sum(isinstance(e, LoadProgress) for e in events))
+print(events[-1])
+"""
+
+
+def test_import_from_the_hub_then_rescan_lists_it(tmp_path):
+    """The engine's import (the LoRA tab's button) in a child process, online against a local Hub server."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hub_server import HubServer
+
+    kohya = tmp_path / "style.safetensors"
+    _pipe, weights = live_adapter(ModelKind.SDXL)
+    save_kohya_lora(weights, kohya, metadata={"modelspec.trigger_phrase": "xlstyle"})
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    with HubServer({"hf_token_alice": "alice"}) as hub:
+        hub.add_repo("alice/xl-style", "alice", {"xl-style.safetensors": kohya.read_bytes(), "README.md": b"# card\n"})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+        env.update(HOME=str(tmp_path), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url,
+                   HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # fmt: skip
+        code = IMPORT_CODE.format(loras=str(loras), repo="alice/xl-style")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    progress_events, folder = result.stdout.strip().splitlines()[-2:]
+    assert int(progress_events) >= 1 and Path(folder) == loras / "xl-style"
+    entry = {e.name: e for e in scan_loras(loras)}["xl-style"]
+    assert (entry.kind, entry.format, entry.problem, entry.trigger_words) == (ModelKind.SDXL, "kohya", None, ("xlstyle",))
