@@ -27,6 +27,7 @@ def save_png(image: Image.Image, infotext: str, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=metadata.png_info(infotext))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; images are meant to be shared like any saved file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

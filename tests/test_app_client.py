@@ -51,6 +51,7 @@ def test_same_seed_gives_identical_png_with_infotext(client, studio_running_app)
     new = sorted(set(saved_outputs(studio_running_app)) - before)
     assert len(new) == 2 and [p.name.split("-")[1] for p in new] == ["1234.png", "1234.png"]
     assert new[0].read_bytes() == new[1].read_bytes()
+    assert new[0].stat().st_mode & 0o777 == 0o644  # readable like any saved file, not private to the app's user
 
     assert info_a == info_b == read_infotext(image_a)
     parsed = parse_infotext(info_a)

@@ -261,6 +261,7 @@ def save_as_single_file(pipe, path: Path, *, metadata: dict[str, str] | None = N
     os.close(fd)
     try:
         save_file(state, tmp_name, metadata={"format": "pt", **(metadata or {})})
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; a checkpoint is as readable as any downloaded one
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
