@@ -73,3 +73,38 @@ def test_export_dataset_writes_an_imagefolder_and_prints_it(tmp_path):
     assert [(r["text"], r["seed"]) for r in rows] == [("a ridge", 3), ("a glacier", 4), ("snowy peaks", 5)]
     again = run_cli("export-dataset", "--model", "demo-sd15", "--prompt", "x", "--out", out, *folders(tmp_path))
     assert again.returncode == 2 and "already exists and is not empty" in again.stderr
+
+
+def test_feature_model_downloads_once_from_the_hub_then_works_offline(tmp_path, clip_dir, data_dir):
+    import os
+    import subprocess
+    import sys
+
+    from tests.hub_server import HubServer
+    from tests.test_cli import ROOT
+
+    files = {path.name: path.read_bytes() for path in clip_dir.iterdir()}
+    files["pytorch_model.bin"] = b"a pickle copy of the weights: never downloaded"
+    args = ["evaluate", "--model", "demo-sd15", "--data", data_dir, "--prompt", "noise", "--count", 2, "--steps", 1,
+            "--width", 64, "--height", 64, "--feature-model", "clip-test/tiny-clip", "--resamples", 20,
+            *folders(tmp_path)]  # fmt: skip
+
+    def run(**env):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf-home"), **env}
+        env.pop("HF_HUB_CACHE", None)
+        return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=300)  # fmt: skip
+
+    with HubServer({}) as hub:
+        hub.add_repo("clip-test/tiny-clip", "clip-test", files)
+        online = run(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0")
+        fetched = [r.path for r in hub.requests if "/resolve/" in r.path]
+    assert online.returncode == 0, online.stderr
+    assert "Downloading clip-test/tiny-clip" in online.stderr  # download progress reaches the progress bar
+    # Only the configs and the safetensors weights (HEAD, then GET), never the pickle.
+    assert sorted({path.rsplit("/", 1)[1] for path in fetched}) == [
+        "config.json", "model.safetensors", "preprocessor_config.json"]  # fmt: skip
+    # The server is gone: the second run reads the Hub cache only.
+    offline = run(HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout.splitlines()[2].split(" | ")[1] == "demo-sd15"
