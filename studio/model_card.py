@@ -159,7 +159,7 @@ def build_model_card(adapter_dir: Path, *, repo_id: str | None = None, license: 
             _samples_section(samples),
             _usage_section(name, kind, base, trigger_words, repo_id, adapter_dir),
             _training_section(manifest),
-            _files_section(name, manifest),
+            _files_section(name, adapter_dir),
         )
         if part
     )
@@ -266,13 +266,14 @@ def _training_section(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _files_section(name: str, manifest: dict) -> str:
-    return f"""## Files
-
-- `{DIFFUSERS_FILE}`: diffusers format (`load_lora_weights`), LoRA alpha kept in its metadata.
-- `{name}.safetensors`: kohya format for AUTOMATIC1111, Forge and ComfyUI.
-- `{MANIFEST}`: Studio's manifest (base model, rank, alpha, trigger words, settings).
-"""
+def _files_section(name: str, adapter_dir: Path) -> str:
+    described = {
+        DIFFUSERS_FILE: "diffusers format (`load_lora_weights`), LoRA alpha kept in its metadata.",
+        f"{name}.safetensors": "kohya format for AUTOMATIC1111, Forge and ComfyUI.",
+        MANIFEST: "Studio's manifest (base model, rank, alpha, trigger words, settings).",
+    }
+    lines = [f"- `{file}`: {text}" for file, text in described.items() if (adapter_dir / file).is_file()]
+    return "## Files\n\n" + "\n".join(lines) + "\n"
 
 
 def _cell(text) -> str:

@@ -125,3 +125,13 @@ def test_local_paths_are_reduced_to_names_in_the_card(tmp_path):
     text = str(build_model_card(folder))
     assert "/home/alice" not in text and "Users" not in text
     assert "`v1-5-pruned-emaonly.safetensors`" in text and "| data | aid |" in text and "| win | set |" in text
+
+
+def test_files_section_lists_only_files_that_exist(tmp_path):
+    folder = make_adapter(tmp_path / "alps")
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    text = build_model_card(folder).text
+    assert "- `pytorch_lora_weights.safetensors`: diffusers format" in text and "- `adapter.json`" in text
+    assert "- `alps.safetensors`" not in text
+    (folder / "alps.safetensors").write_bytes(b"")
+    assert "- `alps.safetensors`: kohya format" in build_model_card(folder).text
