@@ -45,8 +45,13 @@ def quick_request(photos, **changes) -> TrainingRequest:
     return TrainingRequest(**{**values, **changes})
 
 
-def run(request, config, should_stop=lambda: False):
+def run(request, config, stop_after_steps=None):
+    """Train in-process; with `stop_after_steps`, press Stop once that many steps were reported (0: at once)."""
     events = []
+
+    def should_stop():
+        return stop_after_steps is not None and sum(e.kind == "step" for e in events) >= stop_after_steps
+
     folder = train(request, config, on_event=events.append, should_stop=should_stop)
     return folder, events
 
@@ -156,9 +161,7 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
                     lr_scheduler="cosine", warmup_steps=2)  # fmt: skip
     whole, _ = run(quick_request(photos, name="whole", **settings), config)
 
-    calls = []
-    stopped, events = run(quick_request(photos, name="split", **settings), config,
-                          should_stop=lambda: calls.append(1) or len(calls) > 2)  # fmt: skip
+    stopped, events = run(quick_request(photos, name="split", **settings), config, stop_after_steps=2)
     assert stopped is None and events[-1].kind == "stopped" and events[-1].step == 2
     checkpoints = list_checkpoints(config.outputs_dir / "training" / "split" / "checkpoints")
     assert [p.name for p in checkpoints] == ["step-000002"] and load_checkpoint(checkpoints[0]).step == 2
@@ -178,10 +181,17 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(photos, tmp_pat
     config = make_config(tmp_path)
     with pytest.raises(TrainingError, match="Nothing to resume"):
         run(quick_request(photos, resume=True), config)
-    calls = []
-    run(quick_request(photos, steps=3), config, should_stop=lambda: calls.append(1) or len(calls) > 1)
+    run(quick_request(photos, steps=3), config, stop_after_steps=1)
     with pytest.raises(TrainingError, match="other settings"):
         run(quick_request(photos, steps=3, rank=8, resume=True), config)
+
+
+def test_stop_while_caching_ends_cleanly_without_a_checkpoint(photos, tmp_path):
+    config = make_config(tmp_path)
+    folder, events = run(quick_request(photos), config, stop_after_steps=0)
+    assert folder is None and events[-1].kind == "stopped" and "caching" in events[-1].message
+    assert not any(e.kind == "step" for e in events)
+    assert list_checkpoints(config.outputs_dir / "training" / "alps" / "checkpoints") == []
 
 
 def test_user_errors_come_before_any_model_loads(photos, tmp_path):

@@ -96,27 +96,33 @@ def cache_latents(
     *,
     device: torch.device,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
-) -> None:
-    """Encode each (sample, bucket, flipped) not yet in the cache: [latent mean, std (VAE-scaled), crop (top, left)]."""
+    should_stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Encode each (sample, bucket, flipped) not yet in the cache: [latent mean, std (VAE-scaled), crop (top, left)].
+
+    Returns False if stopped before the end; what was encoded stays in the cache for the next run.
+    """
     missing = [item for item in items if latent_key(*item) not in cache]
     scale = vae.config.scaling_factor
     for done, (sample, bucket, flipped) in enumerate(missing, start=1):
+        if should_stop():
+            return False
         pixels, crop = image_tensor(sample, bucket, flipped)
         dist = vae.encode(pixels[None].to(device, vae.dtype)).latent_dist
         values = [dist.mean[0] * scale, dist.std[0] * scale, torch.tensor(crop)]
         cache.put(latent_key(sample, bucket, flipped), values)
         on_progress(done, len(missing))
+    return True
 
 
-def encode_text(pipe, kind_is_sdxl: bool, captions: list[str], device: torch.device) -> list[torch.Tensor]:
+def encode_text(encoders: list[tuple], captions: list[str], device: torch.device) -> list[torch.Tensor]:
     """[prompt_embeds] for SD1.5, [prompt_embeds, pooled] for SDXL, as the pipelines condition the UNet.
 
-    SD1.5 uses the last hidden state; SDXL the penultimate hidden states of both encoders side by side
-    and the projected pooled output of the second. No `no_grad` here: a trained text encoder needs grads.
+    `encoders` is [(tokenizer, text_encoder)], two pairs for SDXL. SD1.5 uses the last hidden state; SDXL
+    the penultimate hidden states of both encoders side by side and the projected pooled output of the
+    second. No `no_grad` here: a trained text encoder needs grads.
     """
-    encoders = [(pipe.tokenizer, pipe.text_encoder)]
-    if kind_is_sdxl:
-        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    kind_is_sdxl = len(encoders) == 2
     hidden, pooled = [], None
     for tokenizer, encoder in encoders:
         ids = tokenizer(
@@ -131,8 +137,8 @@ def encode_text(pipe, kind_is_sdxl: bool, captions: list[str], device: torch.dev
 
 
 @torch.no_grad()
-def cache_text(cache: Cache, pipe, kind_is_sdxl: bool, captions: list[str], *, device: torch.device) -> None:
+def cache_text(cache: Cache, encoders: list[tuple], captions: list[str], *, device: torch.device) -> None:
     for caption in dict.fromkeys(captions):
         if text_key(caption) not in cache:
-            values = encode_text(pipe, kind_is_sdxl, [caption], device)
+            values = encode_text(encoders, [caption], device)
             cache.put(text_key(caption), [v[0] for v in values])

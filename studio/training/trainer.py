@@ -99,7 +99,11 @@ def train(
     manager = ModelManager(dataclasses.replace(config, dtype=TORCH_DTYPES[precision]))
     emit(TrainingEvent("status", message=f"Loading {request.model}"))
     model = manager.load(request.model)
-    run = _prepare(request, model, report, accelerator.device, run_dir, emit)
+    run = _prepare(request, model, report, accelerator.device, run_dir, emit, should_stop)
+    if run is None:
+        emit(TrainingEvent("stopped", message="Stopped while caching, before the first step; the cache is kept, "
+                                              "so the next run starts faster."))  # fmt: skip
+        return None
     pipe = model.pipe
 
     # LoRA layers, initialized from the seed so two runs with the same settings start alike.
@@ -166,7 +170,7 @@ def train(
                 if not last:  # sync gradients across GPUs once per optimizer step, not per micro-batch
                     for module in modules.values():
                         stack.enter_context(accelerator.no_sync(module))
-                loss = _loss(run, modules["unet"], order.micro_batch(index), _generator(request.seed, index))
+                loss = _loss(run, modules, order.micro_batch(index), _generator(request.seed, index))
                 accelerator.backward(loss / request.gradient_accumulation)
             step_loss += loss.detach() / request.gradient_accumulation
         accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -220,12 +224,12 @@ def _resume_point(request: TrainingRequest, run_dir: Path, emit: EventFn):
         return checkpoint
     if found:
         emit(TrainingEvent("status", message=f"Starting over: removed the earlier run's checkpoint {found[-1].name}"))
-        shutil.rmtree(run_dir / "checkpoints")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # every process of a multi-GPU run tries
     return None
 
 
-def _prepare(request, model, report, device, run_dir, emit) -> _Run:
-    """Pick buckets, fill the caches, and move the frozen encoders off the accelerator."""
+def _prepare(request, model, report, device, run_dir, emit, should_stop) -> _Run | None:
+    """Pick buckets, fill the caches, and move the frozen encoders off the accelerator (None: stopped)."""
     pipe, kind = model.pipe, model.kind
     for component in _encoders(pipe, kind) + [pipe.vae, pipe.unet]:
         component.requires_grad_(False)
@@ -240,10 +244,17 @@ def _prepare(request, model, report, device, run_dir, emit) -> _Run:
     # The VAE encodes in fp32: SDXL's VAE overflows in fp16, and it runs once per image anyway.
     vae_dtype = pipe.vae.dtype
     pipe.vae.to(device, torch.float32)
-    progress = lambda done, n: emit(TrainingEvent("status", message=f"Caching latents {done}/{n}"))  # noqa: E731
-    caching.cache_latents(latents, pipe.vae, items, device=device, on_progress=progress)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 20) == 0:  # ~20 updates, not one event per image
+            emit(TrainingEvent("status", message=f"Caching latents {done}/{total}"))
+
+    finished = caching.cache_latents(latents, pipe.vae, items, device=device, on_progress=progress,
+                                     should_stop=should_stop)  # fmt: skip
     latents.save()
     pipe.vae.to("cpu", vae_dtype)
+    if not finished:
+        return None
 
     texts = None
     if not request.train_text_encoder:
@@ -251,7 +262,7 @@ def _prepare(request, model, report, device, run_dir, emit) -> _Run:
         emit(TrainingEvent("status", message="Caching text embeddings"))
         for encoder in _encoders(pipe, kind):
             encoder.to(device)
-        caching.cache_text(texts, pipe, kind is ModelKind.SDXL, [s.caption for s in samples], device=device)
+        caching.cache_text(texts, _tokenizers_and_encoders(pipe, kind), [s.caption for s in samples], device=device)
         texts.save()
         for encoder in _encoders(pipe, kind):
             encoder.to("cpu")  # the encoders leave the GPU for the whole run
@@ -265,6 +276,13 @@ def _prepare(request, model, report, device, run_dir, emit) -> _Run:
 
 def _encoders(pipe, kind: ModelKind) -> list[torch.nn.Module]:
     return [pipe.text_encoder, pipe.text_encoder_2] if kind is ModelKind.SDXL else [pipe.text_encoder]
+
+
+def _tokenizers_and_encoders(pipe, kind: ModelKind, encoders: dict | None = None) -> list[tuple]:
+    """(tokenizer, text encoder) pairs; `encoders` replaces the pipeline's with the accelerate-prepared ones."""
+    names = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")][: 2 if kind is ModelKind.SDXL else 1]
+    encoders = encoders or {}
+    return [(getattr(pipe, tok), encoders[enc] if enc in encoders else getattr(pipe, enc)) for tok, enc in names]
 
 
 def _add_lora(run: _Run) -> None:
@@ -314,7 +332,8 @@ def _generator(seed: int, micro_batch: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed((seed * 1_000_003 + micro_batch) % 2**63)
 
 
-def _loss(run: _Run, unet, batch: list[tuple[int, bool]], generator: torch.Generator) -> torch.Tensor:
+def _loss(run: _Run, modules: dict, batch: list[tuple[int, bool]], generator: torch.Generator) -> torch.Tensor:
+    """The training loss of one micro-batch; `modules` are the trained modules as accelerate prepared them."""
     request, device, dtype = run.request, run.device, run.weight_dtype
     entries = [run.latents.get(caching.latent_key(run.samples[i], run.buckets[i], flipped)) for i, flipped in batch]
     latents = torch.stack([mean + std * torch.randn(mean.shape, generator=generator) for mean, std, _crop in entries])
@@ -331,12 +350,13 @@ def _loss(run: _Run, unet, batch: list[tuple[int, bool]], generator: torch.Gener
         cached = [run.texts.get(caching.text_key(c)) for c in captions]
         text = [torch.stack(parts).to(device, dtype) for parts in zip(*cached)]
     else:
-        text = [t.to(dtype) for t in caching.encode_text(run.pipe, run.kind is ModelKind.SDXL, captions, device)]
+        pairs = _tokenizers_and_encoders(run.pipe, run.kind, modules)  # through DDP, so their grads sync too
+        text = [t.to(dtype) for t in caching.encode_text(pairs, captions, device)]
     extra = {}
     if run.kind is ModelKind.SDXL:
         time_ids = torch.tensor([_time_ids(run, i, c) for (i, _), c in zip(batch, entries)], device=device)
         extra["added_cond_kwargs"] = {"text_embeds": text[1], "time_ids": time_ids.to(dtype)}
-    prediction = unet(noisy, timesteps, text[0], return_dict=False, **extra)[0].float()
+    prediction = modules["unet"](noisy, timesteps, text[0], return_dict=False, **extra)[0].float()
 
     prediction_type = run.noise_scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else run.noise_scheduler.get_velocity(latents, noise, timesteps)
