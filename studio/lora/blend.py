@@ -24,6 +24,8 @@ import re
 import weakref
 from pathlib import Path
 
+import torch
+
 from studio.errors import LoraError, StudioError
 from studio.lora.library import LoraEntry, find_lora
 from studio.models.kinds import ModelKind
@@ -41,6 +43,9 @@ class _PipeState:
     fuse: bool = False
     fused: tuple | None = None
     """The `applied` value that is currently fused into the weights, or None."""
+
+    unfused_weights: dict = dataclasses.field(default_factory=dict)
+    """CPU copies of the weights a fuse changed, put back on unfuse so no rounding drift is left behind."""
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -120,14 +125,12 @@ def apply_blend(
 
     previously_fused = state.fused
     if state.fused is not None and (state.fused != applied or not want_fused):
-        _unfuse(pipe)
-        state.fused = None
+        _unfuse(pipe, state)
     try:
         _load_missing(pipe, state, [(adapter, entry) for (adapter, _w), (_b, entry) in zip(applied, resolved)])
     except LoraError:
         if previously_fused is not None and state.fused is None:
-            pipe.fuse_lora(components=_lora_components(pipe), adapter_names=[a for a, _w in previously_fused])
-            state.fused = previously_fused
+            _fuse(pipe, state, previously_fused)
         raise
     present = _present_adapters(pipe)
     unused = sorted(present - {adapter for adapter, _w in applied})
@@ -136,8 +139,7 @@ def apply_blend(
     if applied:
         pipe.set_adapters([a for a, _w in applied], [dict(w) for _a, w in applied])
         if want_fused and state.fused is None:
-            pipe.fuse_lora(components=_lora_components(pipe), adapter_names=[a for a, _w in applied])
-            state.fused = applied
+            _fuse(pipe, state, applied)
     state.applied, state.text_encoder_scale, state.fuse = applied, te_scale, want_fused
     return [(entry.name, b.weight, entry.addnet_hash or "") for b, entry in resolved]
 
@@ -150,8 +152,31 @@ def _lora_components(pipe) -> list[str]:
     return [c for c in pipe._lora_loadable_modules if getattr(pipe, c, None) is not None]
 
 
-def _unfuse(pipe) -> None:
-    pipe.unfuse_lora(components=_lora_components(pipe))
+def _lora_layers(pipe):
+    from peft.tuners.lora import LoraLayer
+
+    for component in _lora_components(pipe):
+        for name, module in getattr(pipe, component).named_modules():
+            if isinstance(module, LoraLayer):
+                yield f"{component}.{name}", module.get_base_layer()
+
+
+def _fuse(pipe, state: _PipeState, applied: tuple) -> None:
+    # Unfusing subtracts the LoRA delta again, which is exact only up to rounding (visible in fp16):
+    # keep the original weights to put back instead.
+    state.unfused_weights = {name: base.weight.detach().to("cpu", copy=True) for name, base in _lora_layers(pipe)}
+    pipe.fuse_lora(components=_lora_components(pipe), adapter_names=[a for a, _w in applied])
+    state.fused = applied
+
+
+def _unfuse(pipe, state: _PipeState) -> None:
+    pipe.unfuse_lora(components=_lora_components(pipe))  # diffusers' and peft's bookkeeping
+    with torch.no_grad():
+        for name, base in _lora_layers(pipe):
+            saved = state.unfused_weights.get(name)
+            if saved is not None:
+                base.weight.copy_(saved)
+    state.unfused_weights, state.fused = {}, None
 
 
 def _load_missing(pipe, state: _PipeState, wanted: list[tuple[str, LoraEntry]]) -> None:
