@@ -23,16 +23,19 @@ def photos(tmp_path_factory):
 def test_child_process_streams_events_blocks_generation_stops_and_resumes(photos, tmp_path):
     config = make_config(tmp_path)
     studio = Studio(config)
+    small = GenerationRequest(model="demo-sd15", prompt="x", steps=1, width=64, height=64)
+    list(studio.generate_stream(small))  # a model is active on the device when training starts
     request = quick_request(photos, steps=10, validation_every=0)
     events = []
     for event in studio.train_stream(request):
         events.append(event)
         if event.kind == "step" and event.step == 1:
             # The run holds the GPU: generation is refused at once with a message, not queued for hours.
+            assert studio.manager.active is None  # released for the training process
             with pytest.raises(BusyError, match="training"):
-                next(studio.generate_stream(GenerationRequest(model="demo-sd15", prompt="x", steps=1, width=64,
-                                                              height=64)))  # fmt: skip
+                next(studio.generate_stream(small))
             studio.stop_training()
+    assert studio.manager.active is not None and studio.manager.active.name == "demo-sd15"  # back after the run
     kinds = [e.kind for e in events]
     assert kinds[0] == "dataset" and "step" in kinds and kinds[-1] == "stopped"
     stopped_at = events[-1].step

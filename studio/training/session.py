@@ -3,7 +3,7 @@
 `Studio.train_stream` calls `train_in_background` and reads the job's events. The GPU lock is taken
 in the job's own thread (a Gradio generator may resume on different threads, and a lock must be
 released by the thread that took it); while it is held, generation is refused with a clear BusyError
-instead of waiting for hours. The parked pipeline returns to the GPU at the next generation.
+instead of waiting for hours. The pipeline that was active returns to the GPU when the run ends.
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ def train_in_background(manager: ModelManager, config: StudioConfig, request: Tr
     request.validate()  # fail fast, before a thread, a process or a model is involved
 
     def work(job: Job) -> Path | None:
-        with manager.exclusive("training"):
-            manager.release_accelerator()
-            return run_in_child(request, config, on_event=job.emit, stop=job.cancel)
+        previous = manager.active.name if manager.active is not None else None
+        try:
+            with manager.exclusive("training"):
+                manager.release_accelerator()
+                return run_in_child(request, config, on_event=job.emit, stop=job.cancel)
+        finally:
+            if previous is not None:
+                # Bring the generation model back (from the RAM cache) so the next Generate starts at once.
+                with manager.acquire(previous):
+                    pass
 
     return Job(work, name="training").start()
