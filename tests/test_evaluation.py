@@ -149,6 +149,7 @@ def test_candidates_share_seeds_are_ranked_and_copies_are_flagged(manager, confi
 
     table = result.table()
     assert [row["rank"] for row in table] == [1, 2, "-"] and table[-1]["candidate"].startswith("floor")
+    assert table[-1]["closest data image"] == f"{result.data_closest:.3f}" and result.data_closest < 0.999
     saved = json.loads((result.folder / "results.json").read_text())
     assert [c["candidate"]["model"] for c in saved["candidates"]] == ["demo-sd15", "demo-sdxl"]
     assert saved["floor"]["cmmd"]["value"] == pytest.approx(result.floor["cmmd"].value)

@@ -105,3 +105,9 @@ def test_fewer_than_two_images_per_set_is_refused():
     rng = np.random.default_rng(6)
     with pytest.raises(ValueError, match="at least 2 images"):
         metrics.score(sphere(rng, 1), sphere(rng, 5), METRICS["cmmd"])
+
+
+def test_closest_pair_ignores_each_image_itself():
+    data = np.eye(4)
+    data[3] = (data[0] + data[1] * 0.1) / np.linalg.norm(data[0] + data[1] * 0.1)
+    assert metrics.closest_pair(data) == pytest.approx(1 / np.sqrt(1.01))

@@ -123,3 +123,10 @@ def nearest(generated: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.nda
     index = similarity.argmax(axis=1)
     # Rounding can put the similarity of identical unit vectors a hair above 1.
     return index, np.minimum(similarity[np.arange(len(generated)), index], 1.0)
+
+
+def closest_pair(data: np.ndarray) -> float:
+    """The highest cosine similarity between two different rows: the data's own "near duplicate" level."""
+    similarity = data @ data.T
+    np.fill_diagonal(similarity, -np.inf)
+    return float(min(similarity.max(), 1.0))

@@ -51,6 +51,8 @@ class EvaluationResult:
     """Each metric for the data set against itself, split in two halves."""
     candidates: list[CandidateResult]
     """Ranked: lowest CMMD (closest to the data) first."""
+    data_closest: float = float("nan")
+    """The highest similarity between two different data images: how close "closest" gets within the data."""
     interrupted: bool = False
     chart: Path | None = None
 
@@ -69,7 +71,8 @@ class EvaluationResult:
             rows.append(row)
         floor = {"rank": "-", "candidate": f"floor: data vs itself ({self.data_images} images in halves)"}
         floor.update({metric.label: str(self.floor[metric.key]) for metric in metrics})
-        rows.append({**floor, "closest data image": "", "likely copies": "", "note": "lower is closer to the data"})
+        rows.append({**floor, "closest data image": f"{self.data_closest:.3f}", "likely copies": "",
+                     "note": "lower is closer; closest = two different data images"})  # fmt: skip
         return rows
 
     def chart_rows(self, metric_key: str = "cmmd") -> list[dict]:

@@ -84,6 +84,7 @@ def evaluate(
         feature_model=request.feature_model,
         floor=floor,
         candidates=[],
+        data_closest=metrics.closest_pair(data),
     )
     total = len(request.candidates)
     for index, candidate in enumerate(request.candidates):

@@ -21,7 +21,8 @@ CANDIDATES_HELP = "One per line: a model, optionally with LoRAs, e.g. `demo-sd15
 
 def _sampling(negative, steps, cfg, width, height, scheduler) -> SamplingSettings:
     return SamplingSettings(negative_prompt=negative or "", steps=int(steps), cfg=float(cfg),
-                            width=int(width) or None, height=int(height) or None, scheduler=scheduler)  # fmt: skip
+                            width=int(width or 0) or None, height=int(height or 0) or None,
+                            scheduler=scheduler)  # fmt: skip
 
 
 def _lines(text: str | None) -> list[str]:
