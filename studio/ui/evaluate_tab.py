@@ -60,7 +60,8 @@ def build_evaluate_tab(studio: Studio) -> dict:
         with gr.Column(scale=3):
             status = gr.Markdown("Ready.", elem_id="evaluate-status")
             preview = gr.Image(label="Preview", interactive=False, height=192)
-            table = gr.Dataframe(label="Ranked (lower = closer)", interactive=False, wrap=True, elem_id="evaluate-table")
+            table = gr.Dataframe(label="Ranked (lower = closer)", interactive=False, wrap=True,
+                                 elem_id="evaluate-table")  # fmt: skip
             chart = gr.BarPlot(x="candidate", y="score", color="kind", sort="y", title="CMMD", height=260)
             grids = gr.Gallery(label="Chart with intervals, then generated | nearest data image", columns=1,
                                height=480, object_fit="contain", format="png", elem_id="evaluate-grids")  # fmt: skip
