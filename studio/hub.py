@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx2
+from tqdm.auto import tqdm
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -234,16 +235,14 @@ def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None,
                        "rename or delete it, then import again.")  # fmt: skip
     endpoint = resolve_endpoint(endpoint)
     root.mkdir(parents=True, exist_ok=True)
-    kwargs = {}
-    if on_progress is not None:
-        from studio.models.hub_models import _progress_bar_class
-
-        kwargs["tqdm_class"] = _progress_bar_class(on_progress, repo_id)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=root))
     try:
         with hub_errors(endpoint, repo_id):
-            snapshot_download(repo_id, local_dir=staging, allow_patterns=DOWNLOAD_PATTERNS, endpoint=endpoint,
-                              token=resolve_token(token), **kwargs)  # fmt: skip
+            options = dict(allow_patterns=DOWNLOAD_PATTERNS, endpoint=endpoint, token=resolve_token(token))
+            if on_progress is not None:
+                planned = snapshot_download(repo_id, local_dir=staging, dry_run=True, **options)
+                options["tqdm_class"] = _written_bytes_bar(on_progress, repo_id, sum(f.file_size or 0 for f in planned))
+            snapshot_download(repo_id, local_dir=staging, **options)
         shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping for local_dir
         if not any(staging.rglob("*.safetensors")):
             raise HubError(f"Hub repo {repo_id!r} has no .safetensors file; it is not a LoRA Studio can import.")
@@ -330,6 +329,22 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
+
+
+def _written_bytes_bar(on_progress: ProgressFn, repo_id: str, total: int) -> type[tqdm]:
+    """A tqdm class for snapshot_download that reports its bytes-written bar against the planned total.
+
+    The library's own totals grow as each file starts, so their ratio would jump back; the dry run's sum does not.
+    """
+
+    class Bar(tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            if total and self.unit == "B" and str(self.desc).startswith("Reconstruct"):
+                on_progress(min(self.n / total, 1.0), f"Importing {repo_id}: {self.n / 1e6:.1f} / {total / 1e6:.1f} MB")
+            return shown
+
+    return Bar
 
 
 class _UploadProgress:

@@ -235,7 +235,10 @@ def test_no_token_anywhere_says_how_to_get_one(tmp_path, hub, loras):
 DOWNLOAD_CODE = """
 from pathlib import Path
 from studio.hub import download_adapter
-print(download_adapter(repo_id={repo!r}, loras_dir=Path({loras!r})))
+seen = []
+folder = download_adapter(repo_id={repo!r}, loras_dir=Path({loras!r}), on_progress=lambda f, m: seen.append(f))
+print(seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 1)  # progress only grows, and ends at 100%
+print(folder)
 """
 
 
@@ -245,7 +248,9 @@ def test_download_adapter_round_trip_into_the_lora_folder(tmp_path, hub, loras):
     imported = tmp_path / "imported"
     result = run_python(tmp_path, hub.url, DOWNLOAD_CODE.format(repo="alice/alps-v2", loras=str(imported)))
     assert result.returncode == 0, result.stderr
-    folder = Path(result.stdout.strip().splitlines()[-1])
+    progress_ok, folder = result.stdout.strip().splitlines()[-2:]
+    assert progress_ok == "True"
+    folder = Path(folder)
     assert folder == imported / "alps-v2"
     files = snapshot(folder)
     assert set(files) == ADAPTER_FILES | {".hub-source.json"}
