@@ -35,7 +35,7 @@ def setup(studio_config):
 
 
 def image(manager, *loras, prompt="mountains"):
-    request = GenerationRequest(model="demo-sd15", prompt=prompt, steps=2, width=64, height=64, seed=5, loras=loras)
+    request = GenerationRequest(model="demo-sd15", prompt=prompt, steps=1, width=64, height=64, seed=5, loras=loras)
     result = generate(manager, request)
     return result.images[0], result.infotexts[0]
 
@@ -124,7 +124,7 @@ def test_text_encoder_strength_is_separate(setup):
 
 def _render(model):
     return model.pipe(
-        "mountains", num_inference_steps=2, width=64, height=64, guidance_scale=7.0,
+        "mountains", num_inference_steps=1, width=64, height=64, guidance_scale=7.0,
         generator=torch.Generator("cpu").manual_seed(5),
     ).images[0]  # fmt: skip
 

@@ -19,7 +19,7 @@ def test_grid_rows_columns_labels_and_infotexts(studio_config):
     add_lora(studio_config.loras_dir, "sketch", seed=2, kohya=True)
     studio = Studio(studio_config)
     request = CompareRequest(
-        model="demo-sd15", prompt="mountains", seed=11, steps=2, width=64, height=64, strengths=(0.0, 0.5, 1.0),
+        model="demo-sd15", prompt="mountains", seed=11, steps=1, width=64, height=64, strengths=(0.0, 0.5, 1.0),
         rows=(CompareRow("no LoRA"), CompareRow("alps", (("alps", 1.0),)),
               CompareRow("alps+sketch", (("alps", 0.6), ("sketch", 0.6)))),
     )  # fmt: skip
@@ -49,7 +49,7 @@ def test_grid_rows_columns_labels_and_infotexts(studio_config):
 def test_a_b_base_versus_lora(studio_config):
     add_lora(studio_config.loras_dir, "alps", seed=1)
     studio = Studio(studio_config)
-    request = CompareRequest(model="demo-sd15", prompt="mountains", seed=3, steps=2, width=64, height=64,
+    request = CompareRequest(model="demo-sd15", prompt="mountains", seed=3, steps=1, width=64, height=64,
                              rows=(CompareRow("base"), CompareRow("alps", (("alps", 1.0),))), strengths=(1.0,))  # fmt: skip
     result = list(studio.compare_stream(request))[-1]
     assert result.grid.size == (160 + 64, 28 + 2 * 64)

@@ -18,7 +18,7 @@ from tests.test_lora_blend import add_lora
 
 
 def image(manager, model, *loras):
-    request = GenerationRequest(model=model, prompt="mountains", steps=2, width=64, height=64, seed=9, loras=loras)
+    request = GenerationRequest(model=model, prompt="mountains", steps=1, width=64, height=64, seed=9, loras=loras)
     return pixels(generate(manager, request).images[0])
 
 
