@@ -166,11 +166,11 @@ def test_the_same_request_gives_the_same_scores_and_images(manager, config, clip
         assert a.image.read_bytes() == b.image.read_bytes()
 
 
-def test_stop_keeps_the_finished_candidates(manager, config, clip_dir, sd15_data):
+def test_stop_keeps_finished_candidates_and_scores_a_partial_one(manager, config, clip_dir, sd15_data):
     cancel = threading.Event()
 
     def on_progress(progress):
-        if "(2/3)" in progress.message:  # the second candidate started
+        if "(2/3): image 3/3" in progress.message:  # the second candidate has drawn 2 of its 3 images
             cancel.set()
 
     request = EvaluationRequest(
@@ -178,10 +178,14 @@ def test_stop_keeps_the_finished_candidates(manager, config, clip_dir, sd15_data
         data=sd15_data, prompt="mountains", count=3, seed=0, sampling=SMALL, feature_model=str(clip_dir),
     )  # fmt: skip
     result = evaluate(manager, request, outputs_dir=config.outputs_dir, on_progress=on_progress, cancel=cancel)
-    assert result.interrupted and len(result.candidates) == 1
-    assert result.candidates[0].grid.parent.name.startswith("01-")
-    assert len(json.loads((result.folder / "results.json").read_text())["candidates"]) == 1
-    assert "Stopped early" in (result.folder / "report.md").read_text()
+    assert result.interrupted and len(result.candidates) == 2
+    first, second = sorted(result.candidates, key=lambda r: r.grid.parent.name)
+    assert (len(first.neighbours), first.partial) == (3, False)
+    assert (len(second.neighbours), second.partial) == (2, True)  # scored on the 2 images it finished
+    assert not list(result.folder.glob("03-*"))
+    assert len(json.loads((result.folder / "results.json").read_text())["candidates"]) == 2
+    report = (result.folder / "report.md").read_text()
+    assert "Stopped early" in report and "stopped early" in report  # the run, and the partial candidate's row
 
 
 @pytest.mark.parametrize(
