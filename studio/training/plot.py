@@ -37,8 +37,9 @@ def loss_curve(losses: list[tuple[int, float]], *, window: int = 20) -> Image.Im
             draw.line(points, fill=color, width=2)
         else:
             draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=color)
-    draw.text((2, 4), f"{high:.3f}", fill=(80, 80, 80))
-    draw.text((2, HEIGHT - MARGIN), f"{low:.3f}", fill=(80, 80, 80))
+    # Value labels on the right: the top-left corner is where the UI overlays the plot's title.
+    draw.text((WIDTH - 60, 12), f"max {high:.3f}", fill=(80, 80, 80))
+    draw.text((WIDTH - 60, HEIGHT - MARGIN - 6), f"min {low:.3f}", fill=(80, 80, 80))
     draw.text((MARGIN, HEIGHT - MARGIN + 12), f"step {first}", fill=(80, 80, 80))
     draw.text((WIDTH - 90, HEIGHT - MARGIN + 12), f"step {steps[-1]}", fill=(80, 80, 80))
     draw.text((WIDTH // 2 - 60, HEIGHT - MARGIN + 12), f"loss (mean of {window})", fill=(37, 99, 235))

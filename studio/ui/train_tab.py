@@ -192,9 +192,10 @@ def _status_text(event: TrainingEvent) -> str:
     if event.kind == "step":
         return event.progress_text()
     if event.kind == "done":
-        return f"✅ Done. The adapter is in `{event.path}`; rescan the LoRA list to use it."
+        return f"Done. The adapter is in `{event.path}`; rescan the LoRA list to use it."
     if event.kind == "stopped":
-        return f"⏹ {event.message} Checkpoint: `{event.path}`. Press Resume with the same settings to continue."
+        kept = f" Checkpoint: `{event.path}`; press Resume with the same settings to continue." if event.path else ""
+        return event.message + kept
     if event.kind in ("sample", "checkpoint"):
         return f"step {event.step}: {event.kind} saved"
     return event.message.splitlines()[0] if event.message else event.kind
