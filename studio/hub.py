@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx2
-from tqdm.auto import tqdm
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -33,6 +32,7 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
 )
+from tqdm.auto import tqdm
 
 import studio
 from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
@@ -45,10 +45,10 @@ _REPO_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 _TAG = re.compile(r"^[\w][\w:.+-]{0,63}$")
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
-# What a pull brings into loras/<name>/: the weights in both formats, the card, the manifest and the samples.
-# Nothing else: no pickles, no training checkpoints, no code.
 # Written into an imported folder so importing the same repo again may replace it, but nothing else is replaced.
 SOURCE_FILE = ".hub-source.json"
+# What a pull brings into loras/<name>/: the weights in both formats, the card, the manifest and the samples.
+# Nothing else: no pickles, no training checkpoints, no code.
 DOWNLOAD_PATTERNS = ["*.safetensors", "README.md", MANIFEST, "samples/*.png", "samples/*.jpg", "samples/*.webp"]
 
 
@@ -247,6 +247,7 @@ def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None,
         if not any(staging.rglob("*.safetensors")):
             raise HubError(f"Hub repo {repo_id!r} has no .safetensors file; it is not a LoRA Studio can import.")
         (staging / SOURCE_FILE).write_text(json.dumps({"repo_id": repo_id}), encoding="utf-8")
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; an adapter folder is ordinary user data
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
