@@ -36,7 +36,7 @@ def _cases(quick: bool) -> list[tuple[str, int, int, int]]:
         cases.append(("demo-sdxl", 256, 20, 7))
         checkpoint = os.environ.get("STUDIO_BENCH_SD15_CHECKPOINT")
         if checkpoint:
-            cases.append((str(Path(checkpoint).resolve()), 256, 10, 3))
+            cases.append((str(Path(checkpoint).resolve()), 128, 4, 2))
     return cases
 
 
