@@ -1,4 +1,4 @@
-"""Switching models: switching back to a model parked in the RAM cache vs loading it cold, and memory over many switches.
+"""Switching models: back to a model parked in the RAM cache vs loading it cold; memory over many switches.
 
 Two tiny diffusers folders (SD1.5 and SDXL shaped) are saved to a temporary models folder and loaded
 through the real `ModelManager`. "Cold" is a fresh manager loading the folder from disk (what the

@@ -5,6 +5,7 @@ Screenshots of every tab land in artifacts/screenshots/ (git-ignored) for a huma
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -19,10 +20,22 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
                   "--disable-sync", "--no-first-run"]  # fmt: skip
 TIMEOUT_MS = 60_000
 
+
+
+def unavailable(reason: str):
+    if os.environ.get("STUDIO_REQUIRE_BROWSER") == "1":  # set by .ci/run: there a skip would hide a broken setup
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 if not CHROMIUM.exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (Debian package `chromium`)", allow_module_level=True)
-playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need `pip install playwright`")
+    unavailable(f"browser tests need Chromium at {CHROMIUM} (Debian package `chromium`)")
+try:
+    from playwright import sync_api as playwright_api
+except ImportError:
+    unavailable("browser tests need `pip install playwright` (requirements-dev.txt)")
 expect = playwright_api.expect
+expect.set_options(timeout=TIMEOUT_MS)  # assertions wait like actions: a loaded CI machine can be slow
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ DOWNLOAD = """
 import json
 from studio.models.hub_models import download_pipeline
 events = []
-folder = download_pipeline({repo!r}, fp16=False, on_progress=lambda fraction, message: events.append((fraction, message)))
+folder = download_pipeline({repo!r}, fp16=False, on_progress=lambda *event: events.append(event))
 files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 print(json.dumps({{"files": files, "events": events}}))
 """
