@@ -98,15 +98,15 @@ def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:
 
     from studio.models.hub_models import _progress_bar_class
 
-    kwargs = {"tqdm_class": _progress_bar_class(on_progress, repo_id)} if on_progress else {}
     try:
-        revision = _safetensors_revision(HfApi(), repo_id)
+        revision, total_bytes = _weights_revision(HfApi(), repo_id)
     except (OSError, HfHubHTTPError) as e:
         if isinstance(e, RepositoryNotFoundError):
             raise ModelNotFoundError(f"Feature model {repo_id!r} is neither a local folder nor a Hub repo.") from None
-        revision = None  # offline: use whatever the cache holds
+        revision, total_bytes = None, 0  # offline: use whatever the cache holds
+    kwargs = {"tqdm_class": _progress_bar_class(on_progress, repo_id, total_bytes)} if on_progress else {}
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=FEATURE_FILES, **kwargs))
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=FEATURE_FILES, **kwargs))
     except LocalEntryNotFoundError:
         raise ModelNotFoundError(
             f"Feature model {repo_id} is not in the local Hub cache and the Hub cannot be reached; connect "
@@ -114,16 +114,26 @@ def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:
         ) from None
     except (OSError, HfHubHTTPError) as e:
         raise ModelNotFoundError(f"Could not download the feature model {repo_id}: {e}") from e
+    if on_progress is not None:
+        on_progress(1.0, f"Downloaded {repo_id}")  # also when every file came from the cache
+    return folder
 
 
-def _safetensors_revision(api, repo_id: str) -> str | None:
-    """main, or else the Hub's safetensors conversion pull request: older repos keep only pickles on main."""
-    if "model.safetensors" in api.list_repo_files(repo_id):
-        return None
-    for ref in api.list_repo_refs(repo_id, include_pull_requests=True).pull_requests:
-        if "model.safetensors" in api.list_repo_files(repo_id, revision=ref.ref):
-            return ref.ref
-    return None
+def _weights_revision(api, repo_id: str) -> tuple[str | None, int]:
+    """(revision, bytes to fetch): main, or else the Hub's safetensors conversion pull request, since older
+    repos keep only pickles on main. The byte count lets the progress bar grow steadily to 100%."""
+    from huggingface_hub.hf_api import RepoFile
+
+    def sizes(revision: str | None) -> dict[str, int]:
+        return {e.path: e.size for e in api.list_repo_tree(repo_id, revision=revision) if isinstance(e, RepoFile)}
+
+    files = sizes(None)
+    if "model.safetensors" not in files:
+        for ref in api.list_repo_refs(repo_id, include_pull_requests=True).pull_requests:
+            converted = sizes(ref.ref)
+            if "model.safetensors" in converted:
+                return ref.ref, sum(converted.get(name, 0) for name in FEATURE_FILES)
+    return None, sum(files.get(name, 0) for name in FEATURE_FILES)
 
 
 def data_images(folder: Path) -> list[Path]:
