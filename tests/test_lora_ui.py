@@ -29,13 +29,16 @@ def app(studio_running_app):
 
 def test_library_greys_out_what_the_model_cannot_use(app):
     _running, client = app
-    table, _previews, *_picks = client.predict("demo-sd15", None, None, None, None, api_name="/lora_library")
+    table, _previews, *_picks = client.predict("demo-sd15", *NO_SLOTS, None, *ONE, 1.0, api_name="/lora_library")
     rows = {row.split("</td>")[0].rsplit(">", 1)[-1]: row for row in table.split("<tr")[2:]}
     assert "opacity" not in rows["ui-alps"] and "<td>ok</td>" in rows["ui-alps"]
     assert "opacity" in rows["ui-xl"] and "ui-xl is an SDXL LoRA; the loaded model is SD1.5." in rows["ui-xl"]
     assert "opacity" in rows["ui-broken"] and "Re-download" in rows["ui-broken"]
-    table_xl, *_ = client.predict("demo-sdxl", None, None, None, None, api_name="/lora_library")
+    # Switching to an SDXL model: the SD1.5 pick is cleared (and so is the blend Generate would use).
+    table_xl, _previews, first_pick, *_ = client.predict("demo-sdxl", "ui-alps", None, None, None, 1.0, *ONE,
+                                                         api_name="/lora_library")  # fmt: skip
     assert "ui-alps is an SD1.5 LoRA; the loaded model is SDXL." in table_xl
+    assert first_pick["value"] is None and ["ui-xl", "ui-xl"] in first_pick["choices"]
 
 
 def test_applied_blend_is_used_by_generate_and_recorded(app):

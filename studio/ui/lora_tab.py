@@ -43,7 +43,8 @@ def library_view(studio: Studio, model: str | None):
         title = f' title="{html.escape(reason)}"' if reason else ""
         rows.append(f"<tr{style}{title}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in ["Name", "Kind", "Format", "Rank", "Parts", "Triggers", "Hash", "Status"])
-    table = f'<table class="lora-library"><tr>{header}</tr>{"".join(rows)}</table>' if rows else (
+    table = (f'<div style="overflow-x:auto"><table class="lora-library" style="font-size:0.85em">'
+             f'<tr>{header}</tr>{"".join(rows)}</table></div>') if rows else (
         "<p>No LoRAs yet: put .safetensors files or adapter folders in loras/, train one, or import from the Hub.</p>")
     return table, usable, previews
 
@@ -122,14 +123,17 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
                         elem_id="compare-grid")  # fmt: skip
 
     @user_errors
-    def refresh(model_name, *current):
+    def refresh(model_name, *slots):
+        """The library for this model; picks it cannot use are cleared, and Generate's blend with them."""
         table, usable, images = library_view(studio, model_name)
-        keep = [gr.update(choices=usable, value=value if value in usable else None) for value in current]
-        return [table, images, *keep]
+        kept = [name if name in usable else None for name in slots[:SLOTS]]
+        picked = [list(pair) for pair in _blend(kept, slots[SLOTS:])]
+        return [table, images, picked, *[gr.update(choices=usable, value=name) for name in kept]]
 
-    refresh_outputs = [library, previews, *picks]
-    rescan.click(refresh, inputs=[model, *picks], outputs=refresh_outputs, api_name="lora_library")
-    model.change(refresh, inputs=[model, *picks], outputs=refresh_outputs, api_visibility="private")
+    refresh_inputs = [model, *picks, *weights]
+    refresh_outputs = [library, previews, lora_picks, *picks]
+    rescan.click(refresh, inputs=refresh_inputs, outputs=refresh_outputs, api_name="lora_library")
+    model.change(refresh, inputs=refresh_inputs, outputs=refresh_outputs, api_visibility="private")
 
     @user_errors
     def apply(model_name, te, fuse_on, *slots):
@@ -189,15 +193,15 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
     stop_button.click(studio.stop, cancels=[grid_run, ab_run], api_visibility="private")
 
     @user_errors
-    def import_lora(model_name, repo, token_value, *current):
+    def import_lora(repo, token_value, *refresh_args):
         for event in studio.import_lora_stream((repo or "").strip(), token_value or None):
             if isinstance(event, LoadProgress):
-                yield [f"⏳ {event.message} ({event.fraction:.0%})"] + [gr.update()] * (2 + SLOTS)
+                yield [f"⏳ {event.message} ({event.fraction:.0%})"] + [gr.update()] * len(refresh_outputs)
             else:
-                yield [f"Imported into loras/{event.name}."] + refresh(model_name, *current)
+                yield [f"Imported into loras/{event.name}."] + refresh(*refresh_args)
 
     # Not a GPU event: a download must not wait behind a generation, nor block one.
-    import_button.click(import_lora, inputs=[model, repo_id, token, *picks], outputs=[status, *refresh_outputs],
+    import_button.click(import_lora, inputs=[repo_id, token, *refresh_inputs], outputs=[status, *refresh_outputs],
                         api_name="import_lora")  # fmt: skip
     return {"library": library, "picks": picks, "weights": weights, "status": status, "grid": grid,
-            "refresh": (refresh, [model, *picks], refresh_outputs)}  # fmt: skip
+            "refresh": (refresh, refresh_inputs, refresh_outputs)}  # fmt: skip
