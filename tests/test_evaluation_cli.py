@@ -46,7 +46,6 @@ def test_evaluate_compares_candidates_and_prints_a_ranked_table(tmp_path, clip_d
     "args, message",
     [
         (["--data", "/no/such/folder"], "/no/such/folder does not exist"),
-        (["--lora", "a:1", "--lora", "b:1", "--strengths", "0,1"], "--strengths needs exactly one --lora"),
     ],
 )
 def test_evaluate_user_errors_are_one_line(tmp_path, data_dir, args, message):
@@ -57,6 +56,23 @@ def test_evaluate_user_errors_are_one_line(tmp_path, data_dir, args, message):
     result = run_cli("evaluate", "--model", "demo-sd15", *defaults, *args, *folders(tmp_path))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_strengths_and_compare_become_candidates_with_one_set_of_seeds():
+    from studio.cli import build_parser
+    from studio.cli.evaluate import candidates_from_args
+    from studio.errors import InvalidRequestError
+    from studio.evaluation.requests import Candidate
+
+    def candidates(*args):
+        return candidates_from_args(build_parser().parse_args(["evaluate", "--data", ".", "--prompt", "p", *args]))
+
+    assert candidates("--model", "m", "--lora", "style:0.7", "--strengths", "0,0.5,1", "--compare", "base") == (
+        Candidate("m", (("style", 0.0),)), Candidate("m", (("style", 0.5),)), Candidate("m", (("style", 1.0),)),
+        Candidate("base"))  # fmt: skip
+    assert candidates("--model", "m", "--lora", "a:1", "--lora", "b:0.5") == (Candidate("m", (("a", 1.0), ("b", 0.5))),)
+    with pytest.raises(InvalidRequestError, match="--strengths needs exactly one --lora"):
+        candidates("--model", "m", "--lora", "a:1", "--lora", "b:1", "--strengths", "0,1")
 
 
 def test_export_dataset_writes_an_imagefolder_and_prints_it(tmp_path):
@@ -71,8 +87,6 @@ def test_export_dataset_writes_an_imagefolder_and_prints_it(tmp_path):
     assert result.stdout.splitlines() == ["3 images and metadata.jsonl written", str(out)]
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [(r["text"], r["seed"]) for r in rows] == [("a ridge", 3), ("a glacier", 4), ("snowy peaks", 5)]
-    again = run_cli("export-dataset", "--model", "demo-sd15", "--prompt", "x", "--out", out, *folders(tmp_path))
-    assert again.returncode == 2 and "already exists and is not empty" in again.stderr
 
 
 def test_feature_model_downloads_once_from_the_hub_then_works_offline(tmp_path, clip_dir, data_dir):
