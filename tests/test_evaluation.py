@@ -188,6 +188,19 @@ def test_stop_keeps_finished_candidates_and_scores_a_partial_one(manager, config
     assert "Stopped early" in report and "stopped early" in report  # the run, and the partial candidate's row
 
 
+def test_stop_while_reading_the_data_ends_before_generating(manager, config, clip_dir, sd15_data):
+    from studio.errors import CancelledError
+
+    cancel = threading.Event()
+    cancel.set()
+    request = EvaluationRequest(candidates=(Candidate("demo-sd15"),), data=sd15_data, prompt="m", count=2,
+                                sampling=SMALL, feature_model=str(clip_dir))  # fmt: skip
+    runs_before = list(config.outputs_dir.glob("evaluations/*"))
+    with pytest.raises(CancelledError, match="before anything was generated"):
+        evaluate(manager, request, outputs_dir=config.outputs_dir, cancel=cancel)
+    assert list(config.outputs_dir.glob("evaluations/*")) == runs_before
+
+
 @pytest.mark.parametrize(
     "fields, error, message",
     [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from studio.errors import DatasetError, ModelNotFoundError, UnsupportedModelError
+from studio.errors import CancelledError, DatasetError, ModelNotFoundError, UnsupportedModelError
 
 DEFAULT_FEATURE_MODEL = "openai/clip-vit-large-patch14-336"
 FEATURE_FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
@@ -152,12 +153,14 @@ def data_images(folder: Path) -> list[Path]:
 
 
 def embed_files(features: FeatureModel, paths: list[Path], *, on_progress: ProgressFn | None = None,
-                batch_size: int = 16) -> np.ndarray:  # fmt: skip
+                cancel: threading.Event | None = None, batch_size: int = 16) -> np.ndarray:  # fmt: skip
     """Embed image files a batch at a time, so hundreds of large images never sit in RAM together."""
     from studio.training.dataset import load_image
 
     rows = []
     for start in range(0, len(paths), batch_size):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("Stopped while reading the data images, before anything was generated.")
         batch = [load_image(path) for path in paths[start : start + batch_size]]
         rows.append(features.embed(batch, batch_size=batch_size))
         if on_progress is not None:

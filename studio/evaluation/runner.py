@@ -72,7 +72,8 @@ def evaluate(
         dtype=manager.dtype,
         on_progress=lambda f, message: report(Progress(share / 2 * f, message)),
     )
-    data = embed_files(features, paths, on_progress=lambda f, message: report(Progress(share / 2 * (1 + f), message)))
+    data = embed_files(features, paths, cancel=cancel,
+                       on_progress=lambda f, message: report(Progress(share / 2 * (1 + f), message)))  # fmt: skip
     floor = {key: metrics.floor_score(data, metrics.METRICS[key], resamples=request.resamples)
              for key in request.metric_keys}  # fmt: skip
     result = EvaluationResult(
