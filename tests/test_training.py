@@ -73,7 +73,7 @@ def draw(pipe, sample_png: Path) -> Image.Image:
 @pytest.fixture(scope="module")
 def sd15_run(photos, tmp_path_factory):
     config = make_config(tmp_path_factory.mktemp("sd15"))
-    request = quick_request(photos, steps=6, validation_every=3, min_snr_gamma=5.0, noise_offset=0.05)
+    request = quick_request(photos, steps=4, validation_every=2, min_snr_gamma=5.0, noise_offset=0.05)
     folder, events = run(request, config)
     return config, request, folder, events
 
@@ -88,34 +88,34 @@ def test_adapter_folder_has_every_file_of_the_contract(sd15_run):
     assert manifest["name"] == "alps" and manifest["base_model"] == "demo-sd15" and manifest["base_kind"] == "sd15"
     assert manifest["trigger_words"] == ["mtn"] and manifest["rank"] == 4 and manifest["alpha"] == 2.0
     assert manifest["text_encoder"] is False and manifest["blend"] is None
-    assert manifest["settings"]["steps"] == 6 and manifest["settings"]["num_images"] == 8
-    assert [s["step"] for s in manifest["samples"]] == [3, 6]
+    assert manifest["settings"]["steps"] == 4 and manifest["settings"]["num_images"] == 8
+    assert [s["step"] for s in manifest["samples"]] == [2, 4]
     for sample in manifest["samples"]:
         assert (folder / sample["file"]).is_file() and sample["seed"] == request.validation_seed
         assert parse_infotext(read_infotext(folder / sample["file"]))["Prompt"] == "mtn, satellite image of mountains"
     readme = (folder / "README.md").read_text()
-    assert "# alps" in readme and "mtn" in readme and "samples/step-000006.png" in readme
+    assert "# alps" in readme and "mtn" in readme and "samples/step-000004.png" in readme
     assert all(os.stat(p).st_mode & 0o044 for p in folder.rglob("*"))  # readable like ordinary files
 
 
 def test_events_report_loss_pace_eta_samples_and_done(sd15_run):
     _, _, folder, events = sd15_run
     steps = [e for e in events if e.kind == "step"]
-    assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6] and all(e.total_steps == 6 for e in steps)
+    assert [e.step for e in steps] == [1, 2, 3, 4] and all(e.total_steps == 4 for e in steps)
     assert all(e.loss > 0 and e.lr > 0 and e.sec_per_step > 0 for e in steps)
     assert steps[0].eta > 0 and steps[-1].eta == 0
-    assert [e.step for e in events if e.kind == "sample"] == [3, 6]
+    assert [e.step for e in events if e.kind == "sample"] == [2, 4]
     assert events[0].kind == "dataset" and "8 usable" in events[0].message
     assert events[-1].kind == "done" and Path(events[-1].path) == folder
 
 
 def test_saved_adapter_reproduces_the_trained_model_and_changes_the_base(sd15_run):
     _, _, folder, _ = sd15_run
-    trained_image = Image.open(folder / "samples" / "step-000006.png")
+    trained_image = Image.open(folder / "samples" / "step-000004.png")
     pipe = build_tiny(ModelKind.SD15)
-    base = draw(pipe, folder / "samples" / "step-000006.png")
+    base = draw(pipe, folder / "samples" / "step-000004.png")
     pipe.load_lora_weights(folder)
-    reloaded = draw(pipe, folder / "samples" / "step-000006.png")
+    reloaded = draw(pipe, folder / "samples" / "step-000004.png")
     assert np.abs(pixels(reloaded) - pixels(trained_image)).max() <= 1.0
     assert np.abs(pixels(base) - pixels(trained_image)).mean() > 3.0
 
@@ -130,7 +130,7 @@ def test_kohya_file_has_real_alpha_and_metadata_and_loads_with_the_same_effect(s
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0" and meta["ss_base_model_version"] == "sd_v1"
     assert meta["ss_num_train_images"] == "8" and json.loads(meta["ss_tag_frequency"]) == {"dataset": {"mtn": 8}}
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["modelspec.title"] == "alps"
-    sample = folder / "samples" / "step-000006.png"
+    sample = folder / "samples" / "step-000004.png"
     pipe = build_tiny(ModelKind.SD15)
     pipe.load_lora_weights(folder, weight_name="alps.safetensors")
     assert np.abs(pixels(draw(pipe, sample)) - pixels(Image.open(sample))).max() <= 1.0
@@ -157,7 +157,7 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
     """v-prediction model, accumulation, flips, buckets, min-SNR: everything random must replay on resume."""
     config = make_config(tmp_path)
     save_tiny(ModelKind.SD15, config.models_dir / "tiny-v", prediction_type="v_prediction")
-    settings = dict(model="tiny-v", steps=5, gradient_accumulation=2, min_snr_gamma=5.0, noise_offset=0.1,
+    settings = dict(model="tiny-v", steps=4, gradient_accumulation=2, min_snr_gamma=5.0, noise_offset=0.1,
                     lr_scheduler="cosine", warmup_steps=2)  # fmt: skip
     whole, _ = run(quick_request(photos, name="whole", **settings), config)
 
@@ -169,7 +169,7 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
 
     resumed, events = run(quick_request(photos, name="split", resume=True, **settings), config)
     assert not any("Caching latents" in e.message for e in events)  # the caches were kept on disk
-    assert [e.step for e in events if e.kind == "step"] == [3, 4, 5]
+    assert [e.step for e in events if e.kind == "step"] == [3, 4]
     with safe_open(str(whole / "pytorch_lora_weights.safetensors"), "pt") as a, \
          safe_open(str(resumed / "pytorch_lora_weights.safetensors"), "pt") as b:  # fmt: skip
         assert sorted(a.keys()) == sorted(b.keys())
