@@ -187,14 +187,14 @@ def train(
         emit(TrainingEvent("step", step=done, total_steps=total, loss=mean_loss, lr=lr_scheduler.get_last_lr()[0],
                            sec_per_step=pace, eta=pace * (total - done)))  # fmt: skip
         if done < total and request.validation_every and done % request.validation_every == 0 and main:
-            state["samples"].append(_sample(run, run_dir, done, model, emit))
+            state["samples"].append(_sample(run, run_dir, done, model, emit, accelerator))
         if done < total and request.checkpoint_every and done % request.checkpoint_every == 0:
             save(done)
 
     accelerator.wait_for_everyone()
     if not main:
         return None
-    state["samples"].append(_sample(run, run_dir, total, model, emit))
+    state["samples"].append(_sample(run, run_dir, total, model, emit, accelerator))
     from studio.training.export import export_adapter
 
     emit(TrainingEvent("status", step=total, total_steps=total, message="Writing the adapter"))
@@ -408,7 +408,7 @@ def _load_lora_params(trained: dict[str, torch.nn.Module], tensors: dict[str, to
 
 
 @torch.no_grad()
-def _sample(run: _Run, run_dir: Path, step: int, model, emit: EventFn) -> dict:
+def _sample(run: _Run, run_dir: Path, step: int, model, emit: EventFn, accelerator) -> dict:
     """One validation image from the prompt, with the same seed every time; saved with A1111 infotext."""
     from studio.schedulers import a1111_sampler, make_scheduler
 
@@ -422,8 +422,9 @@ def _sample(run: _Run, run_dir: Path, step: int, model, emit: EventFn) -> dict:
         module.eval()
     pipe.scheduler = make_scheduler(VALIDATION_SAMPLER, model.base_scheduler_config)
     generator = torch.Generator("cpu").manual_seed(request.validation_seed)
-    image = pipe(prompt, num_inference_steps=request.validation_steps, guidance_scale=VALIDATION_CFG,
-                 height=size, width=size, generator=generator).images[0]  # fmt: skip
+    with accelerator.autocast():  # fp16/bf16 weights with fp32 LoRA layers: let autocast pick each op's dtype
+        image = pipe(prompt, num_inference_steps=request.validation_steps, guidance_scale=VALIDATION_CFG,
+                     height=size, width=size, generator=generator).images[0]  # fmt: skip
     for module in run.trained.values():
         module.train()
     for module in offloaded:
