@@ -35,7 +35,8 @@ def photos(tmp_path_factory):
 def make_config(root: Path) -> StudioConfig:
     for name in ("models", "loras", "outputs"):
         (root / name).mkdir(parents=True, exist_ok=True)
-    return StudioConfig(models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs", device="cpu")
+    return StudioConfig(models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs",
+                        device="cpu")  # fmt: skip
 
 
 def quick_request(photos, **changes) -> TrainingRequest:
@@ -127,7 +128,8 @@ def test_kohya_file_has_real_alpha_and_metadata_and_loads_with_the_same_effect(s
         keys, meta = list(f.keys()), f.metadata()
         alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
     assert keys and all(k.startswith("lora_unet_") for k in keys) and alphas == {2.0}
-    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0" and meta["ss_base_model_version"] == "sd_v1"
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+    assert meta["ss_base_model_version"] == "sd_v1"
     assert meta["ss_num_train_images"] == "8" and json.loads(meta["ss_tag_frequency"]) == {"dataset": {"mtn": 8}}
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["modelspec.title"] == "alps"
     sample = folder / "samples" / "step-000004.png"

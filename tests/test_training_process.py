@@ -67,8 +67,8 @@ def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
     folders = ["--models-dir", str(config.models_dir), "--loras-dir", str(config.loras_dir),
                "--outputs-dir", str(config.outputs_dir), "--device", "cpu"]  # fmt: skip
     result = cli("--data", str(photos), "--model", "demo-sd15", "--name", "cli-alps", "--trigger", "mtn",
-                 "--caption", "mountains", "--steps", "2", "--resolution", "64", "--rank", "4", "--alpha", "2", *folders,
-                 cwd=tmp_path)  # fmt: skip
+                 "--caption", "mountains", "--steps", "2", "--resolution", "64", "--rank", "4", "--alpha", "2",
+                 *folders, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines() == [str(config.loras_dir.resolve() / "cli-alps")]
     assert "8 usable of 11 images" in result.stderr and "Estimated peak VRAM" in result.stderr

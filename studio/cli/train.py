@@ -111,7 +111,8 @@ def run(args) -> int:
         nonlocal bar
         if event.kind == "step":
             if bar is None:
-                bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="training", unit="step", file=sys.stderr)
+                bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="training", unit="step",
+                           file=sys.stderr)  # fmt: skip
             bar.update(event.step - bar.n)
             bar.set_postfix_str(f"loss {event.loss:.4f}, lr {event.lr:.2e}")
         elif event.kind == "dataset":  # the data set is fine: now the settings are worth showing

@@ -77,7 +77,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         lora = load_file(path / "lora.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
     except (OSError, ValueError) as error:
-        raise TrainingError(f"Checkpoint {path} is damaged ({error}); delete it to resume from an older one.") from error
+        raise TrainingError(
+            f"Checkpoint {path} is damaged ({error}); delete it and press Train to start the run over."
+        ) from error
     per_param: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(state.pop("optimizer_scalars").items()):
         index, name = key.split(".", 1)

@@ -133,9 +133,8 @@ class TrainingRequest:
             if not low <= value <= high:
                 raise InvalidRequestError(f"{field}={value} is out of range; use a value from {low:g} to {high:g}.")
         if self.resolution % 64:
-            raise InvalidRequestError(
-                f"resolution={self.resolution} must be a multiple of 64; try {max(64, round(self.resolution / 64) * 64)}."
-            )
+            nearest = max(64, round(self.resolution / 64) * 64)
+            raise InvalidRequestError(f"resolution={self.resolution} must be a multiple of 64; try {nearest}.")
         for field, value, allowed in (
             ("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS),
             ("mixed_precision", self.mixed_precision, MIXED_PRECISIONS),

@@ -24,7 +24,8 @@ from studio.ui.common import GPU_QUEUE, user_errors
 FIELDS = ["data", "model", "name", "caption", "caption_column", "trigger", "steps", "rank", "alpha", "learning_rate",
           "resolution", "batch_size", "epochs", "gradient_accumulation", "lr_scheduler", "warmup_steps",
           "train_text_encoder", "gradient_checkpointing", "mixed_precision", "optimizer", "buckets", "random_flip",
-          "seed", "min_snr_gamma", "noise_offset", "validation_prompt", "validation_every", "checkpoint_every"]  # fmt: skip
+          "seed", "min_snr_gamma", "noise_offset", "validation_prompt", "validation_every",
+          "checkpoint_every"]  # fmt: skip
 PRESET_FIELDS = ["resolution", "batch_size", "gradient_accumulation", "rank", "alpha", "learning_rate",
                  "gradient_checkpointing", "train_text_encoder", "mixed_precision", "optimizer"]  # fmt: skip
 UPDATE_EVERY = 0.5  # seconds between progress redraws; the loss curve keeps every step anyway
