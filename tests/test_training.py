@@ -90,6 +90,7 @@ def test_adapter_folder_has_every_file_of_the_contract(sd15_run):
     assert manifest["trigger_words"] == ["mtn"] and manifest["rank"] == 4 and manifest["alpha"] == 2.0
     assert manifest["text_encoder"] is False and manifest["blend"] is None
     assert manifest["settings"]["steps"] == 4 and manifest["settings"]["num_images"] == 8
+    assert manifest["settings"]["data"] == "photos"  # the folder's name, not the user's local path
     assert [s["step"] for s in manifest["samples"]] == [2, 4]
     for sample in manifest["samples"]:
         assert (folder / sample["file"]).is_file() and sample["seed"] == request.validation_seed

@@ -77,7 +77,9 @@ def export_adapter(
             "rank": request.rank,
             "alpha": request.alpha,
             "text_encoder": request.train_text_encoder,
-            "settings": {**request.to_json(), "mixed_precision": precision, "num_images": num_images},
+            # Only the data folder's name: the full local path (user name, disk layout) must not travel to the Hub.
+            "settings": {**request.to_json(), "data": Path(request.data).name, "mixed_precision": precision,
+                         "num_images": num_images},
             "blend": None,
             "samples": [s for s in state["samples"] if (tmp / s["file"]).is_file()],
             "created": now.isoformat(),
