@@ -174,6 +174,8 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
     resumed, events = run(quick_request(photos, name="split", resume=True, **settings), config)
     assert not any("Caching latents" in e.message for e in events)  # the caches were kept on disk
     assert [e.step for e in events if e.kind == "step"] == [3, 4]
+    resumed_at = next(e for e in events if e.message.startswith("Resumed at step 2"))
+    assert [step for step, _ in resumed_at.losses] == [1, 2]  # the loss curve continues
     with safe_open(str(whole / "pytorch_lora_weights.safetensors"), "pt") as a, \
          safe_open(str(resumed / "pytorch_lora_weights.safetensors"), "pt") as b:  # fmt: skip
         assert sorted(a.keys()) == sorted(b.keys())

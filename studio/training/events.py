@@ -30,9 +30,11 @@ class TrainingEvent:
     message: str = ""
     error_type: str | None = None
     """For "error": the StudioError subclass raised in the child (DatasetError, TrainingError...)."""
+    losses: list | None = None
+    """For the "status" event of a resumed run: [[step, loss], ...] so far, so the loss curve continues."""
 
     def to_line(self) -> str:
-        values = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "", 0) or k == "kind"}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "", 0, []) or k == "kind"}
         return json.dumps(values, separators=(",", ":"))
 
     @classmethod

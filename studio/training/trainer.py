@@ -139,7 +139,7 @@ def train(
         lr_scheduler.load_state_dict(checkpoint.state["scheduler"])
         state.update(losses=checkpoint.state["losses"], samples=checkpoint.state["samples"])
         start = checkpoint.step
-        emit(TrainingEvent("status", message=f"Resumed at step {start} of {total}"))
+        emit(TrainingEvent("status", message=f"Resumed at step {start} of {total}", losses=list(state["losses"])))
     run.noise_scheduler = DDPMScheduler.from_config(model.base_scheduler_config)
 
     def save(step: int) -> Path | None:

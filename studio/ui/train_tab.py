@@ -115,6 +115,8 @@ def build_train_tab(studio: Studio) -> dict:
     def stream(request: TrainingRequest):
         losses, samples, shown = [], [], 0.0
         for event in studio.train_stream(request):
+            if event.losses:  # a resumed run: the curve continues from the checkpoint's history
+                losses = [tuple(point) for point in event.losses]
             if event.kind == "step":
                 losses.append((event.step, event.loss))
             elif event.kind == "sample":
