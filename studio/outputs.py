@@ -26,7 +26,9 @@ def save_png(image: Image.Image, infotext: str, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=metadata.png_info(infotext))
+            # Level 3, not PIL's 6: a quarter of the encode time (512 px: 31 vs 121 ms, 6% of a 2 s GPU image)
+            # for files ~15% larger. Measured in bench/bench_generation.py (app vs bare diffusers).
+            image.save(f, format="PNG", pnginfo=metadata.png_info(infotext), compress_level=3)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; images are meant to be shared like any saved file
         os.replace(tmp, path)
     except BaseException:
