@@ -60,8 +60,10 @@ class _Run:
     device: torch.device
     samples: list
     buckets: list[tuple[int, int]]
-    latents: caching.Cache
-    texts: caching.Cache | None
+    latents: dict[tuple[int, bool], list[torch.Tensor]]
+    """(sample index, flipped) -> cached [mean, std, crop]: looked up once, not hashed at every step."""
+    texts: list[list[torch.Tensor]] | None
+    """Sample index -> cached text embeddings; None when the text encoder trains."""
     trained: dict[str, torch.nn.Module]
     noise_scheduler: object
     weight_dtype: torch.dtype
@@ -271,7 +273,10 @@ def _prepare(request, model, report, device, run_dir, emit, should_stop) -> _Run
             encoder.to(device)
     _free_accelerator()
     pipe.unet.to(device)
-    return _Run(request, kind, pipe, device, samples, buckets, latents, texts, {}, None, pipe.unet.dtype)
+    latent_entries = {(i, f): latents.get(caching.latent_key(s, b, f))
+                      for i, (s, b) in enumerate(zip(samples, buckets)) for f in flips}  # fmt: skip
+    text_entries = [texts.get(caching.text_key(s.caption)) for s in samples] if texts is not None else None
+    return _Run(request, kind, pipe, device, samples, buckets, latent_entries, text_entries, {}, None, pipe.unet.dtype)
 
 
 def _encoders(pipe, kind: ModelKind) -> list[torch.nn.Module]:
@@ -335,7 +340,7 @@ def _generator(seed: int, micro_batch: int) -> torch.Generator:
 def _loss(run: _Run, modules: dict, batch: list[tuple[int, bool]], generator: torch.Generator) -> torch.Tensor:
     """The training loss of one micro-batch; `modules` are the trained modules as accelerate prepared them."""
     request, device, dtype = run.request, run.device, run.weight_dtype
-    entries = [run.latents.get(caching.latent_key(run.samples[i], run.buckets[i], flipped)) for i, flipped in batch]
+    entries = [run.latents[i, flipped] for i, flipped in batch]
     latents = torch.stack([mean + std * torch.randn(mean.shape, generator=generator) for mean, std, _crop in entries])
     noise = torch.randn(latents.shape, generator=generator)
     if request.noise_offset:
@@ -347,7 +352,7 @@ def _loss(run: _Run, modules: dict, batch: list[tuple[int, bool]], generator: to
 
     captions = [run.samples[i].caption for i, _ in batch]
     if run.texts is not None:
-        cached = [run.texts.get(caching.text_key(c)) for c in captions]
+        cached = [run.texts[i] for i, _ in batch]
         text = [torch.stack(parts).to(device, dtype) for parts in zip(*cached)]
     else:
         pairs = _tokenizers_and_encoders(run.pipe, run.kind, modules)  # through DDP, so their grads sync too
