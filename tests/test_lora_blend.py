@@ -74,6 +74,11 @@ def test_slider_changes_reuse_loaded_adapters_and_unused_ones_are_deleted(setup)
     assert len(layer.lora_A) == 2
     hashes = parse_infotext(info)["Lora hashes"]
     assert hashes.startswith("alps: ") and ", sketch: " in hashes
+    # A slider move (same adapters, new weights) draws what a fresh set_adapters of that blend draws.
+    moved, _ = image(manager, ("alps", -0.7), ("sketch", 1.3))
+    fresh, _ = image(ModelManager(manager.config), ("alps", -0.7), ("sketch", 1.3))
+    assert np.array_equal(pixels(moved), pixels(fresh))
+    assert diff(moved, second) > 0
 
 
 def test_sdxl_adapter_is_refused_for_sd15_and_the_blend_is_unchanged(setup):

@@ -101,7 +101,32 @@ def find_lora(loras_dir: Path, name: str) -> LoraEntry:
 
 
 def read_entry(path: Path) -> LoraEntry:
+    """The entry of one adapter folder or file; cached until any file it is read from changes."""
     path = Path(path)
+    return _read_entry_cached(str(path), _signature(path))
+
+
+def _signature(path: Path) -> tuple:
+    """(mtime, size) of everything an entry is read from: a slider move re-reads nothing that did not change."""
+    watched = [path, path.parent]
+    if path.is_dir():
+        watched += sorted(path.glob("*.safetensors")) + [path / "adapter.json", path / "samples"]
+    signature = []
+    for item in watched:
+        try:
+            stat = item.stat()
+            signature.append((item.name, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            signature.append((item.name, None, None))
+    return tuple(signature)
+
+
+@functools.lru_cache(maxsize=512)
+def _read_entry_cached(path: str, _signature: tuple) -> LoraEntry:
+    return _read_entry(Path(path))
+
+
+def _read_entry(path: Path) -> LoraEntry:
     name = path.name if path.is_dir() else path.stem
     manifest = _manifest(path)
     weights_file = _weights_file(path)
