@@ -3,7 +3,8 @@
     apply_blend(model, [("alps", 0.8), ("watercolor", -0.3)], loras_dir=config.loras_dir)
 
 - An adapter is loaded with `load_lora_weights(..., adapter_name=...)` the first time it is used and
-  stays loaded; moving a slider is one `set_adapters` call (milliseconds, no file read, no model reload).
+  stays loaded. A change of adapters is one `set_adapters` call; a slider move (same adapters, new weights)
+  sets the same per-layer scales directly (milliseconds, no file read, no model reload).
 - Adapters that leave the blend are deleted from the pipeline, so they cost nothing at generation time.
 - The text encoders get their own strength: per adapter (a third tuple element), else the blend's
   text-encoder scale times the adapter's weight.
