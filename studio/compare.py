@@ -130,7 +130,8 @@ def compare(
 
 def draw_grid(cells: list[list[Image.Image]], row_labels: list[str], column_labels: list[str]) -> Image.Image:
     width, height = cells[0][0].size
-    grid = Image.new("RGB", (_LABEL_WIDTH + width * len(column_labels), _LABEL_HEIGHT + height * len(row_labels)), "white")
+    size = (_LABEL_WIDTH + width * len(column_labels), _LABEL_HEIGHT + height * len(row_labels))
+    grid = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
     for c, label in enumerate(column_labels):

@@ -1,4 +1,5 @@
-"""A real browser (Debian's Chromium, Playwright) on the LoRA tab: greyed adapters, a slider release applies the blend."""
+"""A real browser (Debian's Chromium, Playwright) on the LoRA tab: greyed adapters; a slider release applies
+the blend."""
 
 from __future__ import annotations
 

@@ -50,7 +50,8 @@ def test_a_b_base_versus_lora(studio_config):
     add_lora(studio_config.loras_dir, "alps", seed=1)
     studio = Studio(studio_config)
     request = CompareRequest(model="demo-sd15", prompt="mountains", seed=3, steps=1, width=64, height=64,
-                             rows=(CompareRow("base"), CompareRow("alps", (("alps", 1.0),))), strengths=(1.0,))  # fmt: skip
+                             rows=(CompareRow("base"), CompareRow("alps", (("alps", 1.0),))),
+                             strengths=(1.0,))  # fmt: skip
     result = list(studio.compare_stream(request))[-1]
     assert result.grid.size == (160 + 64, 28 + 2 * 64)
     assert np.abs(pixels(result.cells[0][0]) - pixels(result.cells[1][0])).mean() > 0
@@ -67,7 +68,8 @@ def test_a_b_base_versus_lora(studio_config):
     ],
 )
 def test_bad_requests_are_refused_before_any_work(change, message):
-    request = CompareRequest(model="demo-sd15", prompt="p", **{"rows": (CompareRow("base"),), "strengths": (1.0,), **change})
+    fields = {"rows": (CompareRow("base"),), "strengths": (1.0,), **change}
+    request = CompareRequest(model="demo-sd15", prompt="p", **fields)
     with pytest.raises(InvalidRequestError, match=message):
         request.validate()
 

@@ -43,7 +43,8 @@ def live_adapter(kind, seed=1, rank=RANK, alpha=ALPHA):
     pipe.set_progress_bar_config(disable=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=UNET_TARGETS, init_lora_weights=False))
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=UNET_TARGETS, init_lora_weights=False)
+        pipe.unet.add_adapter(config)
         for name in text_encoders(kind):
             config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=TEXT_TARGETS, init_lora_weights=False)
             # transformers' own add_adapter wants a newer peft; inject the adapter with peft directly.
@@ -112,7 +113,8 @@ def test_kohya_file_has_only_kohya_keys(saved):
     if kind is ModelKind.SDXL:
         assert "lora_te2_text_model_encoder_layers_2_mlp_fc1.lora_down.weight" in keys
     assert metadata["ss_network_dim"] == str(RANK)
-    assert metadata["modelspec.architecture"].startswith("stable-diffusion-xl" if kind is ModelKind.SDXL else "stable-diffusion-v1")
+    architecture = "stable-diffusion-xl" if kind is ModelKind.SDXL else "stable-diffusion-v1"
+    assert metadata["modelspec.architecture"].startswith(architecture)
 
 
 @pytest.mark.parametrize("which", ["diffusers", "kohya"])

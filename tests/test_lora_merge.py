@@ -22,7 +22,9 @@ def image(manager, model, *loras):
     return pixels(generate(manager, request).images[0])
 
 
-@pytest.mark.parametrize("kind, model", [(ModelKind.SD15, "demo-sd15"), (ModelKind.SDXL, "demo-sdxl")], ids=["sd15", "sdxl"])
+@pytest.mark.parametrize(
+    "kind, model", [(ModelKind.SD15, "demo-sd15"), (ModelKind.SDXL, "demo-sdxl")], ids=["sd15", "sdxl"]
+)
 def test_saved_blend_reproduces_the_blend(studio_config, kind, model):
     loras = studio_config.loras_dir
     add_lora(loras, "alps", kind=kind, seed=1)
@@ -65,7 +67,8 @@ def test_saved_folder_follows_the_adapter_contract(studio_config):
     folder = save_blend(
         SaveBlendRequest(name="mix", loras=(("alps", 0.5), ("sketch", 0.25)), base_model="demo-sd15"), loras_dir=loras
     )
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter.json", "mix.safetensors", "pytorch_lora_weights.safetensors"]
+    files = ["README.md", "adapter.json", "mix.safetensors", "pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == files
     manifest = json.loads((folder / "adapter.json").read_text())
     assert manifest["blend"] == [{"name": "alps", "weight": 0.5}, {"name": "sketch", "weight": 0.25}]
     assert (manifest["name"], manifest["base_model"], manifest["base_kind"]) == ("mix", "demo-sd15", "sd15")

@@ -42,7 +42,10 @@ KOHYA_PREFIXES = {
     ModelKind.SDXL: {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
 }
 # The architecture names of the safetensors "modelspec" convention (also read by A1111 and ComfyUI).
-MODELSPEC_ARCHITECTURE = {ModelKind.SD15: "stable-diffusion-v1/lora", ModelKind.SDXL: "stable-diffusion-xl-v1-base/lora"}
+MODELSPEC_ARCHITECTURE = {
+    ModelKind.SD15: "stable-diffusion-v1/lora",
+    ModelKind.SDXL: "stable-diffusion-xl-v1-base/lora",
+}
 
 # Module-name pieces that themselves contain "_": kohya names replace every "." with "_", so reading a
 # kohya name back means re-joining these. Longest first, so `time_emb_proj` wins over shorter pieces.
@@ -56,7 +59,9 @@ _COMPOUNDS = sorted(
     key=len,
     reverse=True,
 )  # fmt: skip
-_COMPOUND_PATTERNS = [(re.compile(rf"(?<![A-Za-z0-9]){re.escape(c.replace('_', '.'))}(?![A-Za-z0-9])"), c) for c in _COMPOUNDS]
+_COMPOUND_PATTERNS = [
+    (re.compile(rf"(?<![A-Za-z0-9]){re.escape(c.replace('_', '.'))}(?![A-Za-z0-9])"), c) for c in _COMPOUNDS
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +75,8 @@ class LoraWeights:
 
     def modules(self, component: str) -> list[str]:
         """Module paths of a component that carry a LoRA, in file order."""
-        return [key[: -len(".lora_A.weight")] for key in self.layers.get(component, {}) if key.endswith(".lora_A.weight")]
+        suffix = ".lora_A.weight"
+        return [key[: -len(suffix)] for key in self.layers.get(component, {}) if key.endswith(suffix)]
 
     def rank(self) -> int:
         """The most common rank over all layers (what users call "the rank")."""
@@ -98,7 +104,10 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 def _check_weights(weights: LoraWeights) -> None:
     unknown = set(weights.layers) - set(KOHYA_PREFIXES[weights.kind])
     if unknown:
-        raise LoraError(f"LoRA components {sorted(unknown)} do not exist in {weights.kind.label}; expected {list(KOHYA_PREFIXES[weights.kind])}.")
+        raise LoraError(
+            f"LoRA components {sorted(unknown)} do not exist in {weights.kind.label}; "
+            f"expected {list(KOHYA_PREFIXES[weights.kind])}."
+        )
     for component, layers in weights.layers.items():
         if layers and component not in weights.alphas:
             raise LoraError(f"LoRA component {component!r} has layers but no alpha; pass alphas[{component!r}].")
@@ -155,7 +164,8 @@ def save_kohya_lora(weights: LoraWeights, path: Path, *, metadata: dict[str, str
             tensors[f"{name}.alpha"] = alpha.clone()
     if not tensors:
         raise LoraError("This LoRA has no layers to save.")
-    header = {"modelspec.architecture": MODELSPEC_ARCHITECTURE[weights.kind], **{k: str(v) for k, v in metadata.items()}}
+    header = {"modelspec.architecture": MODELSPEC_ARCHITECTURE[weights.kind]}
+    header.update({k: str(v) for k, v in metadata.items()})
     return _atomic_save(tensors, Path(path), header)
 
 
@@ -182,7 +192,9 @@ def _weights_path(path: Path) -> Path:
             raise LoraError(f"{path.name} holds no .safetensors LoRA file. Add {DIFFUSERS_WEIGHTS} or a kohya file.")
         return found
     if path.suffix != ".safetensors":
-        raise LoraError(f"{path.name} is not a .safetensors file; only .safetensors LoRAs are loaded (convert it first).")
+        raise LoraError(
+            f"{path.name} is not a .safetensors file; only .safetensors LoRAs are loaded (convert it first)."
+        )
     return path
 
 

@@ -54,7 +54,9 @@ def detect_kind(shapes: dict[str, list[int]], metadata: dict[str, str], *, name:
         if _CROSS_ATTENTION_KEY.search(key) and len(shapes[key]) >= 2:
             width = shapes[key][1]
             if width == 1024:
-                raise LoraError(f"{name} is a Stable Diffusion 2.x LoRA (text width 1024); Studio supports SD1.5 and SDXL.")
+                raise LoraError(
+                    f"{name} is a Stable Diffusion 2.x LoRA (text width 1024); Studio supports SD1.5 and SDXL."
+                )
             if width in _CROSS_ATTENTION_KIND:
                 return _CROSS_ATTENTION_KIND[width]
     # Layouts only SDXL has: SGM block names (kohya trains SDXL on the SGM UNet), added-conditioning

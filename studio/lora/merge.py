@@ -54,7 +54,8 @@ class SaveBlendRequest:
     def validate(self) -> None:
         if not _NAME.fullmatch(self.name or "") or ".." in self.name:
             raise UnsafePathError(
-                f"Adapter name {self.name!r} is not allowed; use up to 64 letters, digits, '_', '-' or '.', e.g. my_blend."
+                f"Adapter name {self.name!r} is not allowed; "
+                "use up to 64 letters, digits, '_', '-' or '.', e.g. my_blend."
             )
         if not self.loras:
             raise InvalidRequestError("The blend is empty; add at least one LoRA before saving it.")
@@ -127,7 +128,8 @@ def _write_folder(target: Path, merged: LoraWeights, request: SaveBlendRequest, 
     tmp.mkdir()
     try:
         save_diffusers_lora(merged, tmp)
-        save_kohya_lora(merged, tmp / f"{request.name}.safetensors", metadata=_kohya_metadata(request, merged, blend, triggers, now))
+        metadata = _kohya_metadata(request, merged, blend, triggers, now)
+        save_kohya_lora(merged, tmp / f"{request.name}.safetensors", metadata=metadata)
         manifest = {
             "name": request.name,
             "base_model": request.base_model,

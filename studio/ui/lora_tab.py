@@ -38,7 +38,8 @@ def library_view(studio: Studio, model: str | None):
         if entry.preview is not None and reason is None:
             previews.append((_thumbnail(entry.preview), entry.name))
         cells = [entry.name, entry.kind.label if entry.kind else "?", entry.format, entry.rank or "?",
-                 ", ".join(entry.components), ", ".join(entry.trigger_words), entry.addnet_hash or "", reason or "ok"]  # fmt: skip
+                 ", ".join(entry.components), ", ".join(entry.trigger_words), entry.addnet_hash or "",
+                 reason or "ok"]  # fmt: skip
         style = ' style="opacity:0.45"' if reason else ""
         title = f' title="{html.escape(reason)}"' if reason else ""
         rows.append(f"<tr{style}{title}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -169,7 +170,8 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
         rows = compare_rows(blend, "the blend", True) if ab else compare_rows(blend, row_mode, base_row)
         request = CompareRequest(model=model_name, prompt=prompt_text or "", rows=rows,
                                  strengths=(1.0,) if ab else _strengths(strengths_text),
-                                 seed=int(seed_value if seed_value is not None else -1), steps=int(steps_value))  # fmt: skip
+                                 seed=int(seed_value if seed_value is not None else -1),
+                                 steps=int(steps_value))  # fmt: skip
         for event in studio.compare_stream(request):
             if isinstance(event, LoadProgress):
                 yield f"⏳ {event.message} ({event.fraction:.0%})", gr.update()
