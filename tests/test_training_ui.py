@@ -31,16 +31,16 @@ def test_check_data_lists_usable_and_skipped_files(client, tmp_path):
 
 def test_train_writes_the_adapter_to_loras_and_says_so(client, studio_running_app, tmp_path):
     photos = make_photo_folder(tmp_path / "photos")
-    status, curve, gallery = client.predict(data=str(photos), name="ui-alps", api_name="/train", **SMALL)
-    folder = studio_running_app.loras_dir / "ui-alps"
-    assert "Done" in status and "ui-alps" in status
+    status, curve, gallery = client.predict(data=str(photos), name="ui-trained-alps", api_name="/train", **SMALL)
+    folder = studio_running_app.loras_dir / "ui-trained-alps"
+    assert "Done" in status and "ui-trained-alps" in status
     manifest = json.loads((folder / "adapter.json").read_text())
     assert manifest["base_model"] == "demo-sd15" and manifest["trigger_words"] == ["mtn"]
     assert [s["step"] for s in manifest["samples"]] == [2, 3]
     assert len(gallery) == 2 and curve is not None
     # Training the same name again is refused with the reason, and nothing is overwritten.
     with pytest.raises(AppError, match="already exists"):
-        client.predict(data=str(photos), name="ui-alps", api_name="/train", **SMALL)
+        client.predict(data=str(photos), name="ui-trained-alps", api_name="/train", **SMALL)
 
 
 def test_bad_folder_and_resume_without_checkpoint_are_clear_errors(client, tmp_path):
