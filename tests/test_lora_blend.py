@@ -124,7 +124,7 @@ def test_text_encoder_strength_is_separate(setup):
     apply_blend(model, [("alps", 1.0)], loras_dir=loras, text_encoder_scale=0.0)
     again, _ = image(manager, ("alps", 1.0))
     assert np.array_equal(pixels(again), pixels(no_te))
-    assert blend_state(model.pipe)["text_encoder_scale"] == 0.0
+    assert blend_state(model)["text_encoder_scale"] == 0.0
 
 
 def _render(model):
@@ -141,14 +141,14 @@ def test_fused_blend_matches_unfused_and_is_undone_when_the_blend_changes(setup)
     base_weights = unet_weights(model.pipe)
     unfused, _ = image(manager, ("alps", 0.8), ("sketch", 0.5))
     apply_blend(model, [("alps", 0.8), ("sketch", 0.5)], loras_dir=loras, fuse=True)
-    assert blend_state(model.pipe)["fused"]
+    assert blend_state(model)["fused"]
     fused, _ = image(manager, ("alps", 0.8), ("sketch", 0.5))
     assert diff(fused, unfused) < 0.5  # the same image up to float rounding of the folded weights
     # A new blend unfuses first (the original weights are put back, not recomputed), then applies and fuses it.
     changed, _ = image(manager, ("alps", 0.0))
     assert np.array_equal(pixels(changed), pixels(base))
     apply_blend(model, [("alps", 1.0)], loras_dir=loras, fuse=False)
-    assert not blend_state(model.pipe)["fused"]
+    assert not blend_state(model)["fused"]
     assert np.array_equal(pixels(image(manager)[0]), pixels(base))
     # Exactly the original weights: subtracting the fused delta again would leave rounding drift behind.
     after = unet_weights(model.pipe)

@@ -97,7 +97,7 @@ def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    from studio.models.hub_models import _progress_bar_class
+    from studio.models.hub_models import progress_bar_class
 
     try:
         revision, total_bytes = _weights_revision(HfApi(), repo_id)
@@ -105,7 +105,7 @@ def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:
         if isinstance(e, RepositoryNotFoundError):
             raise ModelNotFoundError(f"Feature model {repo_id!r} is neither a local folder nor a Hub repo.") from None
         revision, total_bytes = None, 0  # offline: use whatever the cache holds
-    kwargs = {"tqdm_class": _progress_bar_class(on_progress, repo_id, total_bytes)} if on_progress else {}
+    kwargs = {"tqdm_class": progress_bar_class(on_progress, repo_id, total_bytes)} if on_progress else {}
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=FEATURE_FILES, **kwargs))
     except LocalEntryNotFoundError:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import weakref
 from pathlib import Path
 
 import torch
@@ -54,13 +53,11 @@ class _PipeState:
     """CPU copies of the weights a fuse changed, put back on unfuse so no rounding drift is left behind."""
 
 
-_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _state(pipe) -> _PipeState:
-    if pipe not in _STATES:
-        _STATES[pipe] = _PipeState()
-    return _STATES[pipe]
+def _state(model) -> _PipeState:
+    # Kept on the manager's LoadedModel: it lives and dies with the pipeline it describes.
+    if model.lora_state is None:
+        model.lora_state = _PipeState()
+    return model.lora_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +120,7 @@ def apply_blend(
     so a generation that passes only names and weights keeps what the LoRA tab chose.
     """
     pipe = model.pipe
-    state = _state(pipe)
+    state = _state(model)
     resolved = resolve_blend(loras, loras_dir=loras_dir, kind=model.kind)
     te_scale = state.text_encoder_scale if text_encoder_scale is None else float(text_encoder_scale)
     want_fused = state.fuse if fuse is None else bool(fuse)
@@ -246,9 +243,9 @@ def _short(error: Exception) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def blend_state(pipe) -> dict:
-    """What the pipeline carries now (for the UI): adapters with weights, text-encoder scale, fused or not."""
-    state = _state(pipe)
+def blend_state(model) -> dict:
+    """What the model's pipeline carries now (for the UI): adapters with weights, text-encoder scale, fused or not."""
+    state = _state(model)
     return {
         "adapters": [(adapter, dict(weights)) for adapter, weights in state.applied],
         "text_encoder_scale": state.text_encoder_scale,

@@ -35,7 +35,7 @@ def choose_weight_files(files: list[str], *, fp16: bool) -> list[str]:
     return sorted(chosen)
 
 
-def _progress_bar_class(on_progress: ProgressFn, repo_id: str, total_bytes: int):
+def progress_bar_class(on_progress: ProgressFn, repo_id: str, total_bytes: int):
     class _Progress(tqdm):
         """Forward huggingface_hub's download progress to the UI callback as one fraction that only grows.
 
@@ -76,7 +76,7 @@ def download_pipeline(
             patterns = ["model_index.json"]
             total_bytes = 0
         if on_progress is not None:
-            kwargs["tqdm_class"] = _progress_bar_class(on_progress, repo_id, total_bytes)
+            kwargs["tqdm_class"] = progress_bar_class(on_progress, repo_id, total_bytes)
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **kwargs))
     except RepositoryNotFoundError:
         raise ModelNotFoundError(

@@ -59,6 +59,9 @@ class LoadedModel:
     plan: MemoryPlan | None = None
     weights_bytes: int = 0
     base_scheduler_config: dict = dataclasses.field(default_factory=dict)
+    lora_state: object = None
+    """What LoRA blend the pipeline carries; owned and read only by `studio.lora.blend`."""
+
     _hash: str | None = None
 
     @property
