@@ -58,3 +58,7 @@ class BusyError(StudioError, RuntimeError):
 
 class CancelledError(StudioError, RuntimeError):
     """The user pressed Stop; partial results were kept where that makes sense."""
+
+
+class UnreadableImageError(StudioError, OSError):
+    """An image file that is empty, truncated, not an image, or a decompression bomb (header claims huge pixels)."""

@@ -20,6 +20,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import studio
+from studio.errors import UnreadableImageError
 
 LORA_TAG = re.compile(r"<lora:([^:>]+):(-?[\d.]+)(?::[^>]*)?>")
 # A1111's own pattern for `Key: value` pairs, where a value may be a JSON-quoted string.
@@ -88,9 +89,27 @@ def png_info(infotext: str) -> PngInfo:
 
 
 def read_infotext(image_or_path) -> str | None:
-    """The `parameters` chunk of a PNG (A1111), or None when the image carries none."""
-    image = image_or_path if isinstance(image_or_path, Image.Image) else Image.open(Path(image_or_path))
+    """The `parameters` chunk of a PNG (A1111), or None when the image carries none.
+
+    Uploaded files are untrusted: empty, truncated and bomb files (a tiny PNG whose header claims 100000x100000)
+    raise `UnreadableImageError` naming the file, instead of PIL's errors or decoding gigabytes of pixels.
+    """
+    if isinstance(image_or_path, Image.Image):
+        return _parameters(image_or_path)
+    path = Path(image_or_path)
+    try:
+        with Image.open(path) as image:
+            return _parameters(image)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(
+            f"{path.name} is not a readable image ({error}); pick a PNG saved by Studio or AUTOMATIC1111."
+        ) from error
+
+
+def _parameters(image: Image.Image) -> str | None:
     text = image.info.get("parameters")
-    if text is None and hasattr(image, "text"):
+    # `.text` decodes the pixels to reach chunks after the image data: only for sizes PIL itself calls safe.
+    # (`hasattr` runs that property too, so the size is checked first.)
+    if text is None and image.width * image.height <= Image.MAX_IMAGE_PIXELS and hasattr(image, "text"):
         text = image.text.get("parameters")
     return text

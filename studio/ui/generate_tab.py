@@ -152,13 +152,15 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     size_preset.change(apply_preset, inputs=size_preset, outputs=[width, height], api_visibility="private")
 
     @user_errors
-    def read_png(path):
-        if not path:
+    def read_png(upload):
+        if not upload:
             return ""
-        info = studio.read_png_info(path)
+        info = studio.read_png_info(upload["path"] if isinstance(upload, dict) else upload)
         return info.get("infotext", "This image has no generation parameters.")
 
-    png_upload.change(read_png, inputs=png_upload, outputs=png_text, api_name="png_info")
+    # preprocess=False: gradio's Image preprocessing decodes the upload (and fails on bombs and truncated files
+    # with a generic error) before read_png could refuse it by name; the reader only needs the cached file.
+    png_upload.change(read_png, inputs=png_upload, outputs=png_text, api_name="png_info", preprocess=False)
 
     def fill_form(text):
         from studio.metadata import parse_infotext

@@ -1,0 +1,220 @@
+"""Issue 6, quality gates: hostile files and names, concurrent requests, a killed save, Stop while loading.
+
+Only the cases no other test file covers; each one checks that Studio refuses clearly or stays consistent, and
+that the launched app keeps serving afterwards. Covered elsewhere: truncated/pickle checkpoints (test_single_file,
+test_models, test_app_client), a LoRA for the other base (test_lora_blend, test_lora_ui), bombs, 0-byte images and
+broken metadata.jsonl lines in a training folder (test_dataset), `../` in save-blend/train/export names
+(test_lora_merge, test_training_presets, test_evaluation), generation refused while training (test_training_process).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from studio.errors import UnreadableImageError, UnsafePathError
+from studio.metadata import read_infotext
+from studio.models.kinds import ModelKind
+from tests.helpers import pixels
+from tests.test_dataset import png_header_only
+from tests.test_lora_blend import add_lora
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(steps=3, cfg=7.0, width=64, height=64, scheduler="Euler", batch_size=1, batch_count=1, clip_skip=1)
+NO_SLOTS = (None, None, None)
+ONE = (1.0, 1.0, 1.0)
+
+
+def generate(client: Client, *, model="demo-sd15", seed=42, **overrides):
+    return client.predict(model=model, prompt="faults ridge", negative_prompt="", seed=seed, api_name="/generate",
+                          **{**SMALL, **overrides})  # fmt: skip
+
+
+def submit(client: Client, *, model="demo-sd15", seed=42, **overrides):
+    return client.submit(model=model, prompt="faults ridge", negative_prompt="", seed=seed, api_name="/generate",
+                         **{**SMALL, **overrides})  # fmt: skip
+
+
+def image_of(result) -> np.ndarray:
+    _status, _preview, gallery, _infotext, _seed = result
+    return pixels(Image.open(gallery[0]["image"]))
+
+
+@pytest.fixture(scope="module")
+def client(studio_app):
+    return Client(studio_app, verbose=False)
+
+
+# --- hostile files into the PNG-info reader ---------------------------------------------------------
+
+
+def hostile_pngs(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    bomb, big, empty, text = (folder / n for n in ("bomb.png", "big.png", "empty.png", "text.png"))
+    png_header_only(bomb, 100_000, 100_000)  # ~60 bytes claiming 10 gigapixels
+    png_header_only(big, 12_000, 12_000)  # under PIL's hard limit, but would decode 144 MB of pixels
+    empty.write_bytes(b"")
+    text.write_text("not a png at all")
+    return {"bomb": bomb, "big": big, "empty": empty, "text": text}
+
+
+def test_png_info_reader_refuses_bombs_and_broken_files_by_name(tmp_path):
+    files = hostile_pngs(tmp_path)
+    # Over PIL's warning size its pixels are never decoded to look for late text chunks: no parameters, quickly.
+    started = time.monotonic()
+    assert read_infotext(files.pop("big")) is None
+    assert time.monotonic() - started < 1
+    for path in files.values():
+        with pytest.raises(UnreadableImageError, match=path.name) as caught:
+            read_infotext(path)
+        assert "\n" not in str(caught.value)
+        assert isinstance(caught.value, OSError)  # callers that skip unreadable samples (model card) still do
+
+
+def test_png_info_tab_refuses_hostile_uploads_and_keeps_serving(client, tmp_path):
+    files = hostile_pngs(tmp_path)
+    assert "no generation parameters" in client.predict(handle_file(str(files.pop("big"))), api_name="/png_info")
+    for name, path in files.items():
+        with pytest.raises(AppError, match="is not a readable image") as caught:
+            client.predict(handle_file(str(path)), api_name="/png_info")
+        assert "Traceback" not in str(caught.value), name
+    _status, _preview, gallery, infotext, _seed = generate(client, seed=606)
+    assert client.predict(handle_file(gallery[0]["image"]), api_name="/png_info") == infotext
+
+
+# --- hostile names ---------------------------------------------------------------------------------
+
+
+def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(tmp_path):
+    from studio.hub import PushRequest, push_adapter
+    from studio.lora.merge import SaveBlendRequest, save_blend
+    from tests.test_training import quick_request
+
+    loras = tmp_path / "loras"
+    add_lora(loras, "alps", seed=1)
+    # A complete, pushable-looking adapter outside loras/: an absolute path to it must still be refused.
+    outside = tmp_path / "outside"
+    add_lora(outside, "secret", seed=2)
+    hostile = ["../outside/secret", str(outside / "secret"), "/etc", "alps/../../outside/secret"]
+    for name in hostile:
+        with pytest.raises(UnsafePathError, match="outside the LoRA folder"):
+            push_adapter(PushRequest(name=name, repo_id="alice/x", loras_dir=loras, token="hf_unused_token_000"))
+        with pytest.raises(UnsafePathError):
+            quick_request(tmp_path, name=name).validate()
+        with pytest.raises(UnsafePathError):
+            save_blend(SaveBlendRequest(name=name, loras=(("alps", 1.0),)), loras_dir=loras)
+    assert sorted(p.name for p in loras.iterdir()) == ["alps"] and sorted(p.name for p in outside.iterdir()) == [
+        "secret"
+    ]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_TOKEN": "hf_unused_token_0"}
+    return subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=120)  # fmt: skip
+
+
+def test_cli_push_and_train_refuse_escaping_names_in_one_line(tmp_path):
+    loras = tmp_path / "loras"
+    add_lora(tmp_path / "outside", "secret", seed=2)
+    push = cli("push", str(tmp_path / "outside" / "secret"), "--repo", "alice/x", "--loras-dir", str(loras),
+               "--endpoint", "http://127.0.0.1:9", cwd=tmp_path)  # fmt: skip
+    (tmp_path / "data").mkdir()
+    train = cli("train", "--data", str(tmp_path / "data"), "--model", "demo-sd15", "--name", "../../escaped",
+                "--loras-dir", str(loras), "--outputs-dir", str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
+    for result in (push, train):
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "outside the LoRA folder" in push.stderr and "escaped" in train.stderr
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+# --- two generations at once, one with a LoRA ------------------------------------------------------
+
+
+def test_concurrent_requests_with_and_without_a_lora_each_draw_their_run_alone_pixels(studio_running_app):
+    add_lora(studio_running_app.loras_dir, "faults-alps", seed=11)
+    with_lora, without = Client(studio_running_app.url, verbose=False), Client(studio_running_app.url, verbose=False)
+    status = with_lora.predict("demo-sd15", 1.0, False, "faults-alps", *NO_SLOTS, 1.0, *ONE, api_name="/apply_blend")
+    assert status.startswith("Blend on demo-sd15: faults-alps 1 (")
+
+    alone = {"lora": image_of(generate(with_lora, seed=77)), "none": image_of(generate(without, seed=77))}
+    assert not np.array_equal(alone["lora"], alone["none"]), "the LoRA must change the image for this test to mean much"
+    for _round in range(2):
+        jobs = {"none": submit(without, seed=77), "lora": submit(with_lora, seed=77)}
+        results = {key: job.result(timeout=120) for key, job in jobs.items()}
+        for key, result in results.items():
+            assert result[0].startswith("Done."), result[0]
+            assert np.array_equal(image_of(result), alone[key]), f"the {key!r} request drew another request's blend"
+        assert "<lora:faults-alps:1>" in results["lora"][3] and "<lora:" not in results["none"][3]
+
+
+# --- the training process killed while it writes the adapter ----------------------------------------
+
+
+def test_training_killed_mid_export_leaves_no_half_written_adapter(tmp_path):
+    from studio.lora.library import scan_loras
+    from tests.test_training_photos import make_photo_folder
+
+    photos = make_photo_folder(tmp_path / "photos")
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    command = [sys.executable, "-m", "studio", "train", "--data", str(photos), "--model", "demo-sd15", "--name",
+               "killed", "--caption", "mountains", "--steps", "1", "--resolution", "64", "--rank", "4",
+               "--validation-every", "0", "--checkpoint-every", "0", "--preset", "none", "--loras-dir", str(loras),
+               "--outputs-dir", str(tmp_path / "out"), "--models-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    child = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        # The export starts by creating its hidden staging folder beside loras/killed: kill at that moment.
+        while not any(name.startswith(".killed") for name in os.listdir(loras)):
+            assert child.poll() is None, child.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "the export never started"
+            time.sleep(0.001)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    target = loras / "killed"
+    if target.exists():  # the rename is the last step: if it happened, the folder is whole
+        expected = {"pytorch_lora_weights.safetensors", "killed.safetensors", "adapter.json", "README.md"}
+        assert expected <= {p.name for p in target.iterdir()}
+    # Whatever was half written stays hidden: the library lists nothing broken and nothing named like a dot folder.
+    listed = scan_loras(loras)
+    assert all(not entry.name.startswith(".") for entry in listed)
+    assert [entry.name for entry in listed] == (["killed"] if target.exists() else [])
+
+
+# --- Stop pressed while the model loads -------------------------------------------------------------
+
+
+def test_stop_during_model_loading_then_the_next_request_is_served(client, studio_running_app):
+    from studio.models.tiny import save_tiny
+
+    save_tiny(ModelKind.SD15, studio_running_app.models_dir / "faults-stop-load")
+    job = submit(client, model="faults-stop-load", seed=808)
+    deadline = time.monotonic() + 30
+    while job.status().code.name not in ("PROCESSING", "ITERATING", "FINISHED"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    client.predict(api_name="/stop")
+    status = job.result(timeout=120)[0]
+    assert status.startswith("Stopped. 0 image(s)"), status  # stopped before its first step: no image saved
+    assert not list(studio_running_app.outputs_dir.glob("txt2img/*/*-808.png"))
+    # Next requests: the same model and the demo one both work normally.
+    again = generate(client, model="faults-stop-load", seed=809)
+    assert again[0].startswith("Done.") and again[4] == 809
+    assert generate(client, seed=810)[0].startswith("Done.")
