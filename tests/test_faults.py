@@ -142,21 +142,56 @@ def test_cli_push_and_train_refuse_escaping_names_in_one_line(tmp_path):
 # --- two generations at once, one with a LoRA ------------------------------------------------------
 
 
-def test_concurrent_requests_with_and_without_a_lora_each_draw_their_run_alone_pixels(studio_running_app):
+@pytest.fixture(scope="module")
+def two_sessions(studio_running_app):
+    """Two browser-like sessions of the launched app, one with a LoRA blend applied, and their run-alone images."""
     add_lora(studio_running_app.loras_dir, "faults-alps", seed=11)
     with_lora, without = Client(studio_running_app.url, verbose=False), Client(studio_running_app.url, verbose=False)
     status = with_lora.predict("demo-sd15", 1.0, False, "faults-alps", *NO_SLOTS, 1.0, *ONE, api_name="/apply_blend")
     assert status.startswith("Blend on demo-sd15: faults-alps 1 (")
-
     alone = {"lora": image_of(generate(with_lora, seed=77)), "none": image_of(generate(without, seed=77))}
     assert not np.array_equal(alone["lora"], alone["none"]), "the LoRA must change the image for this test to mean much"
+    return {"lora": with_lora, "none": without}, alone
+
+
+def check_same_as_alone(results: dict, alone: dict) -> None:
+    for key, result in results.items():
+        assert result[0].startswith("Done."), result[0]
+        assert np.array_equal(image_of(result), alone[key]), f"the {key!r} request drew another request's blend"
+    assert "<lora:faults-alps:1>" in results["lora"][3] and "<lora:" not in results["none"][3]
+
+
+def test_concurrent_requests_with_and_without_a_lora_each_draw_their_run_alone_pixels(two_sessions):
+    clients, alone = two_sessions
     for _round in range(2):
-        jobs = {"none": submit(without, seed=77), "lora": submit(with_lora, seed=77)}
-        results = {key: job.result(timeout=120) for key, job in jobs.items()}
-        for key, result in results.items():
-            assert result[0].startswith("Done."), result[0]
-            assert np.array_equal(image_of(result), alone[key]), f"the {key!r} request drew another request's blend"
-        assert "<lora:faults-alps:1>" in results["lora"][3] and "<lora:" not in results["none"][3]
+        jobs = {"none": submit(clients["none"], seed=77), "lora": submit(clients["lora"], seed=77)}
+        check_same_as_alone({key: job.result(timeout=120) for key, job in jobs.items()}, alone)
+
+
+def test_generations_fired_during_a_training_run_wait_for_it_and_stay_unmixed(two_sessions, studio_running_app,
+                                                                               tmp_path):  # fmt: skip
+    from tests.test_training_photos import make_photo_folder
+    from tests.test_training_ui import SMALL as TRAIN
+
+    clients, alone = two_sessions
+    photos = make_photo_folder(tmp_path / "photos")
+    trainer = Client(studio_running_app.url, verbose=False)
+    training = trainer.submit(data=str(photos), name="faults-during-train", api_name="/train",
+                              **{**TRAIN, "validation_every": 0})  # fmt: skip
+    deadline = time.monotonic() + 60
+    while training.status().code.name not in ("PROCESSING", "ITERATING", "FINISHED"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    jobs = {"none": submit(clients["none"], seed=77), "lora": submit(clients["lora"], seed=77)}
+    # One GPU queue: the generations wait for the run (a 1-second generation never overtakes it) ...
+    while not training.done():
+        assert not any(job.done() for job in jobs.values()), "a generation ran while the training run held the GPU"
+        assert time.monotonic() < deadline + 120
+        time.sleep(0.02)
+    status, _curve, _gallery = training.result(timeout=10)
+    assert "Done" in status and (studio_running_app.loras_dir / "faults-during-train" / "adapter.json").is_file()
+    # ... then each draws exactly its run-alone image: no LoRA state leaked from the run or from the other session.
+    check_same_as_alone({key: job.result(timeout=120) for key, job in jobs.items()}, alone)
 
 
 # --- the training process killed while it writes the adapter ----------------------------------------
