@@ -253,3 +253,19 @@ def test_stop_during_model_loading_then_the_next_request_is_served(client, studi
     again = generate(client, model="faults-stop-load", seed=809)
     assert again[0].startswith("Done.") and again[4] == 809
     assert generate(client, seed=810)[0].startswith("Done.")
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export_but_a_running_one_is_kept(tmp_path):
+    from studio.training.export import STALE_STAGING_SECONDS, remove_stale_staging
+
+    target = tmp_path / "loras" / "alps"
+    stale = tmp_path / "loras" / ".alps.tmp-dead"
+    running = tmp_path / "loras" / ".alps.tmp-live"
+    other = tmp_path / "loras" / ".alpine.tmp-dead"
+    for folder in (stale, running, other):
+        (folder / "alps").mkdir(parents=True)
+    old = time.time() - STALE_STAGING_SECONDS - 60
+    for folder in (stale, other):
+        os.utime(folder, (old, old))
+    assert remove_stale_staging(target) == [stale]
+    assert not stale.exists() and running.is_dir() and other.is_dir()  # other names are not this export's business

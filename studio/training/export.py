@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ from studio.models.kinds import ModelKind
 from studio.training.request import TrainingRequest
 
 MANIFEST = "adapter.json"
+# A staging folder untouched this long was left by a killed export, not a running one.
+STALE_STAGING_SECONDS = 3600
 KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
 
 
@@ -56,6 +59,7 @@ def export_adapter(
     weights = lora_weights(trained, kind, request.alpha)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(output_dir)
     # The folder is built under its real name (the model card quotes it) inside a hidden temporary folder.
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
     tmp = staging / output_dir.name
@@ -102,6 +106,19 @@ def export_adapter(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def remove_stale_staging(output_dir: Path, *, max_age_seconds: float = STALE_STAGING_SECONDS) -> list[Path]:
+    """Delete hidden staging folders of `output_dir` left by a killed export (the library already ignores them).
+
+    An export takes seconds, so a staging folder untouched for an hour belongs to no running process.
+    """
+    removed = []
+    for staging in output_dir.parent.glob(f".{output_dir.name}.tmp-*"):
+        if staging.is_dir() and time.time() - staging.stat().st_mtime > max_age_seconds:
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
 
 
 def _make_readable(folder: Path) -> None:
