@@ -61,3 +61,30 @@ def test_picking_an_adapter_and_releasing_a_slider_applies_the_blend(page):
     expect(status).to_contain_text(re.compile(r"br-alps -1(\.\d+)? \("))  # the thumb lands near -1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "lora-tab.png"), full_page=True)
+
+
+def test_two_adapters_a_slider_move_then_generate_draws_with_the_blend(page, studio_running_app):
+    from tests.test_browser_generate import fill_form
+
+    add_lora(studio_running_app.loras_dir, "br-snow", seed=3)
+    page.locator("#lora-rescan").click()
+    for slot, name in ((0, "br-alps"), (1, "br-snow")):
+        box = page.locator(f"#lora-pick-{slot} input")
+        box.click()
+        # Each dropdown renders its own option list; take the one this input controls.
+        options = page.locator(f"#{box.get_attribute('aria-controls')}") if box.get_attribute("aria-controls") else page
+        options.get_by_role("option", name=name, exact=True).click()
+    status = page.locator("#lora-status")
+    expect(status).to_contain_text(re.compile(r"br-alps .*br-snow"))
+    slider = page.locator("#lora-weight-1 input[type=range]")
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)  # -2..2: three quarters is +1
+    expect(status).to_contain_text(re.compile(r"br-snow 1(\.\d+)? \("))
+
+    page.get_by_role("tab", name="Generate").click()
+    fill_form(page, prompt="ridges", seed=5)
+    page.locator("#generate-button").click()
+    expect(page.locator("#generate-status")).to_contain_text("Done. 1 image(s)", timeout=120_000)
+    infotext = page.locator("#infotext textarea").input_value()
+    assert "<lora:br-alps:" in infotext and "<lora:br-snow:" in infotext, infotext
+    assert "Lora hashes: " in infotext and "br-snow: " in infotext

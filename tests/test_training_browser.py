@@ -43,3 +43,8 @@ def test_check_preset_and_train_to_an_adapter(train_page, studio_running_app, tm
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "train-tab.png"), full_page=True)
     assert (studio_running_app.loras_dir / "browser-alps" / "browser-alps.safetensors").is_file()
+    expect(page.locator("#train-loss img")).to_be_visible()  # the loss curve is drawn
+
+    # The new adapter shows up in the LoRA tab by itself, no rescan needed.
+    page.get_by_role("tab", name="LoRA").click()
+    expect(page.locator("#lora-library tr", has_text="browser-alps")).to_contain_text("ok")

@@ -19,6 +19,7 @@ What the pipeline currently carries is remembered per pipeline object (weakly: i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -219,7 +220,8 @@ def _load_missing(pipe, state: _PipeState, wanted: list[tuple[str, LoraEntry]]) 
         added.append(adapter)
         try:
             weights = entry.weights_file
-            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=adapter)
+            with _quiet_text_encoder_load_report():
+                pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=adapter)
         except (StudioError, ValueError, KeyError, RuntimeError, OSError, TypeError) as e:
             _roll_back(pipe, state, added)
             raise LoraError(
@@ -227,6 +229,20 @@ def _load_missing(pipe, state: _PipeState, wanted: list[tuple[str, LoraEntry]]) 
                 f"Check that {entry.weights_file.name} was made for this base model."
             ) from e
         log.info("Loaded LoRA %s as adapter %s", entry.name, adapter)
+
+
+@contextlib.contextmanager
+def _quiet_text_encoder_load_report():
+    """transformers 5 logs a long "LOAD REPORT" calling every text-encoder LoRA weight MISSING when diffusers loads
+    an adapter into a CLIP encoder, although the weights are loaded (tests/test_lora_files.py and the text-encoder
+    strength test prove it). The false alarm would bury real messages in the console."""
+    report_logger = logging.getLogger("transformers.integrations.peft")
+    level = report_logger.level
+    report_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        report_logger.setLevel(level)
 
 
 def _roll_back(pipe, state: _PipeState, added: list[str]) -> None:

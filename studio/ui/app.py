@@ -26,13 +26,15 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("LoRA", id="lora"):
                 lora = build_lora_tab(studio, model=generate["model"], lora_picks=lora_picks)
             with gr.Tab("Train", id="train"):
-                build_train_tab(studio)
+                train = build_train_tab(studio)
             with gr.Tab("Evaluate", id="evaluate"):
                 build_evaluate_tab(studio)
             with gr.Tab("Share", id="share"):
                 build_share_tab(studio)
         fn, inputs, outputs = lora["refresh"]
         app.load(fn, inputs=inputs, outputs=outputs, api_visibility="private")  # the LoRA list as of page load
+        for run in train["runs"]:  # a finished (or stopped) training run: its adapter appears in the LoRA tab
+            run.then(fn, inputs=inputs, outputs=outputs, api_visibility="private")
     app.queue(default_concurrency_limit=1)
     return app
 

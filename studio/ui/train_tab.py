@@ -137,8 +137,8 @@ def build_train_tab(studio: Studio) -> dict:
         yield from stream(_request(dict(zip(FIELDS, values)), resume=True))
 
     outputs = [status, curve, gallery]
-    start_button.click(train, inputs=form, outputs=outputs, api_name="train", **GPU_QUEUE)
-    resume_button.click(resume, inputs=form, outputs=outputs, api_name="resume_training", **GPU_QUEUE)
+    trained = start_button.click(train, inputs=form, outputs=outputs, api_name="train", **GPU_QUEUE)
+    resumed = resume_button.click(resume, inputs=form, outputs=outputs, api_name="resume_training", **GPU_QUEUE)
     stop_button.click(studio.stop_training, api_name="stop_training", queue=False)
 
     @user_errors
@@ -177,7 +177,8 @@ def build_train_tab(studio: Studio) -> dict:
         return gr.Dropdown(choices=_preset_choices(kind), value=chosen.name)
 
     model.input(follow_model, inputs=model, outputs=preset_box, api_visibility="private")
-    return {"model": model, "status": status, "gallery": gallery}
+    # app.py chains the LoRA tab's rescan to these, so a finished adapter shows up there by itself.
+    return {"model": model, "status": status, "gallery": gallery, "runs": [trained, resumed]}
 
 
 def _form_parameters(handler):
@@ -195,7 +196,7 @@ def _status_text(event: TrainingEvent) -> str:
     if event.kind == "step":
         return event.progress_text()
     if event.kind == "done":
-        return f"Done. The adapter is in `{event.path}`; rescan the LoRA list to use it."
+        return f"Done. The adapter is in `{event.path}` and in the LoRA tab's list."
     if event.kind == "stopped":
         kept = f" Checkpoint: `{event.path}`; press Resume with the same settings to continue." if event.path else ""
         return event.message + kept
