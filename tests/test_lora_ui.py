@@ -67,11 +67,12 @@ def test_save_blend_and_compare_grid(app):
     )
     assert status.startswith("Saved ui-mix")
     assert (running.loras_dir / "ui-mix" / "ui-mix.safetensors").is_file()
+    grids_before = set(running.outputs_dir.glob("grids/*/*.png"))  # the app is shared with other tests
     status, grid = client.predict(
         "demo-sd15", "mountains", 5, 2, "0, 1", "each LoRA", True, "ui-alps", *NO_SLOTS, 1.0, *ONE,
         api_name="/compare",
     )  # fmt: skip
     assert status.startswith("Done: seed 5")
-    saved = sorted(running.outputs_dir.glob("grids/*/*.png"))
+    saved = sorted(set(running.outputs_dir.glob("grids/*/*.png")) - grids_before)
     assert len(saved) == 1 and Image.open(grid).size == Image.open(saved[0]).size
     assert len(read_grid_cells(Path(saved[0]))) == 4  # rows: no LoRA, ui-alps; columns: 0, 1
