@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import random
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
@@ -25,6 +23,7 @@ from typing import Callable
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from studio.atomic import atomic_file
 from studio.errors import CancelledError, InvalidRequestError
 from studio.generation import MAX_SEED, GenerationRequest, generate
 from studio.outputs import _next_number
@@ -164,14 +163,8 @@ def save_grid(grid: Image.Image, request: CompareRequest, infotexts: list[list[s
         "model": request.model,
     }
     info.add_text("studio_grid", json.dumps(summary))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            grid.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        grid.save(tmp, format="PNG", pnginfo=info)
     return path
 
 

@@ -256,7 +256,7 @@ def test_stop_during_model_loading_then_the_next_request_is_served(client, studi
 
 
 def test_a_killed_exports_staging_folder_is_removed_by_the_next_export_but_a_running_one_is_kept(tmp_path):
-    from studio.training.export import STALE_STAGING_SECONDS, remove_stale_staging
+    from studio.atomic import STALE_STAGING_SECONDS, remove_stale_staging
 
     target = tmp_path / "loras" / "alps"
     stale = tmp_path / "loras" / ".alps.tmp-dead"

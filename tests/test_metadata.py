@@ -1,5 +1,6 @@
 """A1111 infotext: written so A1111's PNG Info and Civitai read it, and read back into the form."""
 
+import pytest
 from PIL import Image
 
 from studio import metadata, outputs
@@ -53,7 +54,7 @@ def test_lora_tags_are_split_from_the_prompt():
 def test_png_keeps_the_parameters_chunk(tmp_path):
     path = outputs.save_png(Image.new("RGB", (8, 8)), A1111_SAMPLE, tmp_path / "x.png")
     assert metadata.read_infotext(path) == A1111_SAMPLE
-    assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was renamed, not left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # the temporary file was renamed, not left behind
 
 
 def test_saved_images_are_numbered_after_existing_ones(tmp_path):
@@ -62,3 +63,16 @@ def test_saved_images_are_numbered_after_existing_ones(tmp_path):
     second = outputs.save_images([image], ["c"], [9], tmp_path)
     assert [p.name for p in first + second] == ["00001-5.png", "00002-6.png", "00003-9.png"]
     assert outputs.history(tmp_path)[0] == second[0]
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from studio.atomic import atomic_file
+
+    path = outputs.save_png(Image.new("RGB", (8, 8)), A1111_SAMPLE, tmp_path / "x.png")
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(b"half a PNG")
+            raise RuntimeError("disk full")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["x.png"]
+    assert path.stat().st_mode & 0o777 == 0o644  # readable like any saved file, not mkstemp's 0600

@@ -8,12 +8,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from studio.atomic import write_bytes
 from studio.evaluation.metrics import MEMORIZED_SIMILARITY, METRICS, Score
 from studio.evaluation.results import EvaluationResult, Neighbour
 
@@ -23,24 +22,10 @@ LABEL_HEIGHT = 18
 GAP = 8
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Temp file in the same folder, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_image(image: Image.Image, path: Path) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return write_atomic(path, buffer.getvalue())
+    return write_bytes(path, buffer.getvalue())
 
 
 def _thumb(path: Path) -> Image.Image:
@@ -139,6 +124,6 @@ def write_report(result: EvaluationResult) -> None:
         f"Feature model: {result.feature_model}\n\n{markdown_table(result.table())}\n\n{notes}\n"
         + ("\nStopped early: partial results.\n" if result.interrupted else "")
     )
-    write_atomic(result.folder / "report.md", text.encode())
+    write_bytes(result.folder / "report.md", text.encode())
     payload = _jsonable(dataclasses.asdict(result))
-    write_atomic(result.folder / "results.json", json.dumps(payload, indent=2).encode())
+    write_bytes(result.folder / "results.json", json.dumps(payload, indent=2).encode())

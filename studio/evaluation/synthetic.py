@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 
 from studio import outputs
+from studio.atomic import write_bytes
 from studio.errors import UnsafePathError
-from studio.evaluation.report import write_atomic
 from studio.evaluation.requests import ExportRequest
 from studio.evaluation.runner import Progress, ProgressFn
 from studio.generation import StepInfo, generate
@@ -78,7 +78,7 @@ def export_dataset(
             path = outputs.save_png(image, infotext, folder / f"{len(rows) + 1:05d}-{image_seed}.png")
             result.images.append(path)
             rows.append(_row(path.name, prompt, image_seed, generation.model_name, request))
-        write_atomic(result.metadata, "".join(json.dumps(row) + "\n" for row in rows).encode())
+        write_bytes(result.metadata, "".join(json.dumps(row) + "\n" for row in rows).encode())
         if generation.interrupted:
             result.interrupted = True
             break

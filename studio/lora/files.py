@@ -21,15 +21,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from studio.atomic import atomic_file
 from studio.errors import LoraError, UnsupportedModelError
 from studio.models.kinds import ModelKind, read_safetensors_header
 
@@ -88,17 +87,9 @@ class LoraWeights:
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
     """Write next to the target, then os.replace: a crash never leaves a half-written adapter behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _check_weights(weights: LoraWeights) -> None:

@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 import studio
+from studio.atomic import make_readable, staging_folder
 from studio.errors import InvalidRequestError, LoraError, UnsafePathError
 from studio.lora.blend import BlendEntry, resolve_blend
 from studio.lora.files import LoraWeights, read_lora, save_diffusers_lora, save_kohya_lora
@@ -123,9 +122,8 @@ def save_blend(request: SaveBlendRequest, *, loras_dir: Path) -> Path:
 def _write_folder(target: Path, merged: LoraWeights, request: SaveBlendRequest, resolved, triggers) -> Path:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     blend = [{"name": entry.name, "weight": b.weight, **_te(b)} for b, entry in resolved]
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    tmp = staging / target.name
-    tmp.mkdir()
+    tmp = staging_folder(target)
+    staging = tmp.parent
     try:
         save_diffusers_lora(merged, tmp)
         metadata = _kohya_metadata(request, merged, blend, triggers, now)
@@ -148,8 +146,7 @@ def _write_folder(target: Path, merged: LoraWeights, request: SaveBlendRequest, 
         from studio.model_card import build_model_card
 
         build_model_card(tmp).save(tmp / "README.md")
-        for path in [tmp, *tmp.rglob("*")]:
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)  # mkdtemp makes them private; this is user data
+        make_readable(tmp)
         if target.exists():
             shutil.rmtree(target)  # overwrite was asked for; the new folder is complete before the old one goes
         tmp.rename(target)

@@ -19,13 +19,12 @@ samplers), so it works for any size, including the tiny test pipelines.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from studio.atomic import atomic_file
 from studio.errors import UnsupportedModelError
 
 UNET_PREFIX = "model.diffusion_model."
@@ -256,14 +255,6 @@ def save_as_single_file(pipe, path: Path, *, metadata: dict[str, str] | None = N
     if path.suffix != ".safetensors":
         raise UnsupportedModelError(f"{path.name}: single-file checkpoints are saved as .safetensors; rename it.")
     state = {k: v.detach().to("cpu").contiguous() for k, v in pipeline_to_original(pipe).items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp_name, metadata={"format": "pt", **(metadata or {})})
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; a checkpoint is as readable as any downloaded one
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file(state, tmp, metadata={"format": "pt", **(metadata or {})})
     return path

@@ -14,14 +14,13 @@ fresh `mean + std * noise` sample as an uncached run would. Both caches are save
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from studio.atomic import atomic_file
 from studio.training.buckets import fit_to_bucket
 from studio.training.dataset import Sample, load_image
 
@@ -76,15 +75,8 @@ class Cache:
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
+        with atomic_file(self.path) as tmp:
             save_file(self.tensors, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         self._dirty = False
 
 

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import studio
+from studio.atomic import make_readable, staging_folder
 from studio.errors import TrainingError
 from studio.lora.files import MODELSPEC_ARCHITECTURE, LoraWeights, save_diffusers_lora, save_kohya_lora
 from studio.models.kinds import ModelKind
 from studio.training.request import TrainingRequest
 
 MANIFEST = "adapter.json"
-# A staging folder untouched this long was left by a killed export, not a running one.
-STALE_STAGING_SECONDS = 3600
 KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
 
 
@@ -59,11 +55,9 @@ def export_adapter(
     weights = lora_weights(trained, kind, request.alpha)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(output_dir)
     # The folder is built under its real name (the model card quotes it) inside a hidden temporary folder.
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
-    tmp = staging / output_dir.name
-    tmp.mkdir()
+    tmp = staging_folder(output_dir)
+    staging = tmp.parent
     try:
         save_diffusers_lora(weights, tmp)
         save_kohya_lora(weights, tmp / f"{request.name}.safetensors",
@@ -93,7 +87,7 @@ def export_adapter(
         from studio.model_card import build_model_card
 
         build_model_card(tmp).save(tmp / "README.md")
-        _make_readable(tmp)
+        make_readable(tmp)
         try:
             tmp.rename(output_dir)
         except OSError as error:
@@ -106,25 +100,6 @@ def export_adapter(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
-
-
-def remove_stale_staging(output_dir: Path, *, max_age_seconds: float = STALE_STAGING_SECONDS) -> list[Path]:
-    """Delete hidden staging folders of `output_dir` left by a killed export (the library already ignores them).
-
-    An export takes seconds, so a staging folder untouched for an hour belongs to no running process.
-    """
-    removed = []
-    for staging in output_dir.parent.glob(f".{output_dir.name}.tmp-*"):
-        if staging.is_dir() and time.time() - staging.stat().st_mtime > max_age_seconds:
-            shutil.rmtree(staging, ignore_errors=True)
-            removed.append(staging)
-    return removed
-
-
-def _make_readable(folder: Path) -> None:
-    """Temporary files are created private (0600); an adapter is ordinary user data, readable like any file."""
-    for path in [folder, *folder.rglob("*")]:
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
 def kohya_metadata(request: TrainingRequest, kind: ModelKind, num_images: int, precision: str,
