@@ -1,9 +1,12 @@
 """Training as the front ends run it: the real child process behind `Studio.train_stream`, and the CLI."""
 
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
 from studio.engine import Studio
@@ -54,6 +57,42 @@ def test_user_error_in_the_child_reaches_the_parent_as_the_same_class(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="empty"):
         list(Studio(config).train_stream(quick_request(tmp_path / "empty")))
+
+
+APP_THAT_DIES = textwrap.dedent("""
+    import sys, threading
+    from pathlib import Path
+    sys.path[:0] = [{root!r}, {tests!r}]
+    from test_training import make_config, quick_request
+    from studio.training.worker import run_in_child
+
+    def report(event):
+        if event.kind == "step":
+            print("step", event.step, flush=True)
+
+    run_in_child(quick_request(Path(sys.argv[2]), steps=100_000, validation_every=0), make_config(Path(sys.argv[1])),
+                 on_event=report, stop=threading.Event())
+""")
+
+
+def test_training_child_stops_and_keeps_a_checkpoint_when_the_app_is_killed(photos, tmp_path):
+    script = APP_THAT_DIES.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    app = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(photos)], stdout=subprocess.PIPE,
+                           text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    try:
+        assert app.stdout.readline().startswith("step"), "the training child never reported a step"
+        (child,) = psutil.Process(app.pid).children()
+        app.send_signal(signal.SIGKILL)  # no clean-up code of the app runs
+        app.wait(timeout=10)
+        child.wait(timeout=120)  # a run of 100 000 steps: only the watchdog ends it this soon
+    finally:
+        app.kill()
+        for process in psutil.Process().children(recursive=True):
+            process.kill()
+    run_dir = tmp_path / "outputs" / "training" / "alps"
+    assert list((run_dir / "checkpoints").glob("step-*")), "no checkpoint kept for a resume"
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "is gone (" in log and "stopping and keeping a checkpoint" in log and "Traceback" not in log
 
 
 def cli(*args, cwd):

@@ -10,6 +10,10 @@ on its stdout (library output is redirected to stderr, which goes to `train.log`
 `STOP` file at every step: the parent's Stop creates it, the child saves a checkpoint and exits 0.
 A user error in the child becomes an "error" event and exit code 2; the parent re-raises it as the
 same StudioError class, so the UI shows the same one-line message as for in-process errors.
+
+If the app dies (killed, crashed, closed terminal), nobody reads the events any more: the child notices
+(its parent process is gone, or writing an event fails) and stops as if Stop had been pressed, keeping a
+checkpoint, instead of holding the GPU for hours with no way to see or stop it.
 """
 
 from __future__ import annotations
@@ -89,6 +93,48 @@ def run_in_child(
     return result
 
 
+class ParentWatch:
+    """The child's view of its parent: a Stop request, or a parent that is no longer there to listen."""
+
+    def __init__(self, stop_file: Path):
+        self.stop_file = stop_file
+        self.parent_pid = os.getppid()
+        self.parent_gone = False
+
+    def should_stop(self) -> bool:
+        if not self.parent_gone and not _alive(self.parent_pid):
+            self._lost("it exited")
+        return self.parent_gone or self.stop_file.exists()
+
+    def _lost(self, how: str) -> None:
+        self.parent_gone = True
+        print(f"The app (process {self.parent_pid}) is gone ({how}); stopping and keeping a checkpoint.",
+              file=sys.stderr)  # fmt: skip
+
+    def guard(self, emit: Callable[[TrainingEvent], None]) -> Callable[[TrainingEvent], None]:
+        """`emit` that treats a closed event pipe as a gone parent instead of crashing mid-step."""
+
+        def guarded(event: TrainingEvent) -> None:
+            if self.parent_gone:
+                return
+            try:
+                emit(event)
+            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed after an earlier failure
+                self._lost("its end of the event pipe is closed")
+
+        return guarded
+
+
+def _alive(pid: int) -> bool:
+    # POSIX re-parents an orphan (to init or a subreaper), so a changed parent id means the app died;
+    # psutil covers Windows, where the recorded id simply stops existing.
+    if os.name == "posix":
+        return os.getppid() == pid
+    import psutil
+
+    return psutil.pid_exists(pid)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: `python -m studio.training.worker job.json`."""
     job_path = Path((argv or sys.argv[1:])[0])
@@ -103,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     job = json.loads(job_path.read_text(encoding="utf-8"))
     request = TrainingRequest.from_json(job["request"])
     config = StudioConfig(**job["config"])
-    stop_file = job_path.parent / STOP_FILE
+    parent = ParentWatch(stop_file=job_path.parent / STOP_FILE)
     from studio.cli import quiet_libraries
     from studio.training.trainer import train
 
     quiet_libraries()
     try:
-        train(request, config, on_event=emit, should_stop=stop_file.exists)
+        train(request, config, on_event=parent.guard(emit), should_stop=parent.should_stop)
     except errors.StudioError as error:
         emit(TrainingEvent("error", message=str(error), error_type=type(error).__name__))
         return 2
