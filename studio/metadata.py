@@ -20,7 +20,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import studio
-from studio.errors import UnreadableImageError
+from studio.errors import InvalidRequestError, UnreadableImageError
 
 LORA_TAG = re.compile(r"<lora:([^:>]+):(-?[\d.]+)(?::[^>]*)?>")
 # A1111's own pattern for `Key: value` pairs, where a value may be a JSON-quoted string.
@@ -52,6 +52,24 @@ def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     loras = [(name.strip(), float(weight)) for name, weight in LORA_TAG.findall(prompt)]
     clean = re.sub(r"\s{2,}", " ", LORA_TAG.sub("", prompt)).strip().strip(",").strip()
     return clean, loras
+
+
+def parse_lora_weight(text: str) -> tuple[str, float]:
+    """`NAME:WEIGHT` (weight optional, default 1) -> (name, weight), as the CLI's --lora and evaluation candidates take it.
+
+    The weight is after the last ':', so names that contain ':' still work (`a:b:0.5` -> ("a:b", 0.5)).
+    """
+    name, sep, weight = text.strip().rpartition(":")
+    if not sep:
+        name, weight = text, "1"
+    if not name.strip():
+        raise InvalidRequestError(f"{text!r} has an empty LoRA name; write NAME:WEIGHT, e.g. my-lora:0.8.")
+    try:
+        return name.strip(), float(weight)
+    except ValueError:
+        raise InvalidRequestError(
+            f"LoRA {text!r}: the weight after ':' must be a number, e.g. {name.strip()}:0.8."
+        ) from None
 
 
 def build_infotext(*, prompt: str, negative_prompt: str, params: dict) -> str:

@@ -1,10 +1,13 @@
 """A1111 infotext: written so A1111's PNG Info and Civitai read it, and read back into the form."""
 
+import re
+
 import pytest
 from PIL import Image
 
 from studio import metadata, outputs
 from studio.engine import form_from_png_info
+from studio.errors import InvalidRequestError
 
 A1111_SAMPLE = (
     "masterpiece, mountains, <lora:alps_v2:0.7>\n"
@@ -49,6 +52,25 @@ def test_lora_tags_are_split_from_the_prompt():
     prompt, loras = metadata.split_lora_tags("a <lora:alps:0.8> mountain, <lora:snow:-1>")
     assert prompt == "a mountain"
     assert loras == [("alps", 0.8), ("snow", -1.0)]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("alps:0.8", ("alps", 0.8)), ("alps", ("alps", 1.0)), (" snow : -1 ", ("snow", -1.0)), ("a:b:0.5", ("a:b", 0.5))],
+)
+def test_lora_weight_text_is_parsed(text, expected):
+    assert metadata.parse_lora_weight(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("alps:strong", "'alps:strong': the weight after ':' must be a number, e.g. alps:0.8"),
+     (":0.5", "':0.5' has an empty LoRA name"), ("", "has an empty LoRA name")],
+)  # fmt: skip
+def test_bad_lora_weight_text_is_named_with_an_example(text, message):
+    with pytest.raises(InvalidRequestError, match=re.escape(message)) as raised:
+        metadata.parse_lora_weight(text)
+    assert "\n" not in str(raised.value)
 
 
 def test_png_keeps_the_parameters_chunk(tmp_path):

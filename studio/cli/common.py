@@ -6,11 +6,15 @@ import argparse
 from pathlib import Path
 
 from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
+from studio.errors import InvalidRequestError
+from studio.metadata import parse_lora_weight
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("studio folders and device")
-    group.add_argument("--models-dir", type=Path, default=ROOT / "models", help="base models folder (default: models/ in the checkout)")
+    group.add_argument(
+        "--models-dir", type=Path, default=ROOT / "models", help="base models folder (default: models/ in the checkout)"
+    )
     group.add_argument("--loras-dir", type=Path, default=ROOT / "loras", help="LoRA folder (default: loras)")
     group.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="outputs folder (default: outputs)")
     group.add_argument("--device", choices=DEVICES, default="auto")
@@ -34,11 +38,8 @@ def config_from_args(args: argparse.Namespace) -> StudioConfig:
 
 
 def parse_lora(text: str) -> tuple[str, float]:
-    """`NAME:WEIGHT` (weight optional, default 1) -> (name, weight)."""
-    name, sep, weight = text.rpartition(":")
-    if not sep:
-        return text, 1.0
+    """argparse type for `--lora NAME:WEIGHT`; argparse shows an ArgumentTypeError's message (not a ValueError's)."""
     try:
-        return name, float(weight)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lora {text!r}: the weight after ':' must be a number, e.g. {name}:0.8") from None
+        return parse_lora_weight(text)
+    except InvalidRequestError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

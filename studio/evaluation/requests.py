@@ -12,6 +12,7 @@ from pathlib import Path
 from studio.errors import DatasetError, InvalidRequestError
 from studio.evaluation.features import DEFAULT_FEATURE_MODEL
 from studio.generation import MAX_SEED, GenerationRequest
+from studio.metadata import parse_lora_weight
 from studio.schedulers import DEFAULT_SCHEDULER
 
 MAX_CANDIDATES = 16
@@ -35,18 +36,11 @@ def parse_candidate(text: str) -> Candidate:
     model, *loras = (part.strip() for part in text.split("+"))
     if not model:
         raise InvalidRequestError(f"Candidate {text!r} names no model; write e.g. 'demo-sd15 + my-lora:0.8'.")
-    parsed = []
-    for lora in loras:
-        name, sep, weight = lora.rpartition(":")
-        try:
-            parsed.append((name.strip(), float(weight)) if sep else (lora, 1.0))
-        except ValueError:
-            raise InvalidRequestError(
-                f"Candidate {text!r}: LoRA weight {weight!r} is not a number; write e.g. {name.strip()}:0.8."
-            ) from None
-        if not parsed[-1][0]:
-            raise InvalidRequestError(f"Candidate {text!r} has an empty LoRA name; write e.g. 'my-lora:0.8'.")
-    return Candidate(model, tuple(parsed))
+    try:
+        parsed = tuple(parse_lora_weight(lora) for lora in loras)
+    except InvalidRequestError as error:
+        raise InvalidRequestError(f"Candidate {text!r}: {error}") from None
+    return Candidate(model, parsed)
 
 
 @dataclasses.dataclass(frozen=True)
