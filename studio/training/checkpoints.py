@@ -3,7 +3,7 @@
     runs/<name>/checkpoints/step-000100/
         lora.safetensors        trainable LoRA tensors, "<component>.<peft key>"
         optimizer.safetensors   optimizer state tensors, "<param index>.<state key>"
-        state.json              step, settings fingerprint, optimizer scalars and param groups,
+        state.json              step, settings fingerprint, optimizer scalars and param groups, fp16 loss scaler,
                                 LR scheduler state, loss history and the samples made so far
 
 With the data order and the noise derived from (seed, step) (see trainer.py), these files are all a

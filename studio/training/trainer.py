@@ -139,6 +139,7 @@ def train(
         _load_lora_params(run.trained, checkpoint.lora)
         optimizer.load_state_dict(checkpoint.optimizer)
         lr_scheduler.load_state_dict(checkpoint.state["scheduler"])
+        restore_grad_scaler(accelerator.scaler, checkpoint.state.get("grad_scaler"))
         state.update(losses=checkpoint.state["losses"], samples=checkpoint.state["samples"])
         start = checkpoint.step
         emit(TrainingEvent("status", message=f"Resumed at step {start} of {total}", losses=list(state["losses"])))
@@ -149,6 +150,7 @@ def train(
         if not main:
             return None
         state["scheduler"] = lr_scheduler.state_dict()
+        state["grad_scaler"] = grad_scaler_state(accelerator.scaler)
         path = save_checkpoint(run_dir / "checkpoints", step, lora=_lora_params(run.trained),
                                optimizer=optimizer.state_dict(), state=state)  # fmt: skip
         emit(TrainingEvent("checkpoint", step=step, total_steps=total, path=str(path)))
@@ -394,6 +396,16 @@ def _stop_requested(should_stop: Callable[[], bool], accelerator) -> bool:
         flag = torch.tensor(float(stop), device=accelerator.device)
         stop = bool(accelerator.reduce(flag, "max").item())
     return stop
+
+
+def grad_scaler_state(scaler) -> dict | None:
+    """fp16 runs: the loss scale and its growth counter, so a resumed run scales exactly as before."""
+    return scaler.state_dict() if scaler is not None else None  # plain numbers: fits state.json
+
+
+def restore_grad_scaler(scaler, state: dict | None) -> None:
+    if scaler is not None and state:
+        scaler.load_state_dict(state)
 
 
 # --- weights and samples -------------------------------------------------------------------------
