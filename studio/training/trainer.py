@@ -78,6 +78,7 @@ def train(
 ) -> Path | None:
     """Train and export the adapter; returns `loras/<name>`, or None when stopped (a checkpoint is kept)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
@@ -93,6 +94,11 @@ def train(
     device = resolve_device(config.device)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     precision = resolve_precision(request.mixed_precision, device.type, bf16)
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another precision in
+    # the same process (a notebook, a test run); each run is self-contained, so start it from a clean
+    # state. PartialState, the distributed set-up of `accelerate launch`, is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     main = accelerator.is_main_process
     emit = on_event if main else (lambda event: None)
