@@ -5,57 +5,19 @@ Screenshots of every tab land in artifacts/screenshots/ (git-ignored) for a huma
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
 from studio.metadata import parse_infotext, read_infotext
+from tests.browser import SCREENSHOTS, browser_context, require_browser  # noqa: F401  (browser_context: fixture)
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
-TIMEOUT_MS = 60_000
-
-
-
-def unavailable(reason: str):
-    if os.environ.get("STUDIO_REQUIRE_BROWSER") == "1":  # set by .ci/run: there a skip would hide a broken setup
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-if not CHROMIUM.exists():
-    unavailable(f"browser tests need Chromium at {CHROMIUM} (Debian package `chromium`)")
-try:
-    from playwright import sync_api as playwright_api
-except ImportError:
-    unavailable("browser tests need `pip install playwright` (requirements-dev.txt)")
-expect = playwright_api.expect
-expect.set_options(timeout=TIMEOUT_MS)  # assertions wait like actions: a loaded CI machine can be slow
-
-
-@pytest.fixture(scope="module")
-def browser_context(tmp_path_factory):
-    """Headless Chromium with a new, empty profile (nothing cached from a previous run or a user's browser)."""
-    with playwright_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000},
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        yield context
-        context.close()
+expect = require_browser().expect
 
 
 @pytest.fixture
-def page(browser_context, studio_app):
+def page(browser_context, studio_app):  # noqa: F811  (the fixture, not the import)
     page = browser_context.new_page()  # a new page is a new Gradio session: empty gallery, default form
     page.goto(studio_app)
     page.get_by_label("Prompt", exact=True).wait_for()

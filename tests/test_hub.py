@@ -4,12 +4,12 @@ The test session runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once at
 talks to the server runs in a child process with its own HOME/HF_HOME, exactly as a user's `python -m studio push`.
 """
 
-import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from studio.errors import InvalidRequestError, UnsafePathError
 from studio.hub import PushRequest, files_to_upload
 from studio.metadata import png_info
+from tests import browser
 from tests.hub_server import HubServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,7 +335,7 @@ def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, lo
             client.predict("alps", "alice/other", False, "", "", "", "hf_wrong_token_1", api_name="/push")
         with pytest.raises(Exception, match="not in the list of choices"):  # names cannot escape loras/
             client.predict("../loras", "alice/other", False, "", "", "", ALICE, api_name="/push")
-        if CHROMIUM.exists() and importlib.util.find_spec("playwright"):
+        if browser.available():
             push_in_browser(app.url, f"{hub.url}/alice/from-browser")
             assert "alice/from-browser" in hub.repos
         log = app.output()
@@ -345,35 +346,25 @@ def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, lo
     assert_token_nowhere(ALICE, [tmp_path], log)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
 def push_in_browser(app_url: str, expected_url: str) -> None:
     """Click through the Share tab in headless Chromium: pick the adapter, type repo and token, Push, see the URL."""
-    from playwright.sync_api import expect, sync_playwright
-
-    from tests.test_browser_generate import CHROMIUM_FLAGS, SCREENSHOTS
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(app_url)
-            page.get_by_role("tab", name="Share").click()
-            page.get_by_label("Adapter").click()
-            page.get_by_role("option", name="alps").click()
-            page.get_by_label("Repository", exact=True).fill(expected_url.split("/", 3)[3])
-            token = page.locator("#share-token input")
-            expect(token).to_have_attribute("type", "password")
-            token.fill(ALICE)
-            page.get_by_role("button", name="Push to the Hub").click()
-            expect(page.locator("#push-url textarea, #push-url input").first).to_have_value(expected_url)
-            expect(token).to_have_value("")  # used for this push only
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "share-tab.png"))
-        finally:
-            browser.close()
+    expect = browser.require_browser().expect
+    # The profile lives outside tmp_path, which the test searches for the token afterwards.
+    with tempfile.TemporaryDirectory() as profile, browser.chromium_context(Path(profile)) as context:
+        page = context.new_page()
+        page.goto(app_url)
+        page.get_by_role("tab", name="Share").click()
+        page.get_by_label("Adapter").click()
+        page.get_by_role("option", name="alps").click()
+        page.get_by_label("Repository", exact=True).fill(expected_url.split("/", 3)[3])
+        token = page.locator("#share-token input")
+        expect(token).to_have_attribute("type", "password")
+        token.fill(ALICE)
+        page.get_by_role("button", name="Push to the Hub").click()
+        expect(page.locator("#push-url textarea, #push-url input").first).to_have_value(expected_url)
+        expect(token).to_have_value("")  # used for this push only
+        browser.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(browser.SCREENSHOTS / "share-tab.png"))
 
 
 CANCEL_CODE = """

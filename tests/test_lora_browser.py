@@ -4,40 +4,26 @@ the blend."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from studio.models.kinds import ModelKind
+from tests.browser import SCREENSHOTS, browser_context, require_browser  # noqa: F401  (browser_context: fixture)
 from tests.test_lora_blend import add_lora
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
-
-if not CHROMIUM.exists():
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (Debian package `chromium`)", allow_module_level=True)
-playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need `pip install playwright`")
-expect = playwright_api.expect
-expect.set_options(timeout=60_000)  # the first apply loads the model, on a busy CI machine
+expect = require_browser().expect
 
 
 @pytest.fixture(scope="module")
-def page(studio_running_app, tmp_path_factory):
+def page(browser_context, studio_running_app):  # noqa: F811  (the fixture, not the import)
     add_lora(studio_running_app.loras_dir, "br-alps", seed=1)
     add_lora(studio_running_app.loras_dir, "br-xl", kind=ModelKind.SDXL, seed=2)
-    with playwright_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-lora")), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1100},
-        )  # fmt: skip
-        context.set_default_timeout(60_000)
-        page = context.new_page()
-        page.goto(studio_running_app.url)
-        page.get_by_role("tab", name="LoRA").click()
-        yield page
-        context.close()
+    page = browser_context.new_page()  # one page (one Gradio session) for the module: the tests build on each other
+    page.set_viewport_size({"width": 1400, "height": 1100})  # room for the library table and both sliders
+    page.goto(studio_running_app.url)
+    page.get_by_role("tab", name="LoRA").click()
+    yield page
+    page.close()
 
 
 def test_library_shows_incompatible_adapters_greyed_with_the_reason(page):
