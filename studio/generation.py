@@ -23,6 +23,7 @@ from studio.models.kinds import ModelKind
 from studio.models.manager import LoadedModel, ModelManager, set_vae_tiling
 from studio.models.memory import NEXT_MODE
 from studio.schedulers import DEFAULT_SCHEDULER, a1111_sampler, check_scheduler_name, make_scheduler
+from studio.validation import check_range
 
 MAX_SEED = 2**32 - 1
 
@@ -67,10 +68,8 @@ class GenerationRequest:
             ("clip_skip", self.clip_skip, 1, 12),
         ]
         for name, value, low, high in checks:
-            if not low <= value <= high:
-                raise InvalidRequestError(f"{name}={value} is out of range; use a value from {low} to {high}.")
-        if not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
-            raise InvalidRequestError(f"seed={self.seed} is out of range; use -1 (random) or 0 to {MAX_SEED}.")
+            check_range(name, value, low, high)
+        check_range("seed", self.seed, -1, MAX_SEED, hint=f"-1 (random) or 0 to {MAX_SEED}")
         for name, value in (("width", self.width), ("height", self.height)):
             if value is None:
                 continue
@@ -81,8 +80,7 @@ class GenerationRequest:
                 )
         check_scheduler_name(self.scheduler)
         for name, weight in self.loras:
-            if not -4.0 <= weight <= 4.0:
-                raise InvalidRequestError(f"LoRA {name!r} weight {weight} is out of range; use -4 to 4.")
+            check_range(f"LoRA {name!r} weight", weight, -4.0, 4.0)
 
 
 @dataclasses.dataclass(frozen=True)

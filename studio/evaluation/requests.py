@@ -14,6 +14,7 @@ from studio.evaluation.features import DEFAULT_FEATURE_MODEL
 from studio.generation import MAX_SEED, GenerationRequest
 from studio.metadata import parse_lora_weight
 from studio.schedulers import DEFAULT_SCHEDULER
+from studio.validation import check_range
 
 MAX_CANDIDATES = 16
 MAX_COUNT = 100  # images per generation run (its batch count)
@@ -65,10 +66,8 @@ class SamplingSettings:
 
 
 def _check_seed_and_count(seed: int, count: int, low: int, what: str, *, images: int) -> None:
-    if not low <= count <= MAX_COUNT:
-        raise InvalidRequestError(f"count={count} is out of range; use {low} to {MAX_COUNT} {what}.")
-    if not 0 <= seed <= MAX_SEED - images:
-        raise InvalidRequestError(f"seed={seed} is out of range; use a fixed seed from 0 to {MAX_SEED - images}.")
+    check_range("count", count, low, MAX_COUNT, hint=f"{low} to {MAX_COUNT} {what}")
+    check_range("seed", seed, 0, MAX_SEED - images, hint=f"a fixed seed from 0 to {MAX_SEED - images}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +101,7 @@ class EvaluationRequest:
             raise InvalidRequestError("The prompt is empty; use the kind of caption the data set has.")
         what = "images per candidate (MMD needs at least 2)"
         _check_seed_and_count(self.seed, self.count, 2, what, images=self.count)
-        if not 10 <= self.resamples <= 10000:
-            raise InvalidRequestError(f"resamples={self.resamples} is out of range; use 10 to 10000.")
+        check_range("resamples", self.resamples, 10, 10000)
         for candidate in self.candidates:
             self.sampling.generation_request(candidate, prompt=self.prompt, seed=self.seed, count=self.count).validate()
         data = Path(self.data).expanduser()

@@ -30,6 +30,7 @@ import torch
 from studio.errors import LoraError, StudioError
 from studio.lora.library import LoraEntry, find_lora
 from studio.models.kinds import ModelKind
+from studio.validation import check_range
 
 log = logging.getLogger(__name__)
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -281,13 +282,9 @@ class BlendRequest:
     fuse: bool = False
 
     def validate(self) -> None:
-        from studio.errors import InvalidRequestError
-
         for name, weight in self.loras:
-            if not -2.0 <= weight <= 2.0:
-                raise InvalidRequestError(f"LoRA {name!r} strength {weight} is out of range; use -2 to 2.")
-        if not -2.0 <= self.text_encoder_scale <= 2.0:
-            raise InvalidRequestError(f"Text-encoder strength {self.text_encoder_scale} is out of range; use -2 to 2.")
+            check_range(f"LoRA {name!r} strength", weight, -2.0, 2.0)
+        check_range("Text-encoder strength", self.text_encoder_scale, -2.0, 2.0)
 
 
 def apply_request(manager, request: BlendRequest) -> list[tuple[str, float, str]]:

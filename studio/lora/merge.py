@@ -26,6 +26,7 @@ from studio.errors import InvalidRequestError, LoraError, UnsafePathError
 from studio.lora.blend import BlendEntry, resolve_blend
 from studio.lora.files import LoraWeights, read_lora, save_diffusers_lora, save_kohya_lora
 from studio.models.kinds import ModelKind
+from studio.validation import check_range
 
 KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -59,8 +60,7 @@ class SaveBlendRequest:
         if not self.loras:
             raise InvalidRequestError("The blend is empty; add at least one LoRA before saving it.")
         for item in self.loras:
-            if not -4.0 <= float(item[1]) <= 4.0:
-                raise InvalidRequestError(f"LoRA {item[0]!r} weight {item[1]} is out of range; use -4 to 4.")
+            check_range(f"LoRA {item[0]!r} weight", float(item[1]), -4.0, 4.0)
 
 
 def merge_weights(parts: list[tuple[LoraWeights, dict[str, float]]], kind: ModelKind) -> LoraWeights:
