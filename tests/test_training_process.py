@@ -1,6 +1,7 @@
 """Training as the front ends run it: the real child process behind `Studio.train_stream`, and the CLI."""
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from studio.engine import Studio
 from studio.errors import BusyError, DatasetError
@@ -117,3 +120,34 @@ def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
     result = cli("--data", str(tmp_path / "empty"), "--model", "demo-sd15", "--name", "x", *folders, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().startswith("error: Dataset folder") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_two_processes_train_the_same_adapter_as_one_process_accumulating_two_batches(photos, tmp_path):
+    """What `accelerate launch --multi_gpu` starts, on CPUs: torchrun + gloo. Process r of 2 takes micro-batches
+    r, r+2, ... and gradients are averaged across processes, which is one process accumulating two micro-batches."""
+    config = make_config(tmp_path)
+    settings = ["--data", str(photos), "--model", "demo-sd15", "--caption", "mountains", "--steps", "3",
+                "--resolution", "64", "--rank", "4", "--batch", "2", "--lr", "1e-2", "--validation-every", "0",
+                "--models-dir", str(config.models_dir), "--loras-dir", str(config.loras_dir),
+                "--outputs-dir", str(config.outputs_dir), "--device", "cpu"]  # fmt: skip
+    with socket.socket() as probe:  # a free port for the processes to meet on
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", port,
+         "-m", "studio", "train", "--name", "two", *settings],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "Training on 2 processes (cpu)" in launched.stderr
+    assert launched.stdout.strip().splitlines() == [str(config.loras_dir.resolve() / "two")]  # one writer
+    single = cli(*settings, "--name", "one", "--grad-accum", "2", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    two = load_file(config.loras_dir / "two" / "pytorch_lora_weights.safetensors")
+    one = load_file(config.loras_dir / "one" / "pytorch_lora_weights.safetensors")
+    assert two.keys() == one.keys()
+    for key in one:  # Adam steps are ~lr (1e-2) per element; other data would differ by that much, not 1e-4
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-4)
+    assert max(one[k].abs().max() for k in one if "lora_B" in k) > 1e-3  # B starts at zero: it did learn

@@ -130,6 +130,9 @@ def train(
     optimizer = _optimizer(request, params, accelerator.device)
     order = DataOrder(run.buckets, batch_size=request.batch_size, seed=request.seed, random_flip=request.random_flip)
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:
+        emit(TrainingEvent("status", message=f"Training on {world} processes ({accelerator.device.type}); each step "
+                                             f"takes {request.batch_size} images per process"))  # fmt: skip
     micro_per_step = request.gradient_accumulation * world
     total = request.steps if request.epochs is None else math.ceil(request.epochs * order.per_epoch / micro_per_step)
     lr_scheduler = get_scheduler(
