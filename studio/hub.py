@@ -24,19 +24,13 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-)
-from tqdm.auto import tqdm
+from huggingface_hub.errors import HfHubHTTPError
 
 import studio
 from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
 from studio.model_card import DIFFUSERS_FILE, MANIFEST, build_model_card, public_manifest, read_manifest
+from studio.models.hub_models import error_chain, hub_failure, progress_bar_class
 
 ProgressFn = Callable[[float, str], None]
 
@@ -241,7 +235,8 @@ def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None,
             options = dict(allow_patterns=DOWNLOAD_PATTERNS, endpoint=endpoint, token=resolve_token(token))
             if on_progress is not None:
                 planned = snapshot_download(repo_id, local_dir=staging, dry_run=True, **options)
-                options["tqdm_class"] = _written_bytes_bar(on_progress, repo_id, sum(f.file_size or 0 for f in planned))
+                total = sum(f.file_size or 0 for f in planned)
+                options["tqdm_class"] = progress_bar_class(on_progress, repo_id, total, verb="Importing")
             snapshot_download(repo_id, local_dir=staging, **options)
         shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping for local_dir
         if not any(staging.rglob("*.safetensors")):
@@ -296,56 +291,32 @@ def hub_errors(endpoint: str, repo_id: str) -> Iterator[None]:
 
 
 def _map_error(error: BaseException, endpoint: str, repo_id: str) -> Exception | None:
-    for cause in _causes(error):
+    for cause in error_chain(error):  # our own errors (Stop, a refused namespace) pass through as they are
         if isinstance(cause, (HubError, CancelledError)):
             return cause
-        if isinstance(cause, OfflineModeIsEnabled):
-            return HubError("Hub access is switched off (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to use the Hub.")
-        if isinstance(cause, RepositoryNotFoundError):
-            return HubError(
-                f"Hub repo {repo_id!r} does not exist or is private; check the id (and the token for private repos)."
-            )
-        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
-            status = cause.response.status_code
-            if status == 401:
-                return HubError(
-                    f"{endpoint} rejected the Hub token (401): it is invalid or expired. Create a write token at "
-                    f"{endpoint}/settings/tokens and paste it, or update HF_TOKEN / `hf auth login`."
-                )
-            if status == 403:
-                return HubError(
-                    f"No write access to {repo_id!r} (403): it belongs to someone else or the token cannot write "
-                    "there. Push to your own namespace or use a token with write access."
-                )
-            detail = cause.server_message or str(cause).splitlines()[0]
-            return HubError(f"The Hub refused the request for {repo_id!r} ({status}): {detail.strip()}")
-        if isinstance(cause, (httpx2.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
-            return HubError(f"Cannot reach {endpoint}: check the network connection (or HF_ENDPOINT) and try again.")
+    kind, cause = hub_failure(error) or (None, error)
+    if kind == "offline-mode":
+        return HubError("Hub access is switched off (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to use the Hub.")
+    if kind == "not-found":
+        return HubError(
+            f"Hub repo {repo_id!r} does not exist or is private; check the id (and the token for private repos)."
+        )
+    if kind == "auth":
+        return HubError(
+            f"{endpoint} rejected the Hub token (401): it is invalid or expired. Create a write token at "
+            f"{endpoint}/settings/tokens and paste it, or update HF_TOKEN / `hf auth login`."
+        )
+    if kind == "forbidden":
+        return HubError(
+            f"No write access to {repo_id!r} (403): it belongs to someone else or the token cannot write "
+            "there. Push to your own namespace or use a token with write access."
+        )
+    if kind == "http":
+        detail = cause.server_message or str(cause).splitlines()[0]
+        return HubError(f"The Hub refused the request for {repo_id!r} ({cause.response.status_code}): {detail.strip()}")
+    if kind in ("not-cached", "unreachable"):
+        return HubError(f"Cannot reach {endpoint}: check the network connection (or HF_ENDPOINT) and try again.")
     return None
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
-def _written_bytes_bar(on_progress: ProgressFn, repo_id: str, total: int) -> type[tqdm]:
-    """A tqdm class for snapshot_download that reports its bytes-written bar against the planned total.
-
-    The library's own totals grow as each file starts, so their ratio would jump back; the dry run's sum does not.
-    """
-
-    class Bar(tqdm):
-        def update(self, n=1):
-            shown = super().update(n)
-            if total and self.unit == "B" and str(self.desc).startswith("Reconstruct"):
-                on_progress(min(self.n / total, 1.0), f"Importing {repo_id}: {self.n / 1e6:.1f} / {total / 1e6:.1f} MB")
-            return shown
-
-    return Bar
 
 
 class _UploadProgress:

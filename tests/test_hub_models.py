@@ -95,3 +95,20 @@ def test_unknown_hub_repo_is_a_clear_error(tmp_path, hub):
     assert result.returncode == 0, result.stderr
     assert "'alice/no-such-model' does not exist or is private" in result.stdout
 
+
+def test_unknown_feature_model_repo_is_named_with_the_local_way_out(tmp_path, hub):
+    """Evaluation's CLIP download shares the pipeline download's error mapping, with its own name and advice."""
+    code = textwrap.dedent("""
+        from studio.errors import ModelNotFoundError
+        from studio.evaluation.features import load_feature_model
+        import torch
+        try:
+            load_feature_model("alice/no-such-clip", device=torch.device("cpu"), dtype=torch.float32)
+        except ModelNotFoundError as e:
+            print(e)
+    """)
+    result = run_child(tmp_path, ["-c", code], online=True, hub_url=hub.url)
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.startswith("Feature model 'alice/no-such-clip' does not exist or is private;"), message
+    assert message.endswith("or pass a local CLIP folder as the feature model.") and "\n" not in message

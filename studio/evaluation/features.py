@@ -94,30 +94,13 @@ def _vision_config(folder: Path):
 
 
 def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from studio.models.hub_models import DownloadPlan, snapshot_with_progress
 
-    from studio.models.hub_models import progress_bar_class
-
-    try:
-        revision, total_bytes = _weights_revision(HfApi(), repo_id)
-    except (OSError, HfHubHTTPError) as e:
-        if isinstance(e, RepositoryNotFoundError):
-            raise ModelNotFoundError(f"Feature model {repo_id!r} is neither a local folder nor a Hub repo.") from None
-        revision, total_bytes = None, 0  # offline: use whatever the cache holds
-    kwargs = {"tqdm_class": progress_bar_class(on_progress, repo_id, total_bytes)} if on_progress else {}
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=FEATURE_FILES, **kwargs))
-    except LocalEntryNotFoundError:
-        raise ModelNotFoundError(
-            f"Feature model {repo_id} is not in the local Hub cache and the Hub cannot be reached; connect "
-            "once to download it, or pass a local CLIP folder as the feature model."
-        ) from None
-    except (OSError, HfHubHTTPError) as e:
-        raise ModelNotFoundError(f"Could not download the feature model {repo_id}: {e}") from e
-    if on_progress is not None:
-        on_progress(1.0, f"Downloaded {repo_id}")  # also when every file came from the cache
-    return folder
+    return snapshot_with_progress(
+        repo_id, plan=lambda api: DownloadPlan(FEATURE_FILES, *_weights_revision(api, repo_id)),
+        offline=DownloadPlan(FEATURE_FILES),  # offline: whatever the cache holds
+        what="Feature model", instead="pass a local CLIP folder as the feature model", on_progress=on_progress,
+    )  # fmt: skip
 
 
 def _weights_revision(api, repo_id: str) -> tuple[str | None, int]:

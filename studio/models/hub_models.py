@@ -2,17 +2,28 @@
 
 A repo like stable-diffusion-v1-5 also holds multi-GB single-file checkpoints, pickle `.bin`
 copies and fp16 variants; downloading only one set of `.safetensors` per component saves gigabytes.
+
+Every Hub download in Studio shares what is here: `snapshot_with_progress` (pipelines, evaluation's CLIP
+model), the progress bar class (also the adapter import in studio/hub.py) and `hub_failure`, which says what
+a huggingface_hub error means (also behind studio/hub.py's push and import errors).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
+import httpx2
 from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import filter_repo_objects
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from tqdm.auto import tqdm
 
 from studio.errors import ModelNotFoundError
@@ -35,7 +46,7 @@ def choose_weight_files(files: list[str], *, fp16: bool) -> list[str]:
     return sorted(chosen)
 
 
-def progress_bar_class(on_progress: ProgressFn, repo_id: str, total_bytes: int):
+def progress_bar_class(on_progress: ProgressFn, repo_id: str, total_bytes: int, *, verb: str = "Downloading"):
     class _Progress(tqdm):
         """Forward huggingface_hub's download progress to the UI callback as one fraction that only grows.
 
@@ -48,49 +59,125 @@ def progress_bar_class(on_progress: ProgressFn, repo_id: str, total_bytes: int):
             result = super().update(n)
             if total_bytes and self.unit == "B" and str(self.desc).startswith("Reconstruct"):
                 done = min(self.n, total_bytes)
-                on_progress(done / total_bytes, f"Downloading {repo_id}: {done / 1e9:.2f} / {total_bytes / 1e9:.2f} GB")
+                on_progress(done / total_bytes, f"{verb} {repo_id}: {_sizes(done, total_bytes)}")
             return result
 
     return _Progress
+
+
+def _sizes(done: int, total: int) -> str:
+    # A pipeline is gigabytes, a LoRA megabytes: "0.00 / 0.01 GB" would say nothing.
+    scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
+    return f"{done / scale:.2f} / {total / scale:.2f} {unit}"
+
+
+def hub_failure(error: BaseException) -> tuple[str, BaseException] | None:
+    """What a huggingface_hub or network failure means, looking at the error and the errors it was raised from.
+
+    Returns (kind, the error that shows it), or None when it is none of these kinds:
+    "offline-mode" (HF_HUB_OFFLINE=1 forbids asking the Hub), "not-found" (no such repo, or a private or gated
+    one: the Hub answers alike), "not-cached" (the Hub cannot be asked and the cache lacks the files),
+    "unreachable" (network), "auth" (401: the token is invalid), "forbidden" (403), "http" (another status).
+    """
+    for cause in error_chain(error):
+        if isinstance(cause, OfflineModeIsEnabled):
+            return "offline-mode", cause
+        if isinstance(cause, RepositoryNotFoundError):
+            return "not-found", cause
+        if isinstance(cause, LocalEntryNotFoundError):
+            return "not-cached", cause
+        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+            return {401: "auth", 403: "forbidden"}.get(cause.response.status_code, "http"), cause
+        if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
+            return "unreachable", cause
+    return None
+
+
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """The error, then what it was raised from, and so on (huggingface_hub wraps failures in other errors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadPlan:
+    """Which files of a repo to fetch, at which revision, and their size (for a progress bar that only grows)."""
+
+    allow_patterns: list[str]
+    revision: str | None = None
+    total_bytes: int = 0
+
+
+def snapshot_with_progress(
+    repo_id: str,
+    *,
+    plan: Callable[[HfApi], DownloadPlan],
+    offline: DownloadPlan,
+    what: str,
+    instead: str,
+    on_progress: ProgressFn | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Download (or find in the Hub cache) the files `plan` picks from the repo's file list; return the folder.
+
+    When the Hub cannot be asked (offline, no network), the `offline` plan reads the cache instead. Failures
+    become ModelNotFoundError naming `what` and the repo, with `instead` as the way out that needs no Hub
+    (e.g. "put the model in the models folder").
+    """
+    try:
+        chosen = plan(HfApi(endpoint=endpoint))
+    except (OSError, httpx2.TransportError) as error:  # HfHubHTTPError is an OSError; no network is neither
+        if isinstance(error, RepositoryNotFoundError):
+            raise _download_error(error, repo_id, what, instead) from error
+        chosen = offline
+    kwargs = {"endpoint": endpoint} if endpoint else {}
+    if on_progress is not None:
+        kwargs["tqdm_class"] = progress_bar_class(on_progress, repo_id, chosen.total_bytes)
+    try:
+        folder = snapshot_download(repo_id, revision=chosen.revision, allow_patterns=chosen.allow_patterns, **kwargs)
+    except (OSError, httpx2.TransportError) as error:
+        raise _download_error(error, repo_id, what, instead) from error
+    if on_progress is not None:
+        on_progress(1.0, f"Downloaded {repo_id}")  # also when every file came from the cache
+    return Path(folder)
+
+
+def _download_error(error: BaseException, repo_id: str, what: str, instead: str) -> ModelNotFoundError:
+    kind, cause = hub_failure(error) or ("other", error)
+    if kind == "not-found":
+        return ModelNotFoundError(
+            f"{what} {repo_id!r} does not exist or is private; check the id (log in with `hf auth login` for a "
+            f"private repo), or {instead}."
+        )
+    if kind in ("not-cached", "offline-mode"):
+        return ModelNotFoundError(
+            f"{what} {repo_id!r} is not in the local Hub cache and the Hub cannot be reached; connect to the "
+            f"internet once to download it, or {instead}."
+        )
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return ModelNotFoundError(f"{what} {repo_id!r} could not be downloaded ({detail}); try again, or {instead}.")
 
 
 def download_pipeline(
     repo_id: str, *, fp16: bool, on_progress: ProgressFn | None = None, endpoint: str | None = None
 ) -> Path:
     """Download (or find in the cache) the pipeline files of a Hub repo and return the local folder."""
-    kwargs = {"endpoint": endpoint} if endpoint else {}
-    try:
-        try:
-            sizes = {
-                entry.path: entry.size
-                for entry in HfApi(endpoint=endpoint).list_repo_tree(repo_id, recursive=True)
-                if isinstance(entry, RepoFile)
-            }
-            patterns = CONFIG_PATTERNS + choose_weight_files(list(sizes), fp16=fp16)
-            total_bytes = sum(sizes[name] for name in filter_repo_objects(list(sizes), allow_patterns=patterns))
-        except (OSError, HfHubHTTPError) as e:
-            if isinstance(e, RepositoryNotFoundError):
-                raise
-            # Offline: the snapshot as cached. Asking for "*/*.safetensors" would fail on repos that also list
-            # files we skipped on purpose (fp16 or non-EMA variants), since the cached file list names them.
-            patterns = ["model_index.json"]
-            total_bytes = 0
-        if on_progress is not None:
-            kwargs["tqdm_class"] = progress_bar_class(on_progress, repo_id, total_bytes)
-        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **kwargs))
-    except RepositoryNotFoundError:
-        raise ModelNotFoundError(
-            f"Hub repo {repo_id!r} does not exist or is private. Check the id, or log in with `hf auth login`."
-        ) from None
-    except LocalEntryNotFoundError:
-        raise ModelNotFoundError(
-            f"{repo_id} is not in the local Hub cache and the Hub cannot be reached. Connect to the internet "
-            "once to download it, or put the model in the models folder."
-        ) from None
-    except (OSError, HfHubHTTPError) as e:
-        raise ModelNotFoundError(f"Could not download {repo_id}: {e}") from e
+
+    def plan(api: HfApi) -> DownloadPlan:
+        sizes = {e.path: e.size for e in api.list_repo_tree(repo_id, recursive=True) if isinstance(e, RepoFile)}
+        patterns = CONFIG_PATTERNS + choose_weight_files(list(sizes), fp16=fp16)
+        wanted = filter_repo_objects(list(sizes), allow_patterns=patterns)
+        return DownloadPlan(patterns, total_bytes=sum(sizes[name] for name in wanted))
+
+    # Offline: the snapshot as cached. Asking for "*/*.safetensors" would fail on repos that also list
+    # files we skipped on purpose (fp16 or non-EMA variants), since the cached file list names them.
+    offline = DownloadPlan(["model_index.json"])
+    folder = snapshot_with_progress(repo_id, plan=plan, offline=offline, what="Hub model",
+                                    instead="put the model in the models folder", on_progress=on_progress,
+                                    endpoint=endpoint)  # fmt: skip
     if not (folder / "model_index.json").exists():
         raise ModelNotFoundError(f"Hub repo {repo_id!r} is not a diffusers pipeline (no model_index.json).")
-    if on_progress is not None:
-        on_progress(1.0, f"Downloaded {repo_id}")  # also when every file came from the cache
     return folder
