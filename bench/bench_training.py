@@ -81,8 +81,8 @@ def _full_size_sd15(folder: Path) -> Path:
     """The real SD1.5 architecture with random weights (bundled configs), saved as a diffusers folder."""
     import torch
 
-    from make_full_size_checkpoint import build_random_pipeline
     from studio.models.kinds import ModelKind
+    from studio.models.random_full_size import build_random_pipeline
 
     started = time.perf_counter()
     build_random_pipeline(ModelKind.SD15, torch.float16).save_pretrained(folder, safe_serialization=True)

@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch  # noqa: E402
 
 from studio.models.kinds import ModelKind, kind_of_checkpoint  # noqa: E402
+from studio.models.random_full_size import build_random_pipeline  # noqa: E402
 
 
 @contextmanager
@@ -35,51 +36,6 @@ def stage(name: str):
     start = time.perf_counter()
     yield
     print(f"{name:<34} {time.perf_counter() - start:8.1f} s", flush=True)
-
-
-def build_random_pipeline(kind: ModelKind, dtype: torch.dtype):
-    """The real architecture with random weights, from the bundled configs and the real CLIP tokenizer."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from studio.models.clip_tokenizer import clip_tokenizer
-    from studio.models.single_file import BUNDLED_CONFIGS
-
-    folder = BUNDLED_CONFIGS[kind]
-    torch.manual_seed(0)
-    # Cast each part as soon as it is built, so peak memory stays near one fp32 component.
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")).to(dtype)
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")).to(dtype)
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")).to(dtype)
-    if kind is ModelKind.SDXL:
-        config_2 = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
-        text_encoder_2 = CLIPTextModelWithProjection(config_2).to(dtype)
-        return StableDiffusionXLPipeline(
-            unet=unet,
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=clip_tokenizer(),
-            tokenizer_2=clip_tokenizer(pad_token="!"),
-            scheduler=EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
-        )
-    return StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        scheduler=PNDMScheduler.from_pretrained(folder, subfolder="scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 def main() -> None:
