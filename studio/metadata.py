@@ -68,7 +68,8 @@ def parse_lora_weight(text: str) -> tuple[str, float]:
         return name.strip(), float(weight)
     except ValueError:
         raise InvalidRequestError(
-            f"LoRA {text!r}: the weight after ':' must be a number, e.g. {name.strip()}:0.8."
+            f"LoRA {text!r}: {weight.strip()!r} is not a number; the weight after ':' must be a number, "
+            f"e.g. {name.strip()}:0.8."
         ) from None
 
 

@@ -240,7 +240,7 @@ def test_candidate_text(text, expected):
     assert parse_candidate(text) == expected
 
 
-@pytest.mark.parametrize("text, message", [(" + a:1", "names no model"), ("m + a:x", "must be a number"),
+@pytest.mark.parametrize("text, message", [(" + a:1", "names no model"), ("m + a:x", "is not a number"),
                                            ("m + :1", "empty LoRA name")])  # fmt: skip
 def test_bad_candidate_text(text, message):
     with pytest.raises(InvalidRequestError, match=message):

@@ -64,7 +64,7 @@ def test_lora_weight_text_is_parsed(text, expected):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("alps:strong", "'alps:strong': the weight after ':' must be a number, e.g. alps:0.8"),
+    [("alps:strong", "'alps:strong': 'strong' is not a number; the weight after ':' must be a number, e.g. alps:0.8."),
      (":0.5", "':0.5' has an empty LoRA name"), ("", "has an empty LoRA name")],
 )  # fmt: skip
 def test_bad_lora_weight_text_is_named_with_an_example(text, message):
