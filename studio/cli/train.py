@@ -22,6 +22,17 @@ OVERRIDES = {
     "grad_accum": int, "warmup": int, "seed": int, "min_snr_gamma": float, "noise_offset": float,
     "validation_every": int, "checkpoint_every": int,
 }  # fmt: skip
+HELP = {
+    "steps": "optimizer steps [500]", "epochs": "passes over the data set (overrides --steps)",
+    "rank": "LoRA rank [16]", "alpha": "LoRA alpha; the strength scale is alpha/rank [16]",
+    "lr": "learning rate [1e-4]", "resolution": "training size in pixels [512]",
+    "batch": "images per step on each GPU [1]", "grad_accum": "micro-batches per optimizer step [1]",
+    "warmup": "learning-rate warm-up steps [0]", "seed": "seed of LoRA init, data order and noise [42]",
+    "min_snr_gamma": "Min-SNR loss weighting, e.g. 5 [off]",
+    "noise_offset": "noise offset for very dark/bright images, e.g. 0.05 [0]",
+    "validation_every": "draw a sample image every N steps [only at the end]",
+    "checkpoint_every": "save a resumable checkpoint every N steps [100]; always on Stop",
+}  # fmt: skip
 FIELD_NAMES = {"lr": "learning_rate", "batch": "batch_size", "grad_accum": "gradient_accumulation",
                "warmup": "warmup_steps"}  # fmt: skip
 
@@ -35,16 +46,24 @@ def register(subparsers) -> None:
     parser.add_argument("--caption-column", default="text", help="caption column of metadata.jsonl")
     parser.add_argument("--trigger", default=None, help="trigger word prepended to every caption")
     parser.add_argument("--preset", default="auto", help=f"auto (from the GPU), none, or one of: {', '.join(PRESETS)}")
+    settings = parser.add_argument_group("training settings", "an explicit value overrides the preset's; "
+                                         "defaults in brackets apply with --preset none")  # fmt: skip
     for option, cast in OVERRIDES.items():
-        parser.add_argument("--" + option.replace("_", "-"), type=cast, default=None)
-    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None)
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=None)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
-    parser.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=None, help="aspect-ratio buckets")
-    parser.add_argument("--validation-prompt", default=None)
+        settings.add_argument("--" + option.replace("_", "-"), type=cast, default=None, help=HELP[option])
+    settings.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None, help="[constant_with_warmup]")
+    settings.add_argument(
+        "--mixed-precision", choices=MIXED_PRECISIONS, default=None, help="[auto: fp16/bf16 on GPUs, fp32 on CPUs]"
+    )
+    settings.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=None, help="[auto: 8-bit AdamW where bitsandbytes works, else AdamW]"
+    )
+    settings.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None)
+    settings.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    settings.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
+    settings.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=None, help="aspect-ratio buckets")
+    settings.add_argument(
+        "--validation-prompt", default=None, help="prompt of the sample images (default: first caption)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run NAME from its last checkpoint")
     parser.add_argument("--check", action="store_true", help="only check the data set and show the VRAM estimate")
     add_config_options(parser)
