@@ -14,9 +14,13 @@ it after the caches are built, unless the text encoder is trained):
     overhead    CUDA context and allocator slack
 
 Parameter counts are exact (counted from the bundled configs; tests/test_training_presets.py recounts
-them). The activation constants are calibrated on public reports of fp16 LoRA runs (SD1.5 at 512 px,
-SDXL at 1024 px), not measured here (no GPU on the development machine): treat the estimate as +-20%.
-Torch-free, so the UI can show it.
+them). The activation constants come from public reports of fp16 LoRA runs on GPUs (SD1.5 at 512 px,
+SDXL at 1024 px). bench/bench_training_memory.py measures the activation memory of a real step on the
+full-size UNets on a CPU (bf16 autocast): 3,600-3,750 / 970 bytes per pixel for SD1.5 and 8,100 / 1,760 for
+SDXL (without / with gradient checkpointing), 0.27x and 0.53x of the constants. A GPU adds what a CPU
+does not show (fp32 norms under CUDA autocast, cuDNN workspaces, caching-allocator slack), so the
+constants are kept as a conservative bound: expect real peaks at or below the estimate. Not yet
+checked on a GPU. Torch-free, so the UI can show it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
 from studio.training.dataset import DatasetReport, DatasetRequest, scan_dataset
+from studio.validation import check_range
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -130,8 +131,7 @@ class TrainingRequest:
         if self.min_snr_gamma is not None:
             ranges.append(("min_snr_gamma", self.min_snr_gamma, 0.1, 100.0))
         for field, value, low, high in ranges:
-            if not low <= value <= high:
-                raise InvalidRequestError(f"{field}={value} is out of range; use a value from {low:g} to {high:g}.")
+            check_range(field, value, low, high)
         if self.resolution % 64:
             nearest = max(64, round(self.resolution / 64) * 64)
             raise InvalidRequestError(f"resolution={self.resolution} must be a multiple of 64; try {nearest}.")
