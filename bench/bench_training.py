@@ -68,6 +68,7 @@ def run(quick: bool) -> list[Row]:
         rows.append(Row(f"train wall time incl. load+cache, {label}", ours["wall_seconds"],
                         baseline["wall_seconds"], "s", "info", True))  # fmt: skip
 
+    rows += [_flop_share_row(kind, size) for kind, size in (("sd15", 512), ("sdxl", 1024))]
     print("VRAM budget of the presets (full-size models, from parameter counts):", file=sys.stderr)
     for preset in PRESETS.values():
         request = TrainingRequest(data=ROOT, model="x", name="x", **preset.settings)
@@ -75,6 +76,55 @@ def run(quick: bool) -> list[Row]:
         print(f"  {preset.name:<10} {estimate.summary()} -> budget {preset.vram_gb} GB "
               f"({'fits' if estimate.total <= preset.vram_gb * GB else 'OVER'})", file=sys.stderr)  # fmt: skip
     return rows
+
+
+def _flop_share_row(kind_name: str, size: int) -> Row:
+    """What caching can win where time follows FLOPs: the example's step (VAE encode + text encoders + UNet forward
+    and backward) over the cached step (UNet alone), counted on the meta device for the full-size models. On this
+    CPU the UNet step runs at about half the VAE's FLOPs per second, so the measured gain is smaller; on a GPU the
+    VAE's full-resolution convolutions are memory-bound, so it may be larger. Not measured on a GPU."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from peft import LoraConfig
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from studio.models.kinds import ModelKind
+    from studio.models.single_file import BUNDLED_CONFIGS
+    from studio.training.presets import PARAMS
+    from studio.training.trainer import UNET_TARGETS
+
+    kind = ModelKind(kind_name)
+    folder = BUNDLED_CONFIGS[kind]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(folder / name))
+                    for name in ("text_encoder", "text_encoder_2") if name in PARAMS[kind]]  # fmt: skip
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=UNET_TARGETS))
+        side = size // 8
+        extra = {}
+        if kind is ModelKind.SDXL:
+            extra["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.randn(1, 6)}
+
+        def flops(fn) -> int:
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            return counter.get_total_flops()
+
+        def unet_step():
+            text = torch.randn(1, 77, unet.config.cross_attention_dim)
+            unet(torch.randn(1, 4, side, side), torch.tensor([500]), text, **extra).sample.float().mean().backward()
+
+        cached = flops(unet_step)
+        with torch.no_grad():
+            encode = flops(lambda: vae.encode(torch.randn(1, 3, size, size)))
+            # The projection variant (text_encoder_2) costs about as much as a plain CLIP text model of its size.
+            text = sum(flops(lambda e=e: e(torch.zeros(1, 77, dtype=torch.long))) for e in encoders)
+    label = f"{kind.label} {size}px"
+    return Row(f"FLOPs per step, {label}: example-style vs cached (the caching gain if time followed FLOPs)",
+               (cached + encode + text) / 1e12, cached / 1e12, "TFLOP", "info", True)  # fmt: skip
 
 
 def _full_size_sd15(folder: Path) -> Path:

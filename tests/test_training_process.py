@@ -1,5 +1,7 @@
 """Training as the front ends run it: the real child process behind `Studio.train_stream`, and the CLI."""
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -133,13 +135,18 @@ def test_two_processes_train_the_same_adapter_as_one_process_accumulating_two_ba
     with socket.socket() as probe:  # a free port for the processes to meet on
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    launched = subprocess.run(
+    torchrun = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", port,
-         "-m", "studio", "train", "--name", "two", *settings],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+         "--master_port", port, "-m", "studio", "train", "--name", "two", *settings],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
         env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
+    try:
+        stdout, stderr = torchrun.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(torchrun.pid, signal.SIGKILL)  # the workers too, should the launcher hang or time out
+    launched = subprocess.CompletedProcess(torchrun.args, torchrun.returncode, stdout, stderr)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "Training on 2 processes (cpu)" in launched.stderr
     assert launched.stdout.strip().splitlines() == [str(config.loras_dir.resolve() / "two")]  # one writer
