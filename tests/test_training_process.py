@@ -84,16 +84,20 @@ def test_training_child_stops_and_keeps_a_checkpoint_when_the_app_is_killed(phot
     script = APP_THAT_DIES.format(root=str(ROOT), tests=str(ROOT / "tests"))
     app = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(photos)], stdout=subprocess.PIPE,
                            text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    children = []
     try:
         assert app.stdout.readline().startswith("step"), "the training child never reported a step"
-        (child,) = psutil.Process(app.pid).children()
+        children = psutil.Process(app.pid).children(recursive=True)
+        (child,) = [c for c in children if c.ppid() == app.pid]
         app.send_signal(signal.SIGKILL)  # no clean-up code of the app runs
         app.wait(timeout=10)
         child.wait(timeout=120)  # a run of 100 000 steps: only the watchdog ends it this soon
     finally:
+        # Only this test's processes: the session's shared app is a child of pytest too.
         app.kill()
-        for process in psutil.Process().children(recursive=True):
-            process.kill()
+        for process in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
     run_dir = tmp_path / "outputs" / "training" / "alps"
     assert list((run_dir / "checkpoints").glob("step-*")), "no checkpoint kept for a resume"
     log = (run_dir / "train.log").read_text(encoding="utf-8")
