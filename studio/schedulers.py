@@ -1,36 +1,29 @@
-"""Samplers by the names A1111 users know, mapped to diffusers schedulers."""
+"""Samplers by the names A1111 users know, mapped to diffusers schedulers.
+
+Classes are named, not imported, so the CLI's --help and request checks run without importing diffusers.
+"""
 
 from __future__ import annotations
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    LMSDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
-
 from studio.errors import InvalidRequestError
 
-# name -> (scheduler class, extra config, A1111 "Sampler", A1111 "Schedule type")
+# name -> (diffusers scheduler class name, extra config, A1111 "Sampler", A1111 "Schedule type")
 SCHEDULERS = {
-    "Euler": (EulerDiscreteScheduler, {}, "Euler", None),
-    "Euler a": (EulerAncestralDiscreteScheduler, {}, "Euler a", None),
-    "DPM++ 2M": (DPMSolverMultistepScheduler, {}, "DPM++ 2M", None),
-    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    "Euler": ("EulerDiscreteScheduler", {}, "Euler", None),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}, "Euler a", None),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M", None),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
     "DPM++ 2M SDE Karras": (
-        DPMSolverMultistepScheduler,
+        "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
         "DPM++ 2M SDE",
         "Karras",
     ),
-    "DDIM": (DDIMScheduler, {}, "DDIM", None),
-    "UniPC": (UniPCMultistepScheduler, {}, "UniPC", None),
-    "Heun": (HeunDiscreteScheduler, {}, "Heun", None),
-    "LMS": (LMSDiscreteScheduler, {}, "LMS", None),
-    "LMS Karras": (LMSDiscreteScheduler, {"use_karras_sigmas": True}, "LMS", "Karras"),
+    "DDIM": ("DDIMScheduler", {}, "DDIM", None),
+    "UniPC": ("UniPCMultistepScheduler", {}, "UniPC", None),
+    "Heun": ("HeunDiscreteScheduler", {}, "Heun", None),
+    "LMS": ("LMSDiscreteScheduler", {}, "LMS", None),
+    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}, "LMS", "Karras"),
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 DEFAULT_SCHEDULER = "DPM++ 2M Karras"
@@ -43,9 +36,11 @@ def check_scheduler_name(name: str) -> None:
 
 def make_scheduler(name: str, base_config: dict):
     """A fresh scheduler from the model's own scheduler config (betas, prediction type) plus the sampler's options."""
+    import diffusers
+
     check_scheduler_name(name)
-    cls, extra, _sampler, _schedule = SCHEDULERS[name]
-    return cls.from_config({**base_config, **extra})
+    class_name, extra, _sampler, _schedule = SCHEDULERS[name]
+    return getattr(diffusers, class_name).from_config({**base_config, **extra})
 
 
 def a1111_sampler(name: str) -> tuple[str, str | None]:

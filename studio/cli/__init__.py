@@ -2,6 +2,7 @@
 
 Each command lives in its own module with `register(subparsers)`; its handler returns an exit code.
 User errors (`StudioError`) are caught here, once: one line on stderr, exit code 2, no traceback.
+Handlers check their request before they import torch and diffusers (seconds), so a typo is reported at once.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    if not args.verbose:
-        quiet_libraries()
     try:
         return args.handler(args)
     except StudioError as e:
@@ -40,13 +39,3 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-def quiet_libraries() -> None:
-    """Library progress bars and advice would bury the one line per saved image that scripts read."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()

@@ -43,3 +43,18 @@ def parse_lora(text: str) -> tuple[str, float]:
         return parse_lora_weight(text)
     except InvalidRequestError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def quiet_libraries(*, verbose: bool = False) -> None:
+    """Library progress bars and advice would bury the one line per saved image that scripts read.
+
+    Commands call this once their request is checked, just before the heavy imports it triggers."""
+    if verbose:
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()

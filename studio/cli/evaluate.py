@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from studio.cli.common import add_config_options, config_from_args, parse_lora
-from studio.evaluation.features import DEFAULT_FEATURE_MODEL
+from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
+from studio.evaluation.requests import DEFAULT_FEATURE_MODEL
 from studio.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 
@@ -88,10 +88,7 @@ def candidates_from_args(args) -> tuple:
 
 
 def run(args) -> int:
-    from studio.evaluation.report import markdown_table
     from studio.evaluation.requests import EvaluationRequest
-    from studio.evaluation.runner import evaluate
-    from studio.models.manager import ModelManager
 
     config = config_from_args(args)
     request = EvaluationRequest(
@@ -106,6 +103,11 @@ def run(args) -> int:
         resamples=args.resamples,
     )
     request.validate()
+    quiet_libraries(verbose=args.verbose)
+    from studio.evaluation.report import markdown_table
+    from studio.evaluation.runner import evaluate
+    from studio.models.manager import ModelManager
+
     update, close = progress_bar()
     try:
         result = evaluate(ModelManager(config), request, outputs_dir=config.outputs_dir, on_progress=update)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from studio.cli.common import add_config_options, config_from_args
+from studio.cli.common import add_config_options, config_from_args, quiet_libraries
 from studio.cli.evaluate import add_sampling_options, progress_bar, sampling_from_args
 
 
@@ -29,8 +29,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from studio.errors import InvalidRequestError
     from studio.evaluation.requests import Candidate, ExportRequest
-    from studio.evaluation.synthetic import export_dataset
-    from studio.models.manager import ModelManager
 
     prompts = list(args.prompt)
     if args.prompts_file is not None:
@@ -49,6 +47,10 @@ def run(args) -> int:
         sampling=sampling_from_args(args),
     )
     request.validate()
+    quiet_libraries(verbose=args.verbose)
+    from studio.evaluation.synthetic import export_dataset
+    from studio.models.manager import ModelManager
+
     update, close = progress_bar()
     try:
         result = export_dataset(ModelManager(config), request, on_progress=update)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studio.cli.common import add_config_options, config_from_args, parse_lora
+from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
+from studio.generation_request import GenerationRequest
 from studio.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 
@@ -30,11 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
-    from studio import outputs
-    from studio.generation import GenerationRequest, generate
-    from studio.models.manager import ModelManager
+    from studio.models.sources import resolve_model
 
     config = config_from_args(args)
     request = GenerationRequest(
@@ -53,6 +50,14 @@ def run(args) -> int:
         loras=tuple(args.lora),
     )
     request.validate()
+    resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    quiet_libraries(verbose=args.verbose)
+    from tqdm import tqdm
+
+    from studio import outputs
+    from studio.generation import generate
+    from studio.models.manager import ModelManager
+
     bar = tqdm(total=args.steps * args.count, desc="generating", unit="step", file=sys.stderr, leave=False)
     result = generate(ModelManager(config), request, on_step=lambda info: bar.update(1))
     bar.close()

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from studio.cli.common import add_config_options, config_from_args
+from studio.cli.common import add_config_options, config_from_args, quiet_libraries
 from studio.training.presets import PRESETS
 from studio.training.request import LR_SCHEDULERS, MIXED_PRECISIONS, OPTIMIZERS
 
@@ -104,16 +104,17 @@ def build_request(args, config):
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from studio.training.request import check_dataset
-    from studio.training.trainer import train
 
     config = config_from_args(args)
     request, note = build_request(args, config)
     if args.check:
         print(check_dataset(request).summary() + "\n" + note, file=sys.stderr)
         return 0
+    quiet_libraries(verbose=args.verbose)
+    from tqdm import tqdm
+
+    from studio.training.trainer import train
 
     stop = {"requested": False}
 

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from studio.errors import CancelledError, DatasetError, ModelNotFoundError, UnsupportedModelError
+from studio.evaluation.requests import DEFAULT_FEATURE_MODEL
 
-DEFAULT_FEATURE_MODEL = "openai/clip-vit-large-patch14-336"
 FEATURE_FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
 ProgressFn = Callable[[float, str], None]
 

@@ -10,12 +10,13 @@ import dataclasses
 from pathlib import Path
 
 from studio.errors import DatasetError, InvalidRequestError
-from studio.evaluation.features import DEFAULT_FEATURE_MODEL
-from studio.generation import MAX_SEED, GenerationRequest
+from studio.generation_request import MAX_SEED, GenerationRequest
 from studio.metadata import parse_lora_weight
 from studio.schedulers import DEFAULT_SCHEDULER
 from studio.validation import check_range
 
+DEFAULT_FEATURE_MODEL = "openai/clip-vit-large-patch14-336"
+"""CLIP ViT-L/14@336, the image encoder CMMD was published with."""
 MAX_CANDIDATES = 16
 MAX_COUNT = 100  # images per generation run (its batch count)
 

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     request = TrainingRequest.from_json(job["request"])
     config = StudioConfig(**job["config"])
     parent = ParentWatch(stop_file=job_path.parent / STOP_FILE)
-    from studio.cli import quiet_libraries
+    from studio.cli.common import quiet_libraries
     from studio.training.trainer import train
 
     quiet_libraries()

@@ -9,8 +9,13 @@ import gradio as gr
 import pandas as pd
 
 from studio.engine import Studio, scheduler_names
-from studio.evaluation.features import DEFAULT_FEATURE_MODEL
-from studio.evaluation.requests import EvaluationRequest, ExportRequest, SamplingSettings, parse_candidate
+from studio.evaluation.requests import (
+    DEFAULT_FEATURE_MODEL,
+    EvaluationRequest,
+    ExportRequest,
+    SamplingSettings,
+    parse_candidate,
+)
 from studio.evaluation.results import EvaluationResult
 from studio.evaluation.runner import Progress
 from studio.evaluation.synthetic import ExportResult, export_folder

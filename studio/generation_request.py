@@ -1,0 +1,70 @@
+"""What one Generate click asks for: a frozen `GenerationRequest`, checked by `validate()`.
+
+Torch-free on purpose, like the training request: the CLI checks a request (and the UI could) before
+torch and diffusers are imported, so a typo is reported in a moment, not after a ten-second import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from studio.errors import InvalidRequestError
+from studio.schedulers import DEFAULT_SCHEDULER, check_scheduler_name
+from studio.validation import check_range
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    """Model picker entry, path or Hub id (see `studio.models.sources.resolve_model`)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 25
+    cfg: float = 7.0
+    seed: int = -1
+    """-1 picks a random seed; the seed used is always reported."""
+
+    width: int | None = None
+    """None uses the model's native size (512 for SD1.5, 1024 for SDXL)."""
+
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    batch_size: int = 1
+    """Images per pipeline call (uses more memory)."""
+
+    batch_count: int = 1
+    """Pipeline calls in a row."""
+
+    clip_skip: int = 1
+    """A1111 meaning: 1 uses the last text-encoder layer, 2 the one before."""
+
+    loras: tuple[tuple[str, float], ...] = ()
+    """(adapter name, strength) pairs; `<lora:name:weight>` tags in the prompt are added to these."""
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise InvalidRequestError("The prompt must be text.")
+        checks = [
+            ("steps", self.steps, 1, 150),
+            ("cfg", self.cfg, 0.0, 30.0),
+            ("batch_size", self.batch_size, 1, 16),
+            ("batch_count", self.batch_count, 1, 100),
+            ("clip_skip", self.clip_skip, 1, 12),
+        ]
+        for name, value, low, high in checks:
+            check_range(name, value, low, high)
+        check_range("seed", self.seed, -1, MAX_SEED, hint=f"-1 (random) or 0 to {MAX_SEED}")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value is None:
+                continue
+            if value % 8 or not 64 <= value <= 4096:
+                raise InvalidRequestError(
+                    f"{name}={value} must be a multiple of 8 between 64 and 4096 "
+                    f"(e.g. {max(64, round(value / 8) * 8)})."
+                )
+        check_scheduler_name(self.scheduler)
+        for name, weight in self.loras:
+            check_range(f"LoRA {name!r} weight", weight, -4.0, 4.0)
