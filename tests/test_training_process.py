@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from studio.engine import Studio
-from studio.errors import BusyError, DatasetError
+from studio.errors import BusyError, DatasetError, ModelNotFoundError, TrainingError
 from studio.generation import GenerationRequest
 from test_training import make_config, quick_request
 from test_training_photos import make_photo_folder
@@ -57,11 +57,19 @@ def test_child_process_streams_events_blocks_generation_stops_and_resumes(photos
     assert resumed[-1].kind == "done" and (Path(resumed[-1].path) / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_user_error_in_the_child_reaches_the_parent_as_the_same_class(tmp_path):
+def test_user_errors_come_before_the_child_or_from_it_as_the_same_class(photos, tmp_path):
     config = make_config(tmp_path)
+    studio = Studio(config)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="empty"):
-        list(Studio(config).train_stream(quick_request(tmp_path / "empty")))
+    with pytest.raises(DatasetError, match="empty"):  # found before any process starts
+        next(studio.train_stream(quick_request(tmp_path / "empty")))
+    with pytest.raises(TrainingError, match="Nothing to resume"):
+        next(studio.train_stream(quick_request(photos, resume=True)))
+    assert not (config.outputs_dir / "training" / "alps" / "train.log").exists()  # no child was started
+    # Only the child finds out that the model does not exist (it loads it): the same class reaches the parent.
+    with pytest.raises(ModelNotFoundError, match="'no-such-model.safetensors' was not found"):
+        list(studio.train_stream(quick_request(photos, model="no-such-model.safetensors")))
+    assert (config.outputs_dir / "training" / "alps" / "train.log").is_file()
 
 
 APP_THAT_DIES = textwrap.dedent("""

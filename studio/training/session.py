@@ -14,11 +14,13 @@ from studio.config import StudioConfig
 from studio.jobs import Job
 from studio.models.manager import ModelManager
 from studio.training.request import TrainingRequest
+from studio.training.trainer import preflight
 from studio.training.worker import run_in_child
 
 
 def train_in_background(manager: ModelManager, config: StudioConfig, request: TrainingRequest) -> Job:
-    request.validate()  # fail fast, before a thread, a process or a model is involved
+    # A bad folder, a taken name, nothing to resume: fail now, before a thread, a process or a model is involved.
+    preflight(request, config)
 
     def work(job: Job) -> Path | None:
         previous = manager.active.name if manager.active is not None else None

@@ -82,12 +82,8 @@ def train(
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    request.validate()
-    report = check_dataset(request)  # before any model loads: a bad folder fails in a second
+    report = preflight(request, config)
     output_dir = request.output_dir(config.loras_dir)
-    if output_dir.exists():
-        raise TrainingError(f"An adapter named {request.name!r} already exists in {output_dir.parent}; "
-                            "pick another name or delete it.")  # fmt: skip
     run_dir = request.run_dir(config.outputs_dir)
     checkpoint = _resume_point(request, run_dir, on_event)
 
@@ -223,11 +219,24 @@ def train(
 # --- preparation ----------------------------------------------------------------------------------
 
 
+def preflight(request: TrainingRequest, config: StudioConfig):
+    """The checks that need no model, so a bad folder, a taken name or nothing to resume fail in a moment;
+    the UI runs them before it starts the training process (whose imports alone take seconds)."""
+    request.validate()
+    report = check_dataset(request)
+    output_dir = request.output_dir(config.loras_dir)
+    if output_dir.exists():
+        raise TrainingError(f"An adapter named {request.name!r} already exists in {output_dir.parent}; "
+                            "pick another name or delete it.")  # fmt: skip
+    run_dir = request.run_dir(config.outputs_dir)
+    if request.resume and not list_checkpoints(run_dir / "checkpoints"):
+        raise TrainingError(f"Nothing to resume: {run_dir} has no checkpoint for {request.name!r}; press Train.")
+    return report
+
+
 def _resume_point(request: TrainingRequest, run_dir: Path, emit: EventFn):
     found = list_checkpoints(run_dir / "checkpoints")
-    if request.resume:
-        if not found:
-            raise TrainingError(f"Nothing to resume: {run_dir} has no checkpoint for {request.name!r}; press Train.")
+    if request.resume:  # preflight made sure there is one
         checkpoint = load_checkpoint(found[-1])
         if checkpoint.state["fingerprint"] != request.fingerprint():
             raise TrainingError(
