@@ -18,12 +18,13 @@ import torch
 from PIL import Image
 
 from studio import metadata
-from studio.errors import CancelledError, OutOfMemoryError
+from studio.errors import OutOfMemoryError
 from studio.generation_request import MAX_SEED, GenerationRequest
 from studio.models.kinds import ModelKind
 from studio.models.manager import LoadedModel, ModelManager, set_vae_tiling
 from studio.models.memory import NEXT_MODE
 from studio.schedulers import a1111_sampler, make_scheduler
+
 
 @dataclasses.dataclass(frozen=True)
 class StepInfo:

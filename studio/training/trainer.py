@@ -35,6 +35,7 @@ from studio.models.manager import ModelManager, resolve_device
 from studio.training import cache as caching
 from studio.training.buckets import make_buckets, nearest_bucket
 from studio.training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from studio.training.dataset import DatasetReport
 from studio.training.events import TrainingEvent
 from studio.training.order import DataOrder
 from studio.training.presets import resolve_precision
@@ -219,7 +220,7 @@ def train(
 # --- preparation ----------------------------------------------------------------------------------
 
 
-def preflight(request: TrainingRequest, config: StudioConfig):
+def preflight(request: TrainingRequest, config: StudioConfig) -> DatasetReport:
     """The checks that need no model, so a bad folder, a taken name or nothing to resume fail in a moment;
     the UI runs them before it starts the training process (whose imports alone take seconds)."""
     request.validate()
