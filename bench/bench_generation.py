@@ -58,10 +58,20 @@ def _bench_one(studio, model: str, size: int, steps: int, repeat: int, *, thread
     from diffusers import EulerDiscreteScheduler
 
     from studio.engine import Finished
-    from studio.generation import GenerationRequest, generate
+    from studio.generation.request import GenerationRequest
+    from studio.generation.run import generate
 
-    request = GenerationRequest(model=model, prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, cfg=7.0,
-                                seed=SEED, width=size, height=size, scheduler="Euler")  # fmt: skip
+    request = GenerationRequest(
+        model=model,
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=steps,
+        cfg=7.0,
+        seed=SEED,
+        width=size,
+        height=size,
+        scheduler="Euler",
+    )
     images: dict[str, object] = {}
 
     def app():
@@ -78,14 +88,22 @@ def _bench_one(studio, model: str, size: int, steps: int, repeat: int, *, thread
     def bare():
         pipe.scheduler = EulerDiscreteScheduler.from_config(base_config)
         generator = torch.Generator("cpu").manual_seed(SEED)
-        images["bare"] = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0,
-                              width=size, height=size, generator=generator).images[0]  # fmt: skip
+        images["bare"] = pipe(
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            num_inference_steps=steps,
+            guidance_scale=7.0,
+            width=size,
+            height=size,
+            generator=generator,
+        ).images[0]
 
     # The app runs the pipeline on a worker thread. torch's CPU thread pool behaves differently there than on
     # the main thread (up to 80x apart on 2 busy shared cores), so the app/engine/bare comparison runs all
     # three on worker threads, and (full runs) a separate row shows the worker thread vs the main thread.
-    times = interleaved_medians({"app": app, "engine": on_worker_thread(engine), "bare": on_worker_thread(bare)},
-                                repeat=repeat)  # fmt: skip
+    times = interleaved_medians(
+        {"app": app, "engine": on_worker_thread(engine), "bare": on_worker_thread(bare)}, repeat=repeat
+    )
 
     def same_pixels(name):
         return np.array_equal(np.asarray(images[name]), np.asarray(images["bare"]))
@@ -93,17 +111,36 @@ def _bench_one(studio, model: str, size: int, steps: int, repeat: int, *, thread
     label = Path(model).name if os.sep in model else model
     what = f"{label} {size}px {steps} steps"
     rows = [
-        ratio_row(f"generate {what}: app (+PNG save) vs bare diffusers", times["app"], times["bare"], "s",
-                  max_ratio=MAX_RATIO, extra_ok=same_pixels("app"),
-                  note="identical pixels" if same_pixels("app") else "PIXELS DIFFER"),
-        ratio_row(f"generate {what}: engine vs bare diffusers", times["engine"], times["bare"], "s",
-                  max_ratio=MAX_RATIO, extra_ok=same_pixels("engine"),
-                  note="identical pixels" if same_pixels("engine") else "PIXELS DIFFER"),
-    ]  # fmt: skip
+        ratio_row(
+            f"generate {what}: app (+PNG save) vs bare diffusers",
+            times["app"],
+            times["bare"],
+            "s",
+            max_ratio=MAX_RATIO,
+            extra_ok=same_pixels("app"),
+            note="identical pixels" if same_pixels("app") else "PIXELS DIFFER",
+        ),
+        ratio_row(
+            f"generate {what}: engine vs bare diffusers",
+            times["engine"],
+            times["bare"],
+            "s",
+            max_ratio=MAX_RATIO,
+            extra_ok=same_pixels("engine"),
+            note="identical pixels" if same_pixels("engine") else "PIXELS DIFFER",
+        ),
+    ]
     if thread_row:
         threads = interleaved_medians({"worker": on_worker_thread(bare), "main": bare}, repeat=3)
-        rows.append(ratio_row(f"bare diffusers {what}: worker thread vs main thread", threads["worker"],
-                              threads["main"], "s", max_ratio=MAX_RATIO))  # fmt: skip
+        rows.append(
+            ratio_row(
+                f"bare diffusers {what}: worker thread vs main thread",
+                threads["worker"],
+                threads["main"],
+                "s",
+                max_ratio=MAX_RATIO,
+            )
+        )
     return rows
 
 
@@ -125,8 +162,9 @@ def run(quick: bool) -> list[Row]:
         folders = {name: Path(tmp) / name for name in ("models", "loras", "outputs")}
         for folder in folders.values():
             folder.mkdir()
-        config = StudioConfig(models_dir=folders["models"], loras_dir=folders["loras"],
-                              outputs_dir=folders["outputs"], device="cpu")  # fmt: skip
+        config = StudioConfig(
+            models_dir=folders["models"], loras_dir=folders["loras"], outputs_dir=folders["outputs"], device="cpu"
+        )
         studio = Studio(config)
         for model, size, steps, repeat in _cases(quick):
             rows += _bench_one(studio, model, size, steps, repeat, thread_row=not quick and model == "demo-sd15")

@@ -42,12 +42,23 @@ def full_size_pipeline():
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
     # Latents are timed, not decoded: any VAE with the 1/8 scale factor will do.
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1)  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=byte_level_tokenizer(),
-        scheduler=_scheduler("epsilon"), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=byte_level_tokenizer(),
+        scheduler=_scheduler("epsilon"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -94,8 +105,11 @@ def run(quick: bool) -> list[Row]:
 
         # 1. Slider change vs reload.
         weights = iter([0.1 + (i % 17) / 20 for i in range(10_000)])
-        slider = median_seconds(lambda: apply_blend(model, [(n, next(weights)) for n in ADAPTERS], loras_dir=loras),
-                                repeat=10 if quick else 30, warmup=2)  # fmt: skip
+        slider = median_seconds(
+            lambda: apply_blend(model, [(n, next(weights)) for n in ADAPTERS], loras_dir=loras),
+            repeat=10 if quick else 30,
+            warmup=2,
+        )
 
         def reload():
             pipe.delete_adapters([a for names in pipe.get_list_adapters().values() for a in names])
@@ -105,9 +119,17 @@ def run(quick: bool) -> list[Row]:
 
         reload_time = median_seconds(reload, repeat=2 if quick else 3, warmup=0)
         pipe.delete_adapters(list(ADAPTERS))
-        rows.append(ratio_row("LoRA slider move, 3 adapters, full SD1.5 UNet: vs reloading them", slider * 1000,
-                              reload_time * 1000, "ms", max_ratio=0.05, extra_ok=slider < 0.05,
-                              note=f"{slider * 1000:.1f} ms, goal < 50 ms"))  # fmt: skip
+        rows.append(
+            ratio_row(
+                "LoRA slider move, 3 adapters, full SD1.5 UNet: vs reloading them",
+                slider * 1000,
+                reload_time * 1000,
+                "ms",
+                max_ratio=0.05,
+                extra_ok=slider < 0.05,
+                note=f"{slider * 1000:.1f} ms, goal < 50 ms",
+            )
+        )
 
         # 2. Per-image time: no LoRA / 3 adapters unfused / the same fused. Rounds rotate the order so drift and
         # cache effects hit all alike; CPU time of this one-thread process, so other load on the machine
@@ -120,7 +142,7 @@ def run(quick: bool) -> list[Row]:
         torch.set_num_threads(1)
         try:
             for round_ in range(repeat + 1):  # the first round warms up
-                for name in order[round_ % 3:] + order[: round_ % 3]:
+                for name in order[round_ % 3 :] + order[: round_ % 3]:
                     loras_now, fuse = states[name]
                     apply_blend(model, loras_now, loras_dir=loras, fuse=fuse)
                     # Steady state, as when generating several images with one blend: the first call after a

@@ -40,9 +40,13 @@ def bare_gradio_start(folder: Path, variant: str) -> float:
     log = folder / f"bare-{variant}.log"
     started = time.monotonic()
     with open(log, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port), variant], cwd=ROOT,
-                                   env=app_env({"GRADIO_TEMP_DIR": str(folder / "cache")}),
-                                   stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-c", BARE_APP, str(port), variant],
+            cwd=ROOT,
+            env=app_env({"GRADIO_TEMP_DIR": str(folder / "cache")}),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", process, timeout=120, log=log)
         return time.monotonic() - started
@@ -67,9 +71,14 @@ def run(quick: bool) -> list[Row]:
     name = "start to first HTTP 200: launch.py --demo vs"
     return [
         ratio_row(f"{name} bare Gradio app", median["studio"], median["bare"], "s", max_ratio=MAX_RATIO),
-        ratio_row(f"{name} Gradio app importing torch+diffusers", median["studio"], median["with-torch"], "s",
-                  max_ratio=MAX_RATIO_WITH_TORCH),
-    ]  # fmt: skip
+        ratio_row(
+            f"{name} Gradio app importing torch+diffusers",
+            median["studio"],
+            median["with-torch"],
+            "s",
+            max_ratio=MAX_RATIO_WITH_TORCH,
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ def _config(root: Path):
 
     for name in ("models", "loras", "outputs"):
         (root / name).mkdir(exist_ok=True)
-    return StudioConfig(models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs",
-                        device="cpu")  # fmt: skip
+    return StudioConfig(
+        models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs", device="cpu"
+    )
 
 
 def _switch_rows(config, model_a: str, model_b: str, *, repeat: int, cycles: int) -> list[Row]:
@@ -65,9 +66,14 @@ def _switch_rows(config, model_a: str, model_b: str, *, repeat: int, cycles: int
     label = Path(model_a).name
     # `cached` switched twice (to A and back to B); one switch is half of it.
     rows = [
-        ratio_row(f"switch back to {label}: RAM cache vs cold load", times["cached"] / 2, times["cold"], "s",
-                  max_ratio=MAX_CACHED_RATIO),
-    ]  # fmt: skip
+        ratio_row(
+            f"switch back to {label}: RAM cache vs cold load",
+            times["cached"] / 2,
+            times["cold"],
+            "s",
+            max_ratio=MAX_CACHED_RATIO,
+        ),
+    ]
 
     if rss_mb() is not None:
         for _ in range(3):
@@ -76,8 +82,15 @@ def _switch_rows(config, model_a: str, model_b: str, *, repeat: int, cycles: int
         for _ in range(cycles):
             cached()
         after = rss_mb()
-        rows.append(ratio_row(f"RSS after {cycles} more {label} <-> {Path(model_b).name} switches vs before",
-                              after, settled, "MB", max_ratio=MAX_RSS_GROWTH))  # fmt: skip
+        rows.append(
+            ratio_row(
+                f"RSS after {cycles} more {label} <-> {Path(model_b).name} switches vs before",
+                after,
+                settled,
+                "MB",
+                max_ratio=MAX_RSS_GROWTH,
+            )
+        )
     return rows
 
 

@@ -38,9 +38,10 @@ SETTINGS = dict(rank=16, alpha=16.0, learning_rate=1e-4, batch_size=1, seed=0, r
 
 
 def run(quick: bool) -> list[Row]:
+    from test_training_photos import make_photo_folder
+
     from studio.training.presets import GB, PRESETS, estimate_vram
     from studio.training.request import TrainingRequest
-    from test_training_photos import make_photo_folder
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
@@ -54,27 +55,59 @@ def run(quick: bool) -> list[Row]:
         results: dict[str, list[dict]] = {"ours": [], "baseline": []}
         for round_ in range(rounds):
             for variant in results:
-                job = dict(model=model, resolution=resolution, steps=steps, data=str(photos),
-                           root=str(tmp / f"{variant}-{round_}"))  # fmt: skip
+                job = dict(
+                    model=model,
+                    resolution=resolution,
+                    steps=steps,
+                    data=str(photos),
+                    root=str(tmp / f"{variant}-{round_}"),
+                )
                 results[variant].append(_child(variant, job))
-        ours, baseline = ({key: statistics.median(r[key] for r in runs) if key != "memory_kind" else runs[0][key]
-                           for key in runs[0]} for runs in results.values())  # fmt: skip
+        ours, baseline = (
+            {key: statistics.median(r[key] for r in runs) if key != "memory_kind" else runs[0][key] for key in runs[0]}
+            for runs in results.values()
+        )
         label = "demo-sd15 64px" if quick else "full-size SD1.5 (random) 256px"
-        rows.append(ratio_row(f"train steps/s, {label}: cached vs example-style", 1 / ours["step_seconds"],
-                              1 / baseline["step_seconds"], "steps/s", min_ratio=1.5))  # fmt: skip
-        rows.append(ratio_row(f"train peak {ours['memory_kind']}, {label}", ours["peak_gb"], baseline["peak_gb"], "GB",
-                              max_ratio=1.0, note="CPU: encoders stay in RAM, cache adds" if ours["memory_kind"] ==
-                              "RSS" else ""))  # fmt: skip
-        rows.append(Row(f"train wall time incl. load+cache, {label}", ours["wall_seconds"],
-                        baseline["wall_seconds"], "s", "info", True))  # fmt: skip
+        rows.append(
+            ratio_row(
+                f"train steps/s, {label}: cached vs example-style",
+                1 / ours["step_seconds"],
+                1 / baseline["step_seconds"],
+                "steps/s",
+                min_ratio=1.5,
+            )
+        )
+        rows.append(
+            ratio_row(
+                f"train peak {ours['memory_kind']}, {label}",
+                ours["peak_gb"],
+                baseline["peak_gb"],
+                "GB",
+                max_ratio=1.0,
+                note="CPU: encoders stay in RAM, cache adds" if ours["memory_kind"] == "RSS" else "",
+            )
+        )
+        rows.append(
+            Row(
+                f"train wall time incl. load+cache, {label}",
+                ours["wall_seconds"],
+                baseline["wall_seconds"],
+                "s",
+                "info",
+                True,
+            )
+        )
 
     rows += [_flop_share_row(kind, size) for kind, size in (("sd15", 512), ("sdxl", 1024))]
     print("VRAM budget of the presets (full-size models, from parameter counts):", file=sys.stderr)
     for preset in PRESETS.values():
         request = TrainingRequest(data=ROOT, model="x", name="x", **preset.settings)
         estimate = estimate_vram(request, preset.kind)
-        print(f"  {preset.name:<10} {estimate.summary()} -> budget {preset.vram_gb} GB "
-              f"({'fits' if estimate.total <= preset.vram_gb * GB else 'OVER'})", file=sys.stderr)  # fmt: skip
+        print(
+            f"  {preset.name:<10} {estimate.summary()} -> budget {preset.vram_gb} GB "
+            f"({'fits' if estimate.total <= preset.vram_gb * GB else 'OVER'})",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -99,8 +132,11 @@ def _flop_share_row(kind_name: str, size: int) -> Row:
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(folder / name))
-                    for name in ("text_encoder", "text_encoder_2") if name in PARAMS[kind]]  # fmt: skip
+        encoders = [
+            CLIPTextModel(CLIPTextConfig.from_pretrained(folder / name))
+            for name in ("text_encoder", "text_encoder_2")
+            if name in PARAMS[kind]
+        ]
         unet.requires_grad_(False)
         unet.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=UNET_TARGETS))
         side = size // 8
@@ -123,8 +159,14 @@ def _flop_share_row(kind_name: str, size: int) -> Row:
             # The projection variant (text_encoder_2) costs about as much as a plain CLIP text model of its size.
             text = sum(flops(lambda e=e: e(torch.zeros(1, 77, dtype=torch.long))) for e in encoders)
     label = f"{kind.label} {size}px"
-    return Row(f"FLOPs per step, {label}: example-style vs cached (the caching gain if time followed FLOPs)",
-               (cached + encode + text) / 1e12, cached / 1e12, "TFLOP", "info", True)  # fmt: skip
+    return Row(
+        f"FLOPs per step, {label}: example-style vs cached (the caching gain if time followed FLOPs)",
+        (cached + encode + text) / 1e12,
+        cached / 1e12,
+        "TFLOP",
+        "info",
+        True,
+    )
 
 
 def _full_size_sd15(folder: Path) -> Path:
@@ -132,7 +174,7 @@ def _full_size_sd15(folder: Path) -> Path:
     import torch
 
     from studio.models.kinds import ModelKind
-    from studio.models.random_full_size import build_random_pipeline
+    from tests.builders import build_random_pipeline
 
     started = time.perf_counter()
     build_random_pipeline(ModelKind.SD15, torch.float16).save_pretrained(folder, safe_serialization=True)
@@ -142,8 +184,12 @@ def _full_size_sd15(folder: Path) -> Path:
 
 def _child(variant: str, job: dict) -> dict:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, __file__, "--child", variant, json.dumps(job)], capture_output=True,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", variant, json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{result.stderr[-3000:]}")
     values = json.loads(result.stdout.strip().splitlines()[-1])
@@ -167,9 +213,17 @@ def child_ours(job: dict) -> dict:
 
     root = Path(job["root"])
     config = StudioConfig(models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs")
-    request = TrainingRequest(data=Path(job["data"]), model=job["model"], name="bench", caption="mountains",
-                              steps=job["steps"], resolution=job["resolution"], validation_steps=2,
-                              checkpoint_every=0, **SETTINGS)  # fmt: skip
+    request = TrainingRequest(
+        data=Path(job["data"]),
+        model=job["model"],
+        name="bench",
+        caption="mountains",
+        steps=job["steps"],
+        resolution=job["resolution"],
+        validation_steps=2,
+        checkpoint_every=0,
+        **SETTINGS,
+    )
     paces = []
     folder = train(request, config, on_event=lambda e: paces.append(e.sec_per_step) if e.kind == "step" else None)
     # The events carry the running mean; recover each step's own time from it.
@@ -179,8 +233,12 @@ def child_ours(job: dict) -> dict:
     weights = read_lora(folder)
     assert weights.rank() == SETTINGS["rank"] and weights.alphas["unet"] == SETTINGS["alpha"]
     peak, kind = _peak()
-    return {"step_seconds": statistics.median(times[1:]), "peak_gb": peak, "memory_kind": kind,
-            "lora_modules": len(weights.modules("unet"))}  # fmt: skip
+    return {
+        "step_seconds": statistics.median(times[1:]),
+        "peak_gb": peak,
+        "memory_kind": kind,
+        "lora_modules": len(weights.modules("unet")),
+    }
 
 
 def child_baseline(job: dict) -> dict:
@@ -209,8 +267,14 @@ def child_baseline(job: dict) -> dict:
         module.requires_grad_(False)
         module.to(device)  # the example keeps every model on the device
     torch.manual_seed(SETTINGS["seed"])
-    unet.add_adapter(LoraConfig(r=SETTINGS["rank"], lora_alpha=SETTINGS["alpha"], init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))  # fmt: skip
+    unet.add_adapter(
+        LoraConfig(
+            r=SETTINGS["rank"],
+            lora_alpha=SETTINGS["alpha"],
+            init_lora_weights="gaussian",
+            target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+        )
+    )
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=SETTINGS["learning_rate"], betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -219,8 +283,9 @@ def child_baseline(job: dict) -> dict:
     def transform(path: Path) -> torch.Tensor:  # Resize(shorter side) + CenterCrop + RandomHorizontalFlip + Normalize
         image = Image.open(path).convert("RGB")
         scale = size / min(image.size)
-        image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                             Image.Resampling.BILINEAR)  # fmt: skip
+        image = image.resize(
+            (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BILINEAR
+        )
         left, top = (image.width - size) // 2, (image.height - size) // 2
         image = image.crop((left, top, left + size, top + size))
         if rng.random() < 0.5:
@@ -233,8 +298,13 @@ def child_baseline(job: dict) -> dict:
         started = time.perf_counter()
         batch = [samples[rng.randrange(len(samples))] for _ in range(SETTINGS["batch_size"])]
         pixels = torch.stack([transform(s.path) for s in batch]).to(device)
-        ids = tokenizer([s.caption for s in batch], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
+        ids = tokenizer(
+            [s.caption for s in batch],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
         latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),), device=device)

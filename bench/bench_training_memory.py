@@ -42,17 +42,28 @@ def run(quick: bool) -> list[Row]:
             measured = _child(kind.value, checkpointing)
             constant = ACTIVATION_BYTES_PER_PIXEL[kind][1 if checkpointing else 0]  # fp16; bf16 has the same size
             label = f"{kind.label} {RESOLUTION}px, {'with' if checkpointing else 'no'} gradient checkpointing"
-            rows.append(ratio_row(f"training activations per pixel, {label}: measured (CPU bf16) vs estimate",
-                                  measured["peak_bytes"] / RESOLUTION**2, constant, "B/px", max_ratio=1.0,
-                                  note=f"saved for backward {measured['saved_bytes'] / 2**20:.0f} MiB, "
-                                       f"peak {measured['peak_bytes'] / 2**20:.0f} MiB (CPU, bf16)"))  # fmt: skip
+            rows.append(
+                ratio_row(
+                    f"training activations per pixel, {label}: measured (CPU bf16) vs estimate",
+                    measured["peak_bytes"] / RESOLUTION**2,
+                    constant,
+                    "B/px",
+                    max_ratio=1.0,
+                    note=f"saved for backward {measured['saved_bytes'] / 2**20:.0f} MiB, "
+                    f"peak {measured['peak_bytes'] / 2**20:.0f} MiB (CPU, bf16)",
+                )
+            )
     return rows
 
 
 def _child(kind: str, checkpointing: bool) -> dict:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, __file__, "--child", kind, str(int(checkpointing))], capture_output=True,
-                            text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(int(checkpointing))],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{result.stderr[-3000:]}")
     values = json.loads(result.stdout.strip().splitlines()[-1])
@@ -61,8 +72,21 @@ def _child(kind: str, checkpointing: bool) -> dict:
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def measure(kind_name: str, checkpointing: bool) -> dict:
@@ -110,9 +134,10 @@ def measure(kind_name: str, checkpointing: bool) -> dict:
     text = torch.randn(1, 77, unet.config.cross_attention_dim, dtype=dtype)
     extra = {}
     if kind is ModelKind.SDXL:
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 1280, dtype=dtype),
-                                      "time_ids": torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]],
-                                                               dtype=dtype)}  # fmt: skip
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, 1280, dtype=dtype),
+            "time_ids": torch.tensor([[RESOLUTION, RESOLUTION, 0, 0, RESOLUTION, RESOLUTION]], dtype=dtype),
+        }
     timesteps = torch.tensor([500])
 
     def step():

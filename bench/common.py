@@ -45,8 +45,17 @@ class Row:
         return self.ours / self.baseline if self.baseline else float("inf")
 
 
-def ratio_row(name: str, ours: float, baseline: float, unit: str, *, max_ratio: float | None = None,
-              min_ratio: float | None = None, extra_ok: bool = True, note: str = "") -> Row:  # fmt: skip
+def ratio_row(
+    name: str,
+    ours: float,
+    baseline: float,
+    unit: str,
+    *,
+    max_ratio: float | None = None,
+    min_ratio: float | None = None,
+    extra_ok: bool = True,
+    note: str = "",
+) -> Row:
     """A row whose verdict is `ours / baseline` within [min_ratio, max_ratio] (and `extra_ok`)."""
     ratio = ours / baseline if baseline else float("inf")
     parts, passed = [], extra_ok
@@ -88,10 +97,16 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], *, repeat: int, wa
 def format_table(rows: list[Row]) -> str:
     header = ("benchmark", "ours", "baseline", "ratio", "goal", "result")
     lines = [
-        (r.name, f"{r.ours:.4g} {r.unit}", f"{r.baseline:.4g} {r.unit}", f"{r.ratio:.3f}", r.goal,
-         ("pass" if r.passed else "FAIL") + (f" ({r.note})" if r.note else ""))
+        (
+            r.name,
+            f"{r.ours:.4g} {r.unit}",
+            f"{r.baseline:.4g} {r.unit}",
+            f"{r.ratio:.3f}",
+            r.goal,
+            ("pass" if r.passed else "FAIL") + (f" ({r.note})" if r.note else ""),
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     out = [" | ".join(cell.ljust(w) for cell, w in zip(header, widths))]
     out.append("-+-".join("-" * w for w in widths))

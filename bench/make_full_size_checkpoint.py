@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch  # noqa: E402
 
 from studio.models.kinds import ModelKind, kind_of_checkpoint  # noqa: E402
-from studio.models.random_full_size import build_random_pipeline  # noqa: E402
+from tests.builders import build_random_pipeline  # noqa: E402
 
 
 @contextmanager

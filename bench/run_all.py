@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name} took {time.perf_counter() - module_started:.0f}s", file=sys.stderr, flush=True)
 
     print(f"Machine: {machine_description()}")
-    print(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
-          f"{'quick' if args.quick else 'full'} run, {time.perf_counter() - started:.0f}s")  # fmt: skip
+    print(
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+        f"{'quick' if args.quick else 'full'} run, {time.perf_counter() - started:.0f}s"
+    )
     print()
     print(format_table(rows))
     passed = sum(row.passed for row in rows)

@@ -10,9 +10,10 @@ import dataclasses
 from pathlib import Path
 from typing import Iterator
 
-from studio import metadata, outputs
 from studio.config import StudioConfig
-from studio.generation import GenerationRequest, GenerationResult, StepInfo, generate
+from studio.generation import infotext, outputs
+from studio.generation.request import GenerationRequest, GenerationResult, StepInfo
+from studio.generation.run import generate
 from studio.jobs import Job
 from studio.models.manager import ModelManager
 from studio.models.sources import ModelSource, list_models
@@ -93,16 +94,18 @@ class Studio:
 
         request.validate()  # fail fast, before a thread or a model is involved
         kwargs = dict(outputs_dir=self.config.outputs_dir)
-        return self._stream("evaluate", lambda job: evaluate(self.manager, request, **kwargs, on_progress=job.emit,
-                                                             cancel=job.cancel))  # fmt: skip
+        return self._stream(
+            "evaluate", lambda job: evaluate(self.manager, request, **kwargs, on_progress=job.emit, cancel=job.cancel)
+        )
 
     def export_dataset_stream(self, request) -> Iterator:
         """Draw a synthetic imagefolder data set in a background thread: `Progress`, then the ExportResult."""
         from studio.evaluation.synthetic import export_dataset
 
         request.validate()
-        return self._stream("export", lambda job: export_dataset(self.manager, request, on_progress=job.emit,
-                                                                 cancel=job.cancel))  # fmt: skip
+        return self._stream(
+            "export", lambda job: export_dataset(self.manager, request, on_progress=job.emit, cancel=job.cancel)
+        )
 
     def _stream(self, name: str, work) -> Iterator:
         job = Job(work, name=name)
@@ -113,17 +116,19 @@ class Studio:
 
     def shareable_adapters(self) -> list[str]:
         """Adapter folders in loras/ that Studio wrote (with adapter.json), for the Share tab's picker."""
-        from studio.hub import shareable_adapters
+        from studio.hub.adapters import shareable_adapters
 
         return shareable_adapters(self.config.loras_dir)
 
     def push_stream(self, request) -> Iterator:
         """Push an adapter to the Hub in a background thread: `LoadProgress` events, then the repo URL (str)."""
-        from studio.hub import push_adapter
+        from studio.hub.adapters import push_adapter
 
         request.validate()
-        job = Job(lambda job: push_adapter(request, on_progress=lambda f, m: job.emit(LoadProgress(f, m)),
-                                           cancel=job.cancel), name="push")  # fmt: skip
+        job = Job(
+            lambda job: push_adapter(request, on_progress=lambda f, m: job.emit(LoadProgress(f, m)), cancel=job.cancel),
+            name="push",
+        )
         self._push_job = job  # not `_current_job`: Generate's Stop must not cancel an upload
         job.start()
         yield from job.events()
@@ -131,7 +136,7 @@ class Studio:
 
     def model_card_preview(self, request) -> str:
         """The README.md model card a push of `request` would upload; nothing is sent."""
-        from studio.hub import model_card_text
+        from studio.hub.adapters import model_card_text
 
         return model_card_text(request)
 
@@ -141,7 +146,7 @@ class Studio:
         if job is not None:
             job.cancel.set()
 
-    # --- LoRA library, blending, comparison grids (studio.lora, studio.compare) ---
+    # --- LoRA library, blending, comparison grids (studio.lora, studio.lora.compare) ---
 
     def loras(self) -> list:
         """Every adapter in loras/ with its kind, format, rank, hash and problem (read from headers only)."""
@@ -169,49 +174,65 @@ class Studio:
 
     def compare_stream(self, request) -> Iterator:
         """Render a `CompareRequest` grid in a background thread: `LoadProgress` events, then the CompareResult."""
-        from studio.compare import compare
+        from studio.lora.compare import compare
 
         request.validate()
-        return self._stream("compare", lambda job: compare(
-            self.manager, request, outputs_dir=self.config.outputs_dir, cancel=job.cancel,
-            on_progress=lambda fraction, message: job.emit(LoadProgress(fraction, message))))  # fmt: skip
+        return self._stream(
+            "compare",
+            lambda job: compare(
+                self.manager,
+                request,
+                outputs_dir=self.config.outputs_dir,
+                cancel=job.cancel,
+                on_progress=lambda fraction, message: job.emit(LoadProgress(fraction, message)),
+            ),
+        )
 
     def import_lora_stream(self, repo_id: str, token: str | None = None) -> Iterator:
         """Download a LoRA repo from the Hub into loras/: `LoadProgress` events, then the folder (Path)."""
-        from studio.hub import download_adapter
+        from studio.hub.adapters import download_adapter
 
-        return self._stream("import", lambda job: download_adapter(
-            repo_id=repo_id, loras_dir=self.config.loras_dir, token=token,
-            on_progress=lambda fraction, message: job.emit(LoadProgress(fraction, message))))  # fmt: skip
+        return self._stream(
+            "import",
+            lambda job: download_adapter(
+                repo_id=repo_id,
+                loras_dir=self.config.loras_dir,
+                token=token,
+                on_progress=lambda fraction, message: job.emit(LoadProgress(fraction, message)),
+            ),
+        )
 
     @staticmethod
     def read_png_info(path) -> dict:
         """The generation parameters stored in a PNG, parsed like A1111's PNG Info tab ({} if none)."""
-        text = metadata.read_infotext(path)
-        return {} if text is None else {"infotext": text, **metadata.parse_infotext(text)}
+        text = infotext.read_infotext(path)
+        return {} if text is None else {"infotext": text, **infotext.parse_infotext(text)}
 
 
 def scheduler_names() -> tuple[str, ...]:
-    from studio.schedulers import SCHEDULER_NAMES
+    from studio.generation.schedulers import SCHEDULER_NAMES
 
     return SCHEDULER_NAMES
 
 
 def size_presets() -> list[str]:
-    """"WxH (SD1.5)" / "WxH (SDXL)" labels for the size picker."""
-    from studio.generation import SIZE_PRESETS
+    """ "WxH (SD1.5)" / "WxH (SDXL)" labels for the size picker."""
+    from studio.generation.request import SIZE_PRESETS
 
     return [f"{w}x{h} ({kind.label})" for kind, sizes in SIZE_PRESETS.items() for w, h in sizes]
 
 
 def form_from_png_info(info: dict) -> dict:
     """Generation-form values from parsed infotext, for "Send to Generate"; unknown fields are left out."""
-    from studio.schedulers import from_a1111
+    from studio.generation.schedulers import from_a1111
 
     form = {"prompt": info.get("Prompt", ""), "negative_prompt": info.get("Negative prompt", "")}
     numbers = {
-        "steps": ("Steps", int), "cfg": ("CFG scale", float), "seed": ("Seed", int), "clip_skip": ("Clip skip", int)
-    }  # fmt: skip
+        "steps": ("Steps", int),
+        "cfg": ("CFG scale", float),
+        "seed": ("Seed", int),
+        "clip_skip": ("Clip skip", int),
+    }
     for field, (key, cast) in numbers.items():
         try:
             form[field] = cast(info[key])

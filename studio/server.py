@@ -12,12 +12,14 @@ from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description="Start the Studio web app.")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="public gradio.live link (requires --auth)")
-    parser.add_argument("--auth", default=None, metavar="USER:PASS",
-                        help="login; or set STUDIO_AUTH to keep it out of `ps`")
+    parser.add_argument(
+        "--auth", default=None, metavar="USER:PASS", help="login; or set STUDIO_AUTH to keep it out of `ps`"
+    )
     parser.add_argument("--insecure", action="store_true", help="allow --share or a non-loopback --host without --auth")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--loras-dir", type=Path, default=ROOT / "loras")
@@ -28,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="auto")
     parser.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")
     parser.add_argument("--vae-tiling", action="store_true")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="allow .ckpt/.bin pickle checkpoints (can run code)")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (can run code)"
+    )
     return parser
 
 

@@ -89,10 +89,19 @@ def running_app(
         path.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
-        sys.executable, str(ROOT / "launch.py"), "--demo", "--port", str(port),
-        "--models-dir", str(dirs["models"]), "--loras-dir", str(dirs["loras"]), "--outputs-dir", str(dirs["outputs"]),
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "--demo",
+        "--port",
+        str(port),
+        "--models-dir",
+        str(dirs["models"]),
+        "--loras-dir",
+        str(dirs["loras"]),
+        "--outputs-dir",
+        str(dirs["outputs"]),
         *args,
-    ]  # fmt: skip
+    ]
     log = folder / "app.log"
     started = time.monotonic()
     # Gradio's file cache in our folder: apps of parallel test runs must not share /tmp/gradio.
@@ -124,5 +133,9 @@ def run_launch(
     """Run `launch.py` with flags that make it exit on its own (refusals, --help); capture its output."""
     return subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), *args],
-        cwd=ROOT, env=app_env(env), capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=app_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

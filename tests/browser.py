@@ -17,8 +17,14 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 TIMEOUT_MS = 60_000  # a loaded CI machine is slow: the first click may load a model
 VIEWPORT = {"width": 1400, "height": 1000}
@@ -37,7 +43,7 @@ def _required() -> bool:
 
 
 def available() -> bool:
-    """For a test with a browser part among other checks: False when there is no browser (fails when one is required)."""
+    """For a test with a browser part among other checks: False without a browser (fails when one is required)."""
     reason = _missing()
     if reason and _required():
         pytest.fail(reason, pytrace=False)
@@ -45,7 +51,7 @@ def available() -> bool:
 
 
 def require_browser():
-    """playwright.sync_api, or skip the calling module (fail under STUDIO_REQUIRE_BROWSER=1) when there is no browser."""
+    """playwright.sync_api, or skip the calling module without a browser (fail under STUDIO_REQUIRE_BROWSER=1)."""
     reason = _missing()
     if reason:
         if _required():
@@ -63,9 +69,12 @@ def chromium_context(profile_dir: Path, *, viewport: dict | None = None) -> Iter
     playwright_api = require_browser()
     with playwright_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(profile_dir), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            str(profile_dir),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
             viewport=viewport or VIEWPORT,
-        )  # fmt: skip
+        )
         context.set_default_timeout(TIMEOUT_MS)
         try:
             yield context

@@ -67,8 +67,14 @@ class Request:
 class HubServer:
     """`with HubServer({"tok-alice": "alice"}) as hub:` then `HfApi(endpoint=hub.url, token="tok-alice")`."""
 
-    def __init__(self, tokens: dict[str, str], *, orgs: dict[str, list[str]] | None = None,
-                 read_only_tokens: tuple[str, ...] = (), without: tuple[str, ...] = ()):  # fmt: skip
+    def __init__(
+        self,
+        tokens: dict[str, str],
+        *,
+        orgs: dict[str, list[str]] | None = None,
+        read_only_tokens: tuple[str, ...] = (),
+        without: tuple[str, ...] = (),
+    ):
         self.tokens = dict(tokens)
         self.orgs = orgs or {}
         self.read_only_tokens = set(read_only_tokens)
@@ -226,11 +232,17 @@ def whoami(handler, hub, headers, body, query):
     user = _require_user(hub, headers)
     token = headers["authorization"][len("Bearer ") :]
     role = "read" if token in hub.read_only_tokens else "write"
-    return 200, {
-        "type": "user", "name": user, "fullname": user.title(),
-        "orgs": [{"type": "org", "name": org} for org in hub.orgs.get(user, [])],
-        "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": role}},
-    }, None  # fmt: skip
+    return (
+        200,
+        {
+            "type": "user",
+            "name": user,
+            "fullname": user.title(),
+            "orgs": [{"type": "org", "name": org} for org in hub.orgs.get(user, [])],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": role}},
+        },
+        None,
+    )
 
 
 def create_repo(handler, hub, headers, body, query):
@@ -257,8 +269,19 @@ def validate_yaml(handler, hub, headers, body, query):
 def repo_info(handler, hub, headers, body, query, repo, rev="main"):
     info = _readable_repo(hub, headers, repo)
     siblings = [{"rfilename": path} for path in sorted(info.files)]
-    return 200, {"id": repo, "modelId": repo, "sha": info.sha, "private": info.private, "siblings": siblings,
-                 "tags": [], "author": info.owner}, None  # fmt: skip
+    return (
+        200,
+        {
+            "id": repo,
+            "modelId": repo,
+            "sha": info.sha,
+            "private": info.private,
+            "siblings": siblings,
+            "tags": [],
+            "author": info.owner,
+        },
+        None,
+    )
 
 
 def repo_tree(handler, hub, headers, body, query, repo, rev, path=""):
@@ -326,10 +349,19 @@ def commit(handler, hub, headers, body, query, repo, rev):
     for path, data in changed.items():
         info.files[path] = data
         (info.lfs.add if path in lfs_paths else info.lfs.discard)(path)
-    info.commits.append({"summary": header["summary"], "description": header.get("description", ""),
-                         "files": sorted(changed)})  # fmt: skip
-    return 200, {"commitUrl": f"{_base(handler)}/{repo}/commit/{info.sha}", "commitOid": info.sha,
-                 "success": True, "pullRequestUrl": None}, None  # fmt: skip
+    info.commits.append(
+        {"summary": header["summary"], "description": header.get("description", ""), "files": sorted(changed)}
+    )
+    return (
+        200,
+        {
+            "commitUrl": f"{_base(handler)}/{repo}/commit/{info.sha}",
+            "commitOid": info.sha,
+            "success": True,
+            "pullRequestUrl": None,
+        },
+        None,
+    )
 
 
 def resolve(handler, hub, headers, body, query, repo, rev, path):

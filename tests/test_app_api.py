@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from studio.compare import read_grid_cells
+from studio.lora.compare import read_grid_cells
 from tests.test_lora_blend import add_lora
 
 TESTS = Path(__file__).resolve().parent
@@ -54,9 +54,19 @@ def test_share_tab_lists_the_adapters_studio_wrote(client, studio_running_app):
 
 def test_ab_compare_is_base_next_to_the_blend_with_one_seed(client, studio_running_app):
     status, grid = client.predict(
-        "demo-sd15", "ridges", 9, 2, "0, 1", "each LoRA", True, "api-alps", *NO_SLOTS, 0.8, *ONE,
+        "demo-sd15",
+        "ridges",
+        9,
+        2,
+        "0, 1",
+        "each LoRA",
+        True,
+        "api-alps",
+        *NO_SLOTS,
+        0.8,
+        *ONE,
         api_name="/compare_ab",
-    )  # fmt: skip
+    )
     assert status.startswith("Done: seed 9"), status
     cells = read_grid_cells(Path(grid))
     assert len(cells) == 2  # base | blend

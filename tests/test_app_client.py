@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from studio.metadata import parse_infotext, read_infotext
+from studio.generation.infotext import parse_infotext, read_infotext
 from studio.models.kinds import ModelKind
 from tests.helpers import pixels
 
@@ -142,10 +142,16 @@ def test_history_lists_saved_images_newest_first(client, studio_running_app):
 def test_two_concurrent_generations_queue_and_both_get_their_seed(client):
     alone = {seed: pixels(Image.open(generate(client, seed=seed, steps=4)[1])) for seed in (21, 22)}
     jobs = {
-        seed: client.submit(model="demo-sd15", prompt="snowy mountains", negative_prompt="", seed=seed,
-                            api_name="/generate", **{**SMALL, "steps": 4})
+        seed: client.submit(
+            model="demo-sd15",
+            prompt="snowy mountains",
+            negative_prompt="",
+            seed=seed,
+            api_name="/generate",
+            **{**SMALL, "steps": 4},
+        )
         for seed in (21, 22)
-    }  # fmt: skip
+    }
     for seed, job in jobs.items():
         status, _preview, gallery, infotext, used = job.result(timeout=120)
         assert status.startswith("Done.") and used == seed and f"Seed: {seed}," in infotext
@@ -154,8 +160,14 @@ def test_two_concurrent_generations_queue_and_both_get_their_seed(client):
 
 
 def test_stop_ends_a_long_generation_within_moments(client):
-    job = client.submit(model="demo-sd15", prompt="a long one", negative_prompt="", seed=1,
-                        api_name="/generate", **{**SMALL, "steps": 150, "width": 256, "height": 256})  # fmt: skip
+    job = client.submit(
+        model="demo-sd15",
+        prompt="a long one",
+        negative_prompt="",
+        seed=1,
+        api_name="/generate",
+        **{**SMALL, "steps": 150, "width": 256, "height": 256},
+    )
     deadline = time.monotonic() + 60
     while not any("step" in str(out[0]) for out in job.outputs()):
         assert time.monotonic() < deadline, "no progress was reported"
@@ -175,8 +187,14 @@ def test_stop_when_nothing_runs_is_harmless(client):
 
 
 def test_cancelling_an_api_call_stops_its_generation(client, studio_running_app):
-    job = client.submit(model="demo-sd15", prompt="cancelled", negative_prompt="", seed=4242,
-                        api_name="/generate", **{**SMALL, "steps": 150, "width": 256, "height": 256})  # fmt: skip
+    job = client.submit(
+        model="demo-sd15",
+        prompt="cancelled",
+        negative_prompt="",
+        seed=4242,
+        api_name="/generate",
+        **{**SMALL, "steps": 150, "width": 256, "height": 256},
+    )
     deadline = time.monotonic() + 60
     while not any("step" in str(out[0]) for out in job.outputs()):
         assert time.monotonic() < deadline, "no progress was reported"

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from studio.metadata import parse_infotext, read_infotext
+from studio.generation.infotext import parse_infotext, read_infotext
 from tests.browser import SCREENSHOTS, browser_context, require_browser  # noqa: F401  (browser_context: fixture)
 
 expect = require_browser().expect

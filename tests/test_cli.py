@@ -8,31 +8,59 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from studio import metadata
+from studio.generation import infotext
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args, cwd=ROOT):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def folders(tmp_path):
-    return ["--models-dir", tmp_path / "models", "--loras-dir", tmp_path / "loras", "--outputs-dir", tmp_path / "outputs"]
+    return [
+        "--models-dir",
+        tmp_path / "models",
+        "--loras-dir",
+        tmp_path / "loras",
+        "--outputs-dir",
+        tmp_path / "outputs",
+    ]
 
 
 def test_generate_writes_pngs_with_infotext_and_prints_their_paths(tmp_path, tiny_sd15_dir):
     out = tmp_path / "out"
     result = run_cli(
-        "generate", "--model", tiny_sd15_dir, "--prompt", "satellite image of mountains", "--negative", "clouds",
-        "--steps", 2, "--seed", 42, "--width", 64, "--height", 64, "--batch", 2, "--scheduler", "Euler a",
-        "--out", out, *folders(tmp_path),
-    )  # fmt: skip
+        "generate",
+        "--model",
+        tiny_sd15_dir,
+        "--prompt",
+        "satellite image of mountains",
+        "--negative",
+        "clouds",
+        "--steps",
+        2,
+        "--seed",
+        42,
+        "--width",
+        64,
+        "--height",
+        64,
+        "--batch",
+        2,
+        "--scheduler",
+        "Euler a",
+        "--out",
+        out,
+        *folders(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     paths = [Path(line) for line in result.stdout.splitlines()]
     assert [p.name for p in paths] == ["00001-42.png", "00002-43.png"]
-    info = metadata.parse_infotext(metadata.read_infotext(paths[1]))
+    info = infotext.parse_infotext(infotext.read_infotext(paths[1]))
     assert info["Prompt"] == "satellite image of mountains"
     assert info["Negative prompt"] == "clouds"
     assert (info["Seed"], info["Sampler"], info["Size"], info["Model"]) == ("43", "Euler a", "64x64", "tiny-sd15")
@@ -40,7 +68,20 @@ def test_generate_writes_pngs_with_infotext_and_prints_their_paths(tmp_path, tin
 
 
 def test_generate_on_demo_sdxl_defaults_to_the_outputs_folder(tmp_path):
-    result = run_cli("generate", "--model", "demo-sdxl", "--prompt", "x", "--steps", 1, "--width", 64, "--height", 64, *folders(tmp_path))
+    result = run_cli(
+        "generate",
+        "--model",
+        "demo-sdxl",
+        "--prompt",
+        "x",
+        "--steps",
+        1,
+        "--width",
+        64,
+        "--height",
+        64,
+        *folders(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     (path,) = result.stdout.splitlines()
     assert Path(path).is_relative_to(tmp_path / "outputs" / "txt2img")

@@ -28,8 +28,14 @@ def noise_rgb(width, height):
     """Gradient plus noise: compresses like a photo, so JPEG/WebP truncation lands in real data."""
     x = np.linspace(0, 255, width)[None, :, None]
     y = np.linspace(0, 255, height)[:, None, None]
-    base = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
-                           np.full((height, width, 1), 128.0)], axis=2)  # fmt: skip
+    base = np.concatenate(
+        [
+            np.broadcast_to(x, (height, width, 1)),
+            np.broadcast_to(y, (height, width, 1)),
+            np.full((height, width, 1), 128.0),
+        ],
+        axis=2,
+    )
     noisy = base + RNG.normal(0, 20, base.shape)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 

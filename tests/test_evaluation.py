@@ -15,14 +15,16 @@ from PIL import Image
 from studio.config import StudioConfig
 from studio.errors import DatasetError, InvalidRequestError, ModelNotFoundError, UnsafePathError
 from studio.evaluation import metrics
-from studio.evaluation.features import load_feature_model, save_tiny_feature_model
+from studio.evaluation.features import load_feature_model
 from studio.evaluation.requests import Candidate, EvaluationRequest, ExportRequest, SamplingSettings, parse_candidate
 from studio.evaluation.runner import evaluate
 from studio.evaluation.synthetic import export_dataset, export_folder
-from studio.generation import GenerationRequest, generate
-from studio.metadata import parse_infotext, read_infotext
+from studio.generation.infotext import parse_infotext, read_infotext
+from studio.generation.outputs import save_png
+from studio.generation.request import GenerationRequest
+from studio.generation.run import generate
 from studio.models.manager import ModelManager
-from studio.outputs import save_png
+from tests.builders import save_tiny_feature_model
 from tests.helpers import pixels
 
 SMALL = SamplingSettings(steps=2, width=64, height=64, scheduler="Euler")
@@ -50,8 +52,9 @@ def manager(config):
 @pytest.fixture(scope="module")
 def sd15_data(manager, tmp_path_factory):
     """A data folder of 6 demo-sd15 images, seeds 100-105, as a LoRA's training folder would hold."""
-    request = GenerationRequest(model="demo-sd15", prompt="mountains", steps=2, width=64, height=64,
-                                scheduler="Euler", seed=100, batch_count=6)  # fmt: skip
+    request = GenerationRequest(
+        model="demo-sd15", prompt="mountains", steps=2, width=64, height=64, scheduler="Euler", seed=100, batch_count=6
+    )
     result = generate(manager, request)
     folder = tmp_path_factory.mktemp("sd15-data")
     for image, text, seed in zip(result.images, result.infotexts, result.seeds):
@@ -79,8 +82,9 @@ def blue_stripes(rng, count):
 def test_known_answers_through_the_real_feature_model(clip_dir):
     features = load_feature_model(str(clip_dir), **CPU)
     rng = np.random.default_rng(0)
-    data, fresh, other = (features.embed(images) for images in (warm_noise(rng, 12), warm_noise(rng, 12),
-                                                                 blue_stripes(rng, 12)))  # fmt: skip
+    data, fresh, other = (
+        features.embed(images) for images in (warm_noise(rng, 12), warm_noise(rng, 12), blue_stripes(rng, 12))
+    )
     assert data.shape == (12, 16) and np.allclose(np.linalg.norm(data, axis=1), 1.0)
     for key in ("cmmd", "kid"):
         metric = metrics.METRICS[key]
@@ -96,10 +100,19 @@ def test_a_whole_clip_checkpoint_loads_as_the_feature_model(tmp_path):
     # Hub repos such as openai/clip-vit-large-patch14-336 hold a full CLIPModel (text and vision towers).
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    vision = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32,
-                  patch_size=8)  # fmt: skip
-    text = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=99,
-                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8
+    )
+    text = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=99,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=12))
     model.save_pretrained(tmp_path / "clip")
     processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -175,8 +188,13 @@ def test_stop_keeps_finished_candidates_and_scores_a_partial_one(manager, config
 
     request = EvaluationRequest(
         candidates=(Candidate("demo-sd15"),) * 3,
-        data=sd15_data, prompt="mountains", count=3, seed=0, sampling=SMALL, feature_model=str(clip_dir),
-    )  # fmt: skip
+        data=sd15_data,
+        prompt="mountains",
+        count=3,
+        seed=0,
+        sampling=SMALL,
+        feature_model=str(clip_dir),
+    )
     result = evaluate(manager, request, outputs_dir=config.outputs_dir, on_progress=on_progress, cancel=cancel)
     assert result.interrupted and len(result.candidates) == 2
     first, second = sorted(result.candidates, key=lambda r: r.grid.parent.name)
@@ -193,8 +211,14 @@ def test_stop_while_reading_the_data_ends_before_generating(manager, config, cli
 
     cancel = threading.Event()
     cancel.set()
-    request = EvaluationRequest(candidates=(Candidate("demo-sd15"),), data=sd15_data, prompt="m", count=2,
-                                sampling=SMALL, feature_model=str(clip_dir))  # fmt: skip
+    request = EvaluationRequest(
+        candidates=(Candidate("demo-sd15"),),
+        data=sd15_data,
+        prompt="m",
+        count=2,
+        sampling=SMALL,
+        feature_model=str(clip_dir),
+    )
     runs_before = list(config.outputs_dir.glob("evaluations/*"))
     with pytest.raises(CancelledError, match="before anything was generated"):
         evaluate(manager, request, outputs_dir=config.outputs_dir, cancel=cancel)
@@ -240,16 +264,26 @@ def test_candidate_text(text, expected):
     assert parse_candidate(text) == expected
 
 
-@pytest.mark.parametrize("text, message", [(" + a:1", "names no model"), ("m + a:x", "is not a number"),
-                                           ("m + :1", "empty LoRA name")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message", [(" + a:1", "names no model"), ("m + a:x", "is not a number"), ("m + :1", "empty LoRA name")]
+)
 def test_bad_candidate_text(text, message):
     with pytest.raises(InvalidRequestError, match=message):
         parse_candidate(text)
 
 
 def export(manager, folder, *, run=None, **fields):
-    request = ExportRequest(**{"candidate": Candidate("demo-sd15"), "prompts": ("snowy peaks", "a glacier valley"),
-                               "folder": folder, "count": 2, "seed": 10, "sampling": SMALL, **fields})  # fmt: skip
+    request = ExportRequest(
+        **{
+            "candidate": Candidate("demo-sd15"),
+            "prompts": ("snowy peaks", "a glacier valley"),
+            "folder": folder,
+            "count": 2,
+            "seed": 10,
+            "sampling": SMALL,
+            **fields,
+        }
+    )
     return export_dataset(manager, request, **(run or {}))
 
 
@@ -260,8 +294,12 @@ def test_exported_data_set_loads_with_datasets_and_scans_for_training(manager, t
 
     result = export(manager, tmp_path / "synthetic")
     rows = [json.loads(line) for line in result.metadata.read_text().splitlines()]
-    assert [(r["text"], r["seed"]) for r in rows] == [("snowy peaks", 10), ("snowy peaks", 11),
-                                                       ("a glacier valley", 12), ("a glacier valley", 13)]  # fmt: skip
+    assert [(r["text"], r["seed"]) for r in rows] == [
+        ("snowy peaks", 10),
+        ("snowy peaks", 11),
+        ("a glacier valley", 12),
+        ("a glacier valley", 13),
+    ]
     assert {r["model"] for r in rows} == {"demo-sd15"} and all(r["loras"] == [] for r in rows)
     for row in rows:  # each image can be redrawn from its own infotext
         assert parse_infotext(read_infotext(result.folder / row["file_name"]))["Seed"] == str(row["seed"])
@@ -311,17 +349,35 @@ def test_exported_data_trains_a_lora_that_evaluate_scores_at_several_strengths(m
     exported = export(manager, tmp_path / "synthetic", prompts=("snowy peaks",), count=4, seed=10)
     config.loras_dir.mkdir(parents=True, exist_ok=True)
     events = []
-    request = TrainingRequest(data=exported.folder, model="demo-sd15", name="synthetic", steps=4, rank=4, alpha=2.0,
-                              learning_rate=5e-2, resolution=64, batch_size=2, validation_steps=2,
-                              checkpoint_every=0)  # fmt: skip
+    request = TrainingRequest(
+        data=exported.folder,
+        model="demo-sd15",
+        name="synthetic",
+        steps=4,
+        rank=4,
+        alpha=2.0,
+        learning_rate=5e-2,
+        resolution=64,
+        batch_size=2,
+        validation_steps=2,
+        checkpoint_every=0,
+    )
     adapter = train(request, config, on_event=events.append)
     assert adapter == config.loras_dir / "synthetic" and (adapter / "pytorch_lora_weights.safetensors").is_file()
     assert "4 usable of 4 images" in events[0].message and "4 from metadata.jsonl" in events[0].message
 
     # Strength 0 redraws the exported images exactly (same model, seeds and prompt); strength 1 moves away.
     candidates = tuple(Candidate("demo-sd15", (("synthetic", weight),)) for weight in (1.0, 0.0))
-    result = run(manager, config, candidates=candidates, data=exported.folder, prompt="snowy peaks", seed=10, count=2,
-                 feature_model=str(clip_dir))  # fmt: skip
+    result = run(
+        manager,
+        config,
+        candidates=candidates,
+        data=exported.folder,
+        prompt="snowy peaks",
+        seed=10,
+        count=2,
+        feature_model=str(clip_dir),
+    )
     by_label = {r.label: r for r in result.candidates}
     off, on = by_label["demo-sd15 + synthetic:0"], by_label["demo-sd15 + synthetic:1"]
     assert [n.nearest.name for n in off.neighbours] == [p.name for p in exported.images[:2]]

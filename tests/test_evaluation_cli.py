@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from studio.evaluation.features import save_tiny_feature_model
+from tests.builders import save_tiny_feature_model
 from tests.test_cli import folders, run_cli
 
 
@@ -26,10 +26,33 @@ def data_dir(tmp_path):
 
 def test_evaluate_compares_candidates_and_prints_a_ranked_table(tmp_path, clip_dir, data_dir):
     result = run_cli(
-        "evaluate", "--model", "demo-sd15", "--compare", "demo-sdxl", "--data", data_dir, "--prompt", "noise",
-        "--count", 2, "--seed", 5, "--steps", 2, "--width", 64, "--height", 64, "--scheduler", "Euler",
-        "--feature-model", clip_dir, "--resamples", 50, *folders(tmp_path),
-    )  # fmt: skip
+        "evaluate",
+        "--model",
+        "demo-sd15",
+        "--compare",
+        "demo-sdxl",
+        "--data",
+        data_dir,
+        "--prompt",
+        "noise",
+        "--count",
+        2,
+        "--seed",
+        5,
+        "--steps",
+        2,
+        "--width",
+        64,
+        "--height",
+        64,
+        "--scheduler",
+        "Euler",
+        "--feature-model",
+        clip_dir,
+        "--resamples",
+        50,
+        *folders(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     *table, last = result.stdout.splitlines()
     folder = Path(last)
@@ -68,8 +91,11 @@ def test_strengths_and_compare_become_candidates_with_one_set_of_seeds():
         return candidates_from_args(build_parser().parse_args(["evaluate", "--data", ".", "--prompt", "p", *args]))
 
     assert candidates("--model", "m", "--lora", "style:0.7", "--strengths", "0,0.5,1", "--compare", "base") == (
-        Candidate("m", (("style", 0.0),)), Candidate("m", (("style", 0.5),)), Candidate("m", (("style", 1.0),)),
-        Candidate("base"))  # fmt: skip
+        Candidate("m", (("style", 0.0),)),
+        Candidate("m", (("style", 0.5),)),
+        Candidate("m", (("style", 1.0),)),
+        Candidate("base"),
+    )
     assert candidates("--model", "m", "--lora", "a:1", "--lora", "b:0.5") == (Candidate("m", (("a", 1.0), ("b", 0.5))),)
     with pytest.raises(InvalidRequestError, match="--strengths needs exactly one --lora"):
         candidates("--model", "m", "--lora", "a:1", "--lora", "b:1", "--strengths", "0,1")
@@ -80,9 +106,27 @@ def test_export_dataset_writes_an_imagefolder_and_prints_it(tmp_path):
     prompts.write_text("a glacier\n\nsnowy peaks\n")
     out = tmp_path / "synthetic"
     result = run_cli(
-        "export-dataset", "--model", "demo-sd15", "--prompt", "a ridge", "--prompts-file", prompts, "--count", 1,
-        "--seed", 3, "--steps", 1, "--width", 64, "--height", 64, "--out", out, *folders(tmp_path),
-    )  # fmt: skip
+        "export-dataset",
+        "--model",
+        "demo-sd15",
+        "--prompt",
+        "a ridge",
+        "--prompts-file",
+        prompts,
+        "--count",
+        1,
+        "--seed",
+        3,
+        "--steps",
+        1,
+        "--width",
+        64,
+        "--height",
+        64,
+        "--out",
+        out,
+        *folders(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["3 images and metadata.jsonl written", str(out)]
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
@@ -99,15 +143,40 @@ def test_feature_model_downloads_once_from_the_hub_then_works_offline(tmp_path, 
 
     files = {path.name: path.read_bytes() for path in clip_dir.iterdir()}
     files["pytorch_model.bin"] = b"a pickle copy of the weights: never downloaded"
-    args = ["evaluate", "--model", "demo-sd15", "--data", data_dir, "--prompt", "noise", "--count", 2, "--steps", 1,
-            "--width", 64, "--height", 64, "--feature-model", "clip-test/tiny-clip", "--resamples", 20,
-            *folders(tmp_path)]  # fmt: skip
+    args = [
+        "evaluate",
+        "--model",
+        "demo-sd15",
+        "--data",
+        data_dir,
+        "--prompt",
+        "noise",
+        "--count",
+        2,
+        "--steps",
+        1,
+        "--width",
+        64,
+        "--height",
+        64,
+        "--feature-model",
+        "clip-test/tiny-clip",
+        "--resamples",
+        20,
+        *folders(tmp_path),
+    ]
 
     def run(**env):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf-home"), **env}
         env.pop("HF_HUB_CACHE", None)
-        return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
-                              env=env, cwd=ROOT, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "studio", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=300,
+        )
 
     with HubServer({}) as hub:
         hub.add_repo("clip-test/tiny-clip", "clip-test", files)
@@ -117,7 +186,10 @@ def test_feature_model_downloads_once_from_the_hub_then_works_offline(tmp_path, 
     assert "Downloading clip-test/tiny-clip" in online.stderr  # download progress reaches the progress bar
     # Only the configs and the safetensors weights (HEAD, then GET), never the pickle.
     assert sorted({path.rsplit("/", 1)[1] for path in fetched}) == [
-        "config.json", "model.safetensors", "preprocessor_config.json"]  # fmt: skip
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     # The server is gone: the second run reads the Hub cache only.
     offline = run(HF_HUB_OFFLINE="1")
     assert offline.returncode == 0, offline.stderr

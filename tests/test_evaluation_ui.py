@@ -8,7 +8,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from studio.evaluation.features import save_tiny_feature_model
+from tests.builders import save_tiny_feature_model
 
 SAMPLING = dict(negative="", steps=2, cfg=7.0, width=64, height=64, scheduler="Euler")
 
@@ -30,9 +30,15 @@ def inputs(tmp_path_factory):
 
 def test_evaluate_returns_a_ranked_table_chart_and_grids(client, inputs, studio_running_app):
     status, _preview, table, chart, grids, folder = client.predict(
-        candidates="demo-sd15\ndemo-sdxl", prompt="noise", count=2, seed=3, kid=True, api_name="/evaluate",
-        **inputs, **SAMPLING,
-    )  # fmt: skip
+        candidates="demo-sd15\ndemo-sdxl",
+        prompt="noise",
+        count=2,
+        seed=3,
+        kid=True,
+        api_name="/evaluate",
+        **inputs,
+        **SAMPLING,
+    )
     assert status.startswith("Done.") and "5 data images, seeds 3-4" in status
     rows = table["data"]
     assert table["headers"][:3] == ["rank", "candidate", "CMMD"]
@@ -48,22 +54,51 @@ def test_evaluate_returns_a_ranked_table_chart_and_grids(client, inputs, studio_
 
 def test_evaluate_user_errors_show_as_messages(client, inputs):
     with pytest.raises(AppError, match="does not exist"):
-        client.predict(candidates="demo-sd15", data="/no/such/data", prompt="x", count=2, seed=0, kid=True,
-                       feature_model=inputs["feature_model"], api_name="/evaluate", **SAMPLING)  # fmt: skip
+        client.predict(
+            candidates="demo-sd15",
+            data="/no/such/data",
+            prompt="x",
+            count=2,
+            seed=0,
+            kid=True,
+            feature_model=inputs["feature_model"],
+            api_name="/evaluate",
+            **SAMPLING,
+        )
     with pytest.raises(AppError, match="not a number"):
-        client.predict(candidates="demo-sd15 + style:strong", prompt="x", count=2, seed=0, kid=False,
-                       api_name="/evaluate", **inputs, **SAMPLING)  # fmt: skip
+        client.predict(
+            candidates="demo-sd15 + style:strong",
+            prompt="x",
+            count=2,
+            seed=0,
+            kid=False,
+            api_name="/evaluate",
+            **inputs,
+            **SAMPLING,
+        )
 
 
 def test_export_dataset_writes_into_outputs_datasets_only(client, studio_running_app):
     status, gallery, folder = client.predict(
-        model="demo-sd15", prompts="a glacier\nsnowy peaks", per_prompt=1, seed=9, name="ui-synthetic",
-        api_name="/export_dataset", **SAMPLING,
-    )  # fmt: skip
+        model="demo-sd15",
+        prompts="a glacier\nsnowy peaks",
+        per_prompt=1,
+        seed=9,
+        name="ui-synthetic",
+        api_name="/export_dataset",
+        **SAMPLING,
+    )
     assert status.startswith("Done:") and len(gallery) == 2
     assert Path(folder) == (studio_running_app.outputs_dir / "datasets" / "ui-synthetic").resolve()
     rows = [json.loads(line) for line in (Path(folder) / "metadata.jsonl").read_text().splitlines()]
     assert [(row["text"], row["seed"]) for row in rows] == [("a glacier", 9), ("snowy peaks", 10)]
     with pytest.raises(AppError, match="plain folder name"):
-        client.predict(model="demo-sd15", prompts="x", per_prompt=1, seed=0, name="../../escape",
-                       api_name="/export_dataset", **SAMPLING)  # fmt: skip
+        client.predict(
+            model="demo-sd15",
+            prompts="x",
+            per_prompt=1,
+            seed=0,
+            name="../../escape",
+            api_name="/export_dataset",
+            **SAMPLING,
+        )

@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from studio.errors import UnreadableImageError, UnsafePathError
-from studio.metadata import read_infotext
+from studio.generation.infotext import read_infotext
 from studio.models.kinds import ModelKind
 from tests.helpers import pixels
 from tests.test_dataset import png_header_only
@@ -36,13 +36,25 @@ ONE = (1.0, 1.0, 1.0)
 
 
 def generate(client: Client, *, model="demo-sd15", seed=42, **overrides):
-    return client.predict(model=model, prompt="faults ridge", negative_prompt="", seed=seed, api_name="/generate",
-                          **{**SMALL, **overrides})  # fmt: skip
+    return client.predict(
+        model=model,
+        prompt="faults ridge",
+        negative_prompt="",
+        seed=seed,
+        api_name="/generate",
+        **{**SMALL, **overrides},
+    )
 
 
 def submit(client: Client, *, model="demo-sd15", seed=42, **overrides):
-    return client.submit(model=model, prompt="faults ridge", negative_prompt="", seed=seed, api_name="/generate",
-                         **{**SMALL, **overrides})  # fmt: skip
+    return client.submit(
+        model=model,
+        prompt="faults ridge",
+        negative_prompt="",
+        seed=seed,
+        api_name="/generate",
+        **{**SMALL, **overrides},
+    )
 
 
 def image_of(result) -> np.ndarray:
@@ -96,7 +108,7 @@ def test_png_info_tab_refuses_hostile_uploads_and_keeps_serving(client, tmp_path
 
 
 def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(tmp_path):
-    from studio.hub import PushRequest, push_adapter
+    from studio.hub.adapters import PushRequest, push_adapter
     from studio.lora.merge import SaveBlendRequest, save_blend
     from tests.test_training import quick_request
 
@@ -120,18 +132,42 @@ def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(t
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_TOKEN": "hf_unused_token_0"}
-    return subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "studio", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def test_cli_push_and_train_refuse_escaping_names_in_one_line(tmp_path):
     loras = tmp_path / "loras"
     add_lora(tmp_path / "outside", "secret", seed=2)
-    push = cli("push", str(tmp_path / "outside" / "secret"), "--repo", "alice/x", "--loras-dir", str(loras),
-               "--endpoint", "http://127.0.0.1:9", cwd=tmp_path)  # fmt: skip
+    push = cli(
+        "push",
+        str(tmp_path / "outside" / "secret"),
+        "--repo",
+        "alice/x",
+        "--loras-dir",
+        str(loras),
+        "--endpoint",
+        "http://127.0.0.1:9",
+        cwd=tmp_path,
+    )
     (tmp_path / "data").mkdir()
-    train = cli("train", "--data", str(tmp_path / "data"), "--model", "demo-sd15", "--name", "../../escaped",
-                "--loras-dir", str(loras), "--outputs-dir", str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
+    train = cli(
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--model",
+        "demo-sd15",
+        "--name",
+        "../../escaped",
+        "--loras-dir",
+        str(loras),
+        "--outputs-dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     for result in (push, train):
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -168,16 +204,18 @@ def test_concurrent_requests_with_and_without_a_lora_each_draw_their_run_alone_p
         check_same_as_alone({key: job.result(timeout=120) for key, job in jobs.items()}, alone)
 
 
-def test_generations_fired_during_a_training_run_wait_for_it_and_stay_unmixed(two_sessions, studio_running_app,
-                                                                               tmp_path):  # fmt: skip
+def test_generations_fired_during_a_training_run_wait_for_it_and_stay_unmixed(
+    two_sessions, studio_running_app, tmp_path
+):
     from tests.test_training_photos import make_photo_folder
     from tests.test_training_ui import SMALL as TRAIN
 
     clients, alone = two_sessions
     photos = make_photo_folder(tmp_path / "photos")
     trainer = Client(studio_running_app.url, verbose=False)
-    training = trainer.submit(data=str(photos), name="faults-during-train", api_name="/train",
-                              **{**TRAIN, "validation_every": 0})  # fmt: skip
+    training = trainer.submit(
+        data=str(photos), name="faults-during-train", api_name="/train", **{**TRAIN, "validation_every": 0}
+    )
     deadline = time.monotonic() + 60
     while training.status().code.name not in ("PROCESSING", "ITERATING", "FINISHED"):
         assert time.monotonic() < deadline
@@ -204,10 +242,40 @@ def test_training_killed_mid_export_leaves_no_half_written_adapter(tmp_path):
     photos = make_photo_folder(tmp_path / "photos")
     loras = tmp_path / "loras"
     loras.mkdir()
-    command = [sys.executable, "-m", "studio", "train", "--data", str(photos), "--model", "demo-sd15", "--name",
-               "killed", "--caption", "mountains", "--steps", "1", "--resolution", "64", "--rank", "4",
-               "--validation-every", "0", "--checkpoint-every", "0", "--preset", "none", "--loras-dir", str(loras),
-               "--outputs-dir", str(tmp_path / "out"), "--models-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "studio",
+        "train",
+        "--data",
+        str(photos),
+        "--model",
+        "demo-sd15",
+        "--name",
+        "killed",
+        "--caption",
+        "mountains",
+        "--steps",
+        "1",
+        "--resolution",
+        "64",
+        "--rank",
+        "4",
+        "--validation-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--preset",
+        "none",
+        "--loras-dir",
+        str(loras),
+        "--outputs-dir",
+        str(tmp_path / "out"),
+        "--models-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     child = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -5,9 +5,10 @@ import threading
 import pytest
 
 from studio.errors import InvalidRequestError, ModelNotFoundError
-from studio.generation import GenerationRequest, generate
+from studio.generation.request import GenerationRequest
+from studio.generation.run import generate
+from studio.generation.schedulers import SCHEDULER_NAMES
 from studio.models.manager import ModelManager
-from studio.schedulers import SCHEDULER_NAMES
 from tests.helpers import mean_abs_diff, pixels
 
 

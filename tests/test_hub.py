@@ -20,8 +20,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from studio.errors import InvalidRequestError, UnsafePathError
-from studio.hub import PushRequest, files_to_upload
-from studio.metadata import png_info
+from studio.generation.infotext import png_info
+from studio.hub.adapters import PushRequest, files_to_upload
 from tests import browser
 from tests.hub_server import HubServer
 
@@ -35,8 +35,9 @@ ADAPTER_FILES = {"README.md", "adapter.json", "alps.safetensors", "pytorch_lora_
 
 @pytest.fixture
 def hub():
-    with HubServer({ALICE: "alice", BOB: "bob", READ_ONLY: "alice"}, orgs={"alice": ["alps-lab"]},
-                   read_only_tokens=(READ_ONLY,)) as server:  # fmt: skip
+    with HubServer(
+        {ALICE: "alice", BOB: "bob", READ_ONLY: "alice"}, orgs={"alice": ["alps-lab"]}, read_only_tokens=(READ_ONLY,)
+    ) as server:
         yield server
 
 
@@ -46,19 +47,36 @@ def loras(tmp_path):
     folder = tmp_path / "loras" / "alps"
     (folder / "samples").mkdir(parents=True)
     generator = torch.Generator().manual_seed(0)
-    save_file({"unet.down.lora_A.weight": torch.randn(4, 64, generator=generator)},
-              folder / "pytorch_lora_weights.safetensors", metadata={"format": "pt"})  # fmt: skip
+    save_file(
+        {"unet.down.lora_A.weight": torch.randn(4, 64, generator=generator)},
+        folder / "pytorch_lora_weights.safetensors",
+        metadata={"format": "pt"},
+    )
     save_file({"lora_unet_down.alpha": torch.tensor(4.0)}, folder / "alps.safetensors")
     infotext = "aid_mountain, snowy ridge\nNegative prompt: blurry\nSteps: 2, Seed: 42, Size: 8x8"
     Image.new("RGB", (8, 8), "white").save(folder / "samples" / "s0.png", pnginfo=png_info(infotext))
     manifest = {
-        "name": "alps", "base_model": BASE, "base_kind": "sd15", "trigger_words": ["aid_mountain"], "rank": 4,
-        "alpha": 4, "text_encoder": False, "blend": None,
+        "name": "alps",
+        "base_model": BASE,
+        "base_kind": "sd15",
+        "trigger_words": ["aid_mountain"],
+        "rank": 4,
+        "alpha": 4,
+        "text_encoder": False,
+        "blend": None,
         "settings": {"steps": 500, "learning_rate": 0.0001, "data": "/home/alice/datasets/aid-mountains"},
-        "samples": [{"file": "samples/s0.png", "prompt": "aid_mountain, snowy ridge", "negative_prompt": "blurry",
-                     "seed": 42, "step": 500}],
-        "created": "2026-11-25T03:00:00Z", "studio_version": "0.1.0",
-    }  # fmt: skip
+        "samples": [
+            {
+                "file": "samples/s0.png",
+                "prompt": "aid_mountain, snowy ridge",
+                "negative_prompt": "blurry",
+                "seed": 42,
+                "step": 500,
+            }
+        ],
+        "created": "2026-11-25T03:00:00Z",
+        "studio_version": "0.1.0",
+    }
     (folder / "adapter.json").write_text(json.dumps(manifest))
     (folder / "README.md").write_text("local card\n")
     (folder / "checkpoint-100").mkdir()  # training leftovers are never uploaded
@@ -70,31 +88,49 @@ def child_env(tmp_path, hub_url, token=None):
     home = tmp_path / "home"
     (home / "hf").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(HOME=str(home), HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1",
-               PYTHONPATH=str(ROOT), HF_ENDPOINT=hub_url)  # fmt: skip
+    env.update(
+        HOME=str(home),
+        HF_HOME=str(home / "hf"),
+        HF_HUB_OFFLINE="0",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=str(ROOT),
+        HF_ENDPOINT=hub_url,
+    )
     if token:
         env["HF_TOKEN"] = token
     return env
 
 
 def push_cli(tmp_path, hub_url, *args, token=ALICE):
-    return subprocess.run([sys.executable, "-m", "studio", "push", *map(str, args), "--loras-dir", tmp_path / "loras"],
-                          capture_output=True, text=True, env=child_env(tmp_path, hub_url, token), cwd=ROOT,
-                          stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "studio", "push", *map(str, args), "--loras-dir", tmp_path / "loras"],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path, hub_url, token),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 def run_python(tmp_path, hub_url, code, *, token=None):
     """Call studio.hub in a child process (online mode); the last stdout line is the result."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=child_env(tmp_path, hub_url, token), cwd=ROOT, stdin=subprocess.DEVNULL,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path, hub_url, token),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 PUSH_CODE = """
 import sys
 from pathlib import Path
 from studio.errors import StudioError
-from studio.hub import PushRequest, push_adapter
+from studio.hub.adapters import PushRequest, push_adapter
 try:
     print(push_adapter(PushRequest(loras_dir=Path({loras!r}), **{fields!r})))
 except StudioError as e:
@@ -130,8 +166,17 @@ def assert_token_nowhere(token: str, folders, *texts):
 
 def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(tmp_path, hub, loras):
     before = snapshot(loras)
-    result = push_cli(tmp_path, hub.url, "alps", "--repo", "alice/alps", "--tags", "remote-sensing,mountains",
-                      "--message", "first version")  # fmt: skip
+    result = push_cli(
+        tmp_path,
+        hub.url,
+        "alps",
+        "--repo",
+        "alice/alps",
+        "--tags",
+        "remote-sensing,mountains",
+        "--message",
+        "first version",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{hub.url}/alice/alps"  # HF_ENDPOINT decided where it went
     assert "100% Pushed alps" in result.stderr
@@ -148,8 +193,11 @@ def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(
     card = front_matter(repo.files["README.md"])
     assert card["base_model"] == BASE and card["license"] == "creativeml-openrail-m"
     assert card["tags"] == ["lora", "text-to-image", "diffusers", "stable-diffusion", "remote-sensing", "mountains"]
-    assert card["widget"][0] == {"text": "aid_mountain, snowy ridge", "output": {"url": "samples/s0.png"},
-                                 "parameters": {"negative_prompt": "blurry"}}  # fmt: skip
+    assert card["widget"][0] == {
+        "text": "aid_mountain, snowy ridge",
+        "output": {"url": "samples/s0.png"},
+        "parameters": {"negative_prompt": "blurry"},
+    }
     assert 'load_lora_weights("alice/alps"' in repo.files["README.md"].decode()
     assert repo.commits[-1]["summary"] == "first version"
     assert hub.xet_requests == []  # plain LFS, which any Hub-compatible server speaks
@@ -163,11 +211,20 @@ def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(
     assert second.returncode == 0, second.stderr
     assert len(repo.commits) == 3  # created, first push, second push
     assert set(repo.commits[-1]["files"]) == {"README.md", "adapter.json", "samples/s1.png"}
-    assert [w["output"]["url"] for w in front_matter(repo.files["README.md"])["widget"]] == ["samples/s0.png",
-                                                                                            "samples/s1.png"]
+    assert [w["output"]["url"] for w in front_matter(repo.files["README.md"])["widget"]] == [
+        "samples/s0.png",
+        "samples/s1.png",
+    ]
     assert (loras / "alps" / "README.md").read_text() == "local card\n"  # the local folder is never modified
-    assert_token_nowhere(ALICE, [tmp_path], result.stdout, result.stderr, second.stdout, second.stderr,
-                         *(data.decode("latin-1") for data in repo.files.values()))  # fmt: skip
+    assert_token_nowhere(
+        ALICE,
+        [tmp_path],
+        result.stdout,
+        result.stderr,
+        second.stdout,
+        second.stderr,
+        *(data.decode("latin-1") for data in repo.files.values()),
+    )
 
 
 def test_private_repo_in_an_organization(tmp_path, hub, loras):
@@ -191,7 +248,7 @@ def test_refused_push_is_one_clear_line_and_changes_nothing(tmp_path, hub, loras
     assert result.returncode == 2
     assert result.stdout.startswith("HubError: ") and message in result.stdout and "Traceback" not in result.stderr
     assert hub.repos == {} and hub.lfs_objects == {}
-    assert snapshot(tmp_path / "loras") == {k[len("loras/"):]: v for k, v in before.items() if k.startswith("loras/")}
+    assert snapshot(tmp_path / "loras") == {k[len("loras/") :]: v for k, v in before.items() if k.startswith("loras/")}
     assert_token_nowhere(token, [tmp_path], result.stdout, result.stderr)
 
 
@@ -214,7 +271,6 @@ def test_unreachable_hub_names_the_endpoint(tmp_path, loras):
     assert f"HubError: Cannot reach {dead}" in result.stdout and "Traceback" not in result.stderr
 
 
-
 def test_token_typed_for_this_push_wins_over_hf_token_and_stored_login_is_used(tmp_path, hub, loras):
     typed = push_python(tmp_path, hub.url, repo_id="alice/typed", token=ALICE, env_token=BOB)  # HF_TOKEN: bob's
     assert typed.returncode == 0, typed.stderr
@@ -235,7 +291,7 @@ def test_no_token_anywhere_says_how_to_get_one(tmp_path, hub, loras):
 
 DOWNLOAD_CODE = """
 from pathlib import Path
-from studio.hub import download_adapter
+from studio.hub.adapters import download_adapter
 seen = []
 folder = download_adapter(repo_id={repo!r}, loras_dir=Path({loras!r}), on_progress=lambda f, m: seen.append(f))
 print(seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 1)  # progress only grows, and ends at 100%
@@ -321,12 +377,18 @@ def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, lo
 
     home = tmp_path / "home"
     (home / "hf").mkdir(parents=True)
-    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HOME": str(home), "HF_HOME": str(home / "hf"),
-           "HF_TOKEN": ""}  # fmt: skip
+    env = {
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": hub.url,
+        "HOME": str(home),
+        "HF_HOME": str(home / "hf"),
+        "HF_TOKEN": "",
+    }
     with running_app(tmp_path, env=env) as app:
         client = Client(app.url, verbose=False)
-        status, url, token_left = client.predict("alps", "alice/from-ui", False, "remote-sensing, alps", "", "via UI",
-                                                 ALICE, api_name="/push")  # fmt: skip
+        status, url, token_left = client.predict(
+            "alps", "alice/from-ui", False, "remote-sensing, alps", "", "via UI", ALICE, api_name="/push"
+        )
         assert url == f"{hub.url}/alice/from-ui"
         assert "pushed **alps**" in status and token_left == ""
         card = client.predict("alps", "alice/from-ui", False, "remote-sensing", "mit", "", api_name="/preview_card")
@@ -371,7 +433,7 @@ CANCEL_CODE = """
 import threading
 from pathlib import Path
 from studio.errors import CancelledError
-from studio.hub import PushRequest, push_adapter
+from studio.hub.adapters import PushRequest, push_adapter
 stop = threading.Event()
 def progress(fraction, message):
     if message.startswith("Uploading"):
@@ -406,8 +468,11 @@ def test_a_real_adapter_pulled_from_the_hub_draws_what_the_trained_one_drew(tmp_
     folder = tmp_path / "loras" / "live"
     save_diffusers_lora(weights, folder)
     save_kohya_lora(weights, folder / "live.safetensors", metadata={"ss_network_dim": "4"})
-    (folder / "adapter.json").write_text(json.dumps({"name": "live", "base_model": "demo-sd15", "base_kind": "sd15",
-                                                     "rank": 4, "alpha": 8.0, "samples": []}))  # fmt: skip
+    (folder / "adapter.json").write_text(
+        json.dumps(
+            {"name": "live", "base_model": "demo-sd15", "base_kind": "sd15", "rank": 4, "alpha": 8.0, "samples": []}
+        )
+    )
     assert push_python(tmp_path, hub.url, name="live", repo_id="alice/live").returncode == 0
     pulled = run_python(tmp_path, hub.url, DOWNLOAD_CODE.format(repo="alice/live", loras=str(tmp_path / "pulled")))
     assert pulled.returncode == 0, pulled.stderr
@@ -421,7 +486,7 @@ def test_a_real_adapter_pulled_from_the_hub_draws_what_the_trained_one_drew(tmp_
 
 def test_namespace_check_ignores_case_and_knows_organizations():
     from studio.errors import HubError
-    from studio.hub import check_namespace
+    from studio.hub.adapters import check_namespace
 
     me = {"name": "Alice", "orgs": [{"name": "Alps-Lab"}], "auth": {"accessToken": {"role": "fineGrained"}}}
     check_namespace(me, "alice/x")

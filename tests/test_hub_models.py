@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.metadata import parse_infotext, read_infotext
+from studio.generation.infotext import parse_infotext, read_infotext
 from tests.app_server import ROOT, app_env
 from tests.hub_server import HubServer
 
@@ -38,15 +38,29 @@ def hub(tiny_sd15_dir):
 
 def run_child(tmp_path: Path, args: list[str], *, online: bool, hub_url: str) -> subprocess.CompletedProcess:
     home = tmp_path / "home"
-    env = app_env({"HOME": str(home), "HF_HOME": str(home / "hf"), "HF_ENDPOINT": hub_url,
-                   "HF_HUB_OFFLINE": "0" if online else "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                          stdin=subprocess.DEVNULL, timeout=180)  # fmt: skip
+    env = app_env(
+        {
+            "HOME": str(home),
+            "HF_HOME": str(home / "hf"),
+            "HF_ENDPOINT": hub_url,
+            "HF_HUB_OFFLINE": "0" if online else "1",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        timeout=180,
+    )
 
 
 DOWNLOAD = """
 import json
-from studio.models.hub_models import download_pipeline
+from studio.hub.download import download_pipeline
 events = []
 folder = download_pipeline({repo!r}, fp16=False, on_progress=lambda *event: events.append(event))
 files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -70,8 +84,25 @@ def test_download_reports_progress_and_skips_files_a_pipeline_does_not_need(tmp_
 
 
 def test_generate_with_a_hub_id_then_again_offline_from_the_cache(tmp_path, hub):
-    args = ["-m", "studio", "generate", "--model", REPO, "--prompt", "mountains", "--steps", "2", "--seed", "5",
-            "--width", "64", "--height", "64", "--out", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "-m",
+        "studio",
+        "generate",
+        "--model",
+        REPO,
+        "--prompt",
+        "mountains",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     online = run_child(tmp_path, args, online=True, hub_url=hub.url)
     assert online.returncode == 0, online.stderr
     image = Path(online.stdout.strip().splitlines()[-1])
@@ -85,7 +116,7 @@ def test_generate_with_a_hub_id_then_again_offline_from_the_cache(tmp_path, hub)
 def test_unknown_hub_repo_is_a_clear_error(tmp_path, hub):
     code = textwrap.dedent("""
         from studio.errors import ModelNotFoundError
-        from studio.models.hub_models import download_pipeline
+        from studio.hub.download import download_pipeline
         try:
             download_pipeline("alice/no-such-model", fp16=False)
         except ModelNotFoundError as e:

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from studio.errors import LoraError
-from studio.generation import GenerationRequest, generate
+from studio.generation.infotext import parse_infotext
+from studio.generation.request import GenerationRequest
+from studio.generation.run import generate
 from studio.lora.blend import apply_blend, blend_state
 from studio.lora.files import save_diffusers_lora, save_kohya_lora
-from studio.metadata import parse_infotext
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager
 from tests.helpers import pixels
@@ -129,9 +130,13 @@ def test_text_encoder_strength_is_separate(setup):
 
 def _render(model):
     return model.pipe(
-        "mountains", num_inference_steps=1, width=64, height=64, guidance_scale=7.0,
+        "mountains",
+        num_inference_steps=1,
+        width=64,
+        height=64,
+        guidance_scale=7.0,
         generator=torch.Generator("cpu").manual_seed(5),
-    ).images[0]  # fmt: skip
+    ).images[0]
 
 
 def test_fused_blend_matches_unfused_and_is_undone_when_the_blend_changes(setup):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.compare import CompareRequest, CompareRow, draw_grid, read_grid_cells
 from studio.engine import LoadProgress, Studio
 from studio.errors import InvalidRequestError
-from studio.metadata import parse_infotext
+from studio.generation.infotext import parse_infotext
+from studio.lora.compare import CompareRequest, CompareRow, draw_grid, read_grid_cells
 from tests.helpers import pixels
 from tests.test_lora_blend import add_lora
 
@@ -19,10 +19,19 @@ def test_grid_rows_columns_labels_and_infotexts(studio_config):
     add_lora(studio_config.loras_dir, "sketch", seed=2, kohya=True)
     studio = Studio(studio_config)
     request = CompareRequest(
-        model="demo-sd15", prompt="mountains", seed=11, steps=1, width=64, height=64, strengths=(0.0, 0.5, 1.0),
-        rows=(CompareRow("no LoRA"), CompareRow("alps", (("alps", 1.0),)),
-              CompareRow("alps+sketch", (("alps", 0.6), ("sketch", 0.6)))),
-    )  # fmt: skip
+        model="demo-sd15",
+        prompt="mountains",
+        seed=11,
+        steps=1,
+        width=64,
+        height=64,
+        strengths=(0.0, 0.5, 1.0),
+        rows=(
+            CompareRow("no LoRA"),
+            CompareRow("alps", (("alps", 1.0),)),
+            CompareRow("alps+sketch", (("alps", 0.6), ("sketch", 0.6))),
+        ),
+    )
     events = list(studio.compare_stream(request))
     result = events[-1]
     assert any(isinstance(e, LoadProgress) for e in events[:-1])
@@ -49,9 +58,16 @@ def test_grid_rows_columns_labels_and_infotexts(studio_config):
 def test_a_b_base_versus_lora(studio_config):
     add_lora(studio_config.loras_dir, "alps", seed=1)
     studio = Studio(studio_config)
-    request = CompareRequest(model="demo-sd15", prompt="mountains", seed=3, steps=1, width=64, height=64,
-                             rows=(CompareRow("base"), CompareRow("alps", (("alps", 1.0),))),
-                             strengths=(1.0,))  # fmt: skip
+    request = CompareRequest(
+        model="demo-sd15",
+        prompt="mountains",
+        seed=3,
+        steps=1,
+        width=64,
+        height=64,
+        rows=(CompareRow("base"), CompareRow("alps", (("alps", 1.0),))),
+        strengths=(1.0,),
+    )
     result = list(studio.compare_stream(request))[-1]
     assert result.grid.size == (160 + 64, 28 + 2 * 64)
     assert np.abs(pixels(result.cells[0][0]) - pixels(result.cells[1][0])).mean() > 0

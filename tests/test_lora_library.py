@@ -98,9 +98,19 @@ def library(tmp_path_factory):
 
 def test_scan_lists_every_adapter_and_nothing_else(library):
     _loras, _full, entries = library
-    assert sorted(entries) == sorted([
-        "alps", "xl-diffusers", "xl-kohya", "civitai-sd15", "sgm-xl", "truncated", "loha", "checkpoint", "old",
-    ])  # fmt: skip
+    assert sorted(entries) == sorted(
+        [
+            "alps",
+            "xl-diffusers",
+            "xl-kohya",
+            "civitai-sd15",
+            "sgm-xl",
+            "truncated",
+            "loha",
+            "checkpoint",
+            "old",
+        ]
+    )
 
 
 def test_diffusers_folder_with_manifest(library):
@@ -222,8 +232,14 @@ def test_import_from_the_hub_then_rescan_lists_it(tmp_path):
     with HubServer({"hf_token_alice": "alice"}) as hub:
         hub.add_repo("alice/xl-style", "alice", {"xl-style.safetensors": kohya.read_bytes(), "README.md": b"# card\n"})
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-        env.update(HOME=str(tmp_path), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url,
-                   HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # fmt: skip
+        env.update(
+            HOME=str(tmp_path),
+            HF_HOME=str(tmp_path / "hf"),
+            HF_HUB_OFFLINE="0",
+            HF_ENDPOINT=hub.url,
+            HF_HUB_DISABLE_TELEMETRY="1",
+            PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        )
         code = IMPORT_CODE.format(loras=str(loras), repo="alice/xl-style")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-""""Save blend as new LoRA": the merged adapter alone at strength 1 draws the blend's image."""
+""" "Save blend as new LoRA": the merged adapter alone at strength 1 draws the blend's image."""
 
 import json
 
@@ -7,7 +7,8 @@ import pytest
 from safetensors import safe_open
 
 from studio.errors import InvalidRequestError, LoraError, UnsafePathError
-from studio.generation import GenerationRequest, generate
+from studio.generation.request import GenerationRequest
+from studio.generation.run import generate
 from studio.lora.blend import apply_blend
 from studio.lora.library import find_lora
 from studio.lora.merge import SaveBlendRequest, save_blend

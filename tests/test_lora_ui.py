@@ -9,8 +9,8 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from studio.compare import read_grid_cells
-from studio.metadata import parse_infotext
+from studio.generation.infotext import parse_infotext
+from studio.lora.compare import read_grid_cells
 from studio.models.kinds import ModelKind
 from tests.test_lora_blend import add_lora
 
@@ -35,8 +35,9 @@ def test_library_greys_out_what_the_model_cannot_use(app):
     assert "opacity" in rows["ui-xl"] and "ui-xl is an SDXL LoRA; the loaded model is SD1.5." in rows["ui-xl"]
     assert "opacity" in rows["ui-broken"] and "Re-download" in rows["ui-broken"]
     # Switching to an SDXL model: the SD1.5 pick is cleared (and so is the blend Generate would use).
-    table_xl, _previews, first_pick, *_ = client.predict("demo-sdxl", "ui-alps", None, None, None, 1.0, *ONE,
-                                                         api_name="/lora_library")  # fmt: skip
+    table_xl, _previews, first_pick, *_ = client.predict(
+        "demo-sdxl", "ui-alps", None, None, None, 1.0, *ONE, api_name="/lora_library"
+    )
     assert "ui-alps is an SD1.5 LoRA; the loaded model is SDXL." in table_xl
     assert first_pick["value"] is None and ["ui-xl", "ui-xl"] in first_pick["choices"]
 
@@ -46,9 +47,20 @@ def test_applied_blend_is_used_by_generate_and_recorded(app):
     status = client.predict("demo-sd15", 1.0, False, "ui-alps", *NO_SLOTS, 0.5, *ONE, api_name="/apply_blend")
     assert status.startswith("Blend on demo-sd15: ui-alps 0.5 (")
     _status, _preview, gallery, infotext, _seed = client.predict(
-        model="demo-sd15", prompt="mountains", negative_prompt="", seed=1, steps=2, cfg=7.0, width=64, height=64,
-        scheduler="Euler", batch_size=1, batch_count=1, clip_skip=1, api_name="/generate",
-    )  # fmt: skip
+        model="demo-sd15",
+        prompt="mountains",
+        negative_prompt="",
+        seed=1,
+        steps=2,
+        cfg=7.0,
+        width=64,
+        height=64,
+        scheduler="Euler",
+        batch_size=1,
+        batch_count=1,
+        clip_skip=1,
+        api_name="/generate",
+    )
     parsed = parse_infotext(infotext)
     assert "<lora:ui-alps:0.5>" in parsed["Prompt"]
     assert parsed["Lora hashes"].startswith("ui-alps: ")
@@ -69,9 +81,19 @@ def test_save_blend_and_compare_grid(app):
     assert (running.loras_dir / "ui-mix" / "ui-mix.safetensors").is_file()
     grids_before = set(running.outputs_dir.glob("grids/*/*.png"))  # the app is shared with other tests
     status, grid = client.predict(
-        "demo-sd15", "mountains", 5, 2, "0, 1", "each LoRA", True, "ui-alps", *NO_SLOTS, 1.0, *ONE,
+        "demo-sd15",
+        "mountains",
+        5,
+        2,
+        "0, 1",
+        "each LoRA",
+        True,
+        "ui-alps",
+        *NO_SLOTS,
+        1.0,
+        *ONE,
         api_name="/compare",
-    )  # fmt: skip
+    )
     assert status.startswith("Done: seed 5")
     saved = sorted(set(running.outputs_dir.glob("grids/*/*.png")) - grids_before)
     assert len(saved) == 1 and Image.open(grid).size == Image.open(saved[0]).size

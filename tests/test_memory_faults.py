@@ -5,7 +5,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from studio.errors import OutOfMemoryError
-from studio.generation import GenerationRequest, generate
+from studio.generation.request import GenerationRequest
+from studio.generation.run import generate
 from studio.models.manager import ModelManager
 from tests.helpers import pixels
 
@@ -17,8 +18,6 @@ class VaeWithSmallGpu(AutoencoderKL):
         if not self.use_tiling:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return super().decode(z, *args, **kwargs)
-
-
 
 
 def small_gpu_vae(vae: AutoencoderKL) -> VaeWithSmallGpu:

@@ -5,9 +5,9 @@ import re
 import pytest
 from PIL import Image
 
-from studio import metadata, outputs
 from studio.engine import form_from_png_info
 from studio.errors import InvalidRequestError
+from studio.generation import infotext, outputs
 
 A1111_SAMPLE = (
     "masterpiece, mountains, <lora:alps_v2:0.7>\n"
@@ -18,7 +18,7 @@ A1111_SAMPLE = (
 
 
 def test_parses_an_a1111_infotext_into_form_values():
-    info = metadata.parse_infotext(A1111_SAMPLE)
+    info = infotext.parse_infotext(A1111_SAMPLE)
     assert info["Lora hashes"] == "alps_v2: 1f2e3d4c5b6a"
     form = form_from_png_info(info)
     assert form == {
@@ -35,13 +35,13 @@ def test_parses_an_a1111_infotext_into_form_values():
 
 
 def test_round_trip_with_quoting_of_commas_and_colons():
-    text = metadata.build_infotext(
+    text = infotext.build_infotext(
         prompt="line one\nline two",
         negative_prompt="bad: hands",
         params={"Steps": 4, "Model": "my, model", "Lora hashes": "a: 123, b: 456", "Clip skip": None},
     )
     assert 'Model: "my, model"' in text and "Clip skip" not in text
-    info = metadata.parse_infotext(text)
+    info = infotext.parse_infotext(text)
     assert info["Prompt"] == "line one\nline two"
     assert info["Negative prompt"] == "bad: hands"
     assert info["Model"] == "my, model"
@@ -49,7 +49,7 @@ def test_round_trip_with_quoting_of_commas_and_colons():
 
 
 def test_lora_tags_are_split_from_the_prompt():
-    prompt, loras = metadata.split_lora_tags("a <lora:alps:0.8> mountain, <lora:snow:-1>")
+    prompt, loras = infotext.split_lora_tags("a <lora:alps:0.8> mountain, <lora:snow:-1>")
     assert prompt == "a mountain"
     assert loras == [("alps", 0.8), ("snow", -1.0)]
 
@@ -59,23 +59,29 @@ def test_lora_tags_are_split_from_the_prompt():
     [("alps:0.8", ("alps", 0.8)), ("alps", ("alps", 1.0)), (" snow : -1 ", ("snow", -1.0)), ("a:b:0.5", ("a:b", 0.5))],
 )
 def test_lora_weight_text_is_parsed(text, expected):
-    assert metadata.parse_lora_weight(text) == expected
+    assert infotext.parse_lora_weight(text) == expected
 
 
 @pytest.mark.parametrize(
     "text, message",
-    [("alps:strong", "'alps:strong': 'strong' is not a number; the weight after ':' must be a number, e.g. alps:0.8."),
-     (":0.5", "':0.5' has an empty LoRA name"), ("", "has an empty LoRA name")],
-)  # fmt: skip
+    [
+        (
+            "alps:strong",
+            "'alps:strong': 'strong' is not a number; the weight after ':' must be a number, e.g. alps:0.8.",
+        ),
+        (":0.5", "':0.5' has an empty LoRA name"),
+        ("", "has an empty LoRA name"),
+    ],
+)
 def test_bad_lora_weight_text_is_named_with_an_example(text, message):
     with pytest.raises(InvalidRequestError, match=re.escape(message)) as raised:
-        metadata.parse_lora_weight(text)
+        infotext.parse_lora_weight(text)
     assert "\n" not in str(raised.value)
 
 
 def test_png_keeps_the_parameters_chunk(tmp_path):
     path = outputs.save_png(Image.new("RGB", (8, 8)), A1111_SAMPLE, tmp_path / "x.png")
-    assert metadata.read_infotext(path) == A1111_SAMPLE
+    assert infotext.read_infotext(path) == A1111_SAMPLE
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # the temporary file was renamed, not left behind
 
 

@@ -7,18 +7,27 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from studio.errors import LoraError
-from studio.metadata import png_info
-from studio.model_card import build_model_card
+from studio.generation.infotext import png_info
+from studio.hub.model_card import build_model_card
 
 
 def make_adapter(folder, **manifest):
     """An adapter folder with adapter.json and the sample PNGs it lists (the trainer's layout)."""
     (folder / "samples").mkdir(parents=True, exist_ok=True)
     values = {
-        "name": folder.name, "base_model": "demo-sd15", "base_kind": "sd15", "trigger_words": [], "rank": 4,
-        "alpha": 4, "text_encoder": False, "settings": None, "blend": None, "samples": [],
-        "created": "2026-11-25T03:00:00Z", "studio_version": "0.1.0",
-    }  # fmt: skip
+        "name": folder.name,
+        "base_model": "demo-sd15",
+        "base_kind": "sd15",
+        "trigger_words": [],
+        "rank": 4,
+        "alpha": 4,
+        "text_encoder": False,
+        "settings": None,
+        "blend": None,
+        "samples": [],
+        "created": "2026-11-25T03:00:00Z",
+        "studio_version": "0.1.0",
+    }
     values.update(manifest)
     for sample in values["samples"]:
         Image.new("RGB", (8, 8), "white").save(folder / sample["file"])
@@ -37,9 +46,16 @@ def test_sd15_card_front_matter_gallery_and_snippets(tmp_path):
         base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
         trigger_words=["aid_mountain"],
         settings={"steps": 500, "learning_rate": 1e-4, "resolution": 512},
-        samples=[{"file": "samples/s0.png", "prompt": "aid_mountain, snowy peaks", "negative_prompt": "blurry",
-                  "seed": 42, "step": 500}],
-    )  # fmt: skip
+        samples=[
+            {
+                "file": "samples/s0.png",
+                "prompt": "aid_mountain, snowy peaks",
+                "negative_prompt": "blurry",
+                "seed": 42,
+                "step": 500,
+            }
+        ],
+    )
     card = saved_and_loaded(build_model_card(folder, repo_id="me/alps", tags=["remote-sensing"]), tmp_path)
     data = card.data.to_dict()
     assert data["base_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -47,8 +63,13 @@ def test_sd15_card_front_matter_gallery_and_snippets(tmp_path):
     assert data["tags"][:4] == ["lora", "text-to-image", "diffusers", "stable-diffusion"]
     assert "remote-sensing" in data["tags"]
     assert data["instance_prompt"] == "aid_mountain"
-    assert data["widget"] == [{"text": "aid_mountain, snowy peaks", "output": {"url": "samples/s0.png"},
-                               "parameters": {"negative_prompt": "blurry"}}]  # fmt: skip
+    assert data["widget"] == [
+        {
+            "text": "aid_mountain, snowy peaks",
+            "output": {"url": "samples/s0.png"},
+            "parameters": {"negative_prompt": "blurry"},
+        }
+    ]
     text = card.text
     assert 'pipe.load_lora_weights("me/alps", weight_name="pytorch_lora_weights.safetensors")' in text
     assert "<lora:alps:1>" in text and "LoraLoader" in text
@@ -85,14 +106,19 @@ def test_samples_outside_the_folder_or_missing_are_left_out_and_unlisted_pngs_us
     folder = make_adapter(tmp_path / "a", samples=[{"file": "samples/ok.png", "prompt": "listed"}])
     manifest = json.loads((folder / "adapter.json").read_text())
     (tmp_path / "secret.png").write_bytes(b"x")
-    manifest["samples"] += [{"file": "../secret.png", "prompt": "escape"}, {"file": "/etc/passwd", "prompt": "abs"},
-                            {"file": "samples/gone.png", "prompt": "missing"}]  # fmt: skip
+    manifest["samples"] += [
+        {"file": "../secret.png", "prompt": "escape"},
+        {"file": "/etc/passwd", "prompt": "abs"},
+        {"file": "samples/gone.png", "prompt": "missing"},
+    ]
     (folder / "adapter.json").write_text(json.dumps(manifest))
     infotext = png_info("from infotext\nSteps: 2, Seed: 7, Size: 8x8")
     Image.new("RGB", (8, 8)).save(folder / "samples/extra.png", pnginfo=infotext)
     widget = build_model_card(folder).data.widget
-    assert widget == [{"text": "listed", "output": {"url": "samples/ok.png"}},
-                      {"text": "from infotext", "output": {"url": "samples/extra.png"}}]  # fmt: skip
+    assert widget == [
+        {"text": "listed", "output": {"url": "samples/ok.png"}},
+        {"text": "from infotext", "output": {"url": "samples/extra.png"}},
+    ]
 
 
 def test_blend_card_names_its_parts(tmp_path):
@@ -101,15 +127,18 @@ def test_blend_card_names_its_parts(tmp_path):
 
 
 def test_prompts_cannot_break_the_table_or_the_snippet(tmp_path):
-    folder = make_adapter(tmp_path / "a", trigger_words=['say "hi"'],
-                          samples=[{"file": "samples/s.png", "prompt": "a | b\nc"}])  # fmt: skip
+    folder = make_adapter(
+        tmp_path / "a", trigger_words=['say "hi"'], samples=[{"file": "samples/s.png", "prompt": "a | b\nc"}]
+    )
     text = build_model_card(folder).text
     assert "| a \\| b c |" in text
     assert 'pipe("say \\"hi\\", your prompt"' in text
 
 
-@pytest.mark.parametrize("content, message", [(None, "has no adapter.json"), ("{", "is not valid JSON"),
-                                              ('{"base_kind": "sd2"}', '"sd15" or "sdxl"')])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "has no adapter.json"), ("{", "is not valid JSON"), ('{"base_kind": "sd2"}', '"sd15" or "sdxl"')],
+)
 def test_bad_manifest_is_a_clear_error(tmp_path, content, message):
     folder = tmp_path / "a"
     folder.mkdir()
@@ -120,8 +149,11 @@ def test_bad_manifest_is_a_clear_error(tmp_path, content, message):
 
 
 def test_local_paths_are_reduced_to_names_in_the_card(tmp_path):
-    folder = make_adapter(tmp_path / "a", base_model="/home/alice/models/v1-5-pruned-emaonly.safetensors",
-                          settings={"data": "/home/alice/datasets/aid", "win": "C:\\Users\\al\\set", "steps": 10})
+    folder = make_adapter(
+        tmp_path / "a",
+        base_model="/home/alice/models/v1-5-pruned-emaonly.safetensors",
+        settings={"data": "/home/alice/datasets/aid", "win": "C:\\Users\\al\\set", "steps": 10},
+    )
     text = str(build_model_card(folder))
     assert "/home/alice" not in text and "Users" not in text
     assert "`v1-5-pruned-emaonly.safetensors`" in text and "| data | aid |" in text and "| win | set |" in text

@@ -8,7 +8,8 @@ import torch
 
 from studio.config import StudioConfig
 from studio.errors import ModelNotFoundError, UnsafeFileError, UnsupportedModelError
-from studio.generation import GenerationRequest, generate
+from studio.generation.request import GenerationRequest
+from studio.generation.run import generate
 from studio.models.kinds import ModelKind, kind_of_checkpoint_keys, kind_of_folder
 from studio.models.manager import ModelManager
 from studio.models.memory import GiB, plan_memory

@@ -14,17 +14,17 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from test_training_photos import make_photo_folder
 
 from studio.config import StudioConfig
 from studio.errors import DatasetError, TrainingError, UnsafePathError
-from studio.metadata import parse_infotext, read_infotext
+from studio.generation.infotext import parse_infotext, read_infotext
+from studio.generation.schedulers import make_scheduler
 from studio.models.kinds import ModelKind
 from studio.models.tiny import build_tiny, save_tiny
-from studio.schedulers import make_scheduler
 from studio.training.checkpoints import list_checkpoints, load_checkpoint
 from studio.training.request import TrainingRequest
 from studio.training.trainer import train
-from test_training_photos import make_photo_folder
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +35,28 @@ def photos(tmp_path_factory):
 def make_config(root: Path) -> StudioConfig:
     for name in ("models", "loras", "outputs"):
         (root / name).mkdir(parents=True, exist_ok=True)
-    return StudioConfig(models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs",
-                        device="cpu")  # fmt: skip
+    return StudioConfig(
+        models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs", device="cpu"
+    )
 
 
 def quick_request(photos, **changes) -> TrainingRequest:
-    values = dict(data=photos, model="demo-sd15", name="alps", caption="mountains", trigger="mtn", steps=4, rank=4,
-                  alpha=2.0, learning_rate=5e-2, resolution=64, batch_size=2, validation_steps=2, checkpoint_every=0,
-                  validation_prompt="mtn, satellite image of mountains")  # fmt: skip
+    values = dict(
+        data=photos,
+        model="demo-sd15",
+        name="alps",
+        caption="mountains",
+        trigger="mtn",
+        steps=4,
+        rank=4,
+        alpha=2.0,
+        learning_rate=5e-2,
+        resolution=64,
+        batch_size=2,
+        validation_steps=2,
+        checkpoint_every=0,
+        validation_prompt="mtn, satellite image of mountains",
+    )
     return TrainingRequest(**{**values, **changes})
 
 
@@ -67,8 +81,14 @@ def draw(pipe, sample_png: Path) -> Image.Image:
     size = int(info["Size"].split("x")[0])
     pipe.scheduler = make_scheduler("Euler", dict(pipe.scheduler.config))
     generator = torch.Generator("cpu").manual_seed(int(info["Seed"]))
-    return pipe(info["Prompt"], num_inference_steps=int(info["Steps"]), guidance_scale=float(info["CFG scale"]),
-                height=size, width=size, generator=generator).images[0]  # fmt: skip
+    return pipe(
+        info["Prompt"],
+        num_inference_steps=int(info["Steps"]),
+        guidance_scale=float(info["CFG scale"]),
+        height=size,
+        width=size,
+        generator=generator,
+    ).images[0]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +103,12 @@ def test_adapter_folder_has_every_file_of_the_contract(sd15_run):
     config, request, folder, _ = sd15_run
     assert folder == config.loras_dir.resolve() / "alps"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "adapter.json", "alps.safetensors", "pytorch_lora_weights.safetensors", "samples"]
+        "README.md",
+        "adapter.json",
+        "alps.safetensors",
+        "pytorch_lora_weights.safetensors",
+        "samples",
+    ]
     assert [p.name for p in config.loras_dir.iterdir()] == ["alps"]  # no temporary folder left behind
     manifest = json.loads((folder / "adapter.json").read_text())
     assert manifest["name"] == "alps" and manifest["base_model"] == "demo-sd15" and manifest["base_kind"] == "sd15"
@@ -141,8 +166,9 @@ def test_kohya_file_has_real_alpha_and_metadata_and_loads_with_the_same_effect(s
 
 def test_sdxl_with_text_encoders_trains_reloads_and_exports_kohya(photos, tmp_path):
     config = make_config(tmp_path)
-    request = quick_request(photos, model="demo-sdxl", name="alps-xl", steps=3, train_text_encoder=True,
-                            gradient_checkpointing=True)  # fmt: skip
+    request = quick_request(
+        photos, model="demo-sdxl", name="alps-xl", steps=3, train_text_encoder=True, gradient_checkpointing=True
+    )
     folder, _ = run(request, config)
     with safe_open(str(folder / "alps-xl.safetensors"), "pt") as f:
         prefixes = {k.split("_")[1] for k in f.keys()}
@@ -161,8 +187,15 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
     """v-prediction model, accumulation, flips, buckets, min-SNR: everything random must replay on resume."""
     config = make_config(tmp_path)
     save_tiny(ModelKind.SD15, config.models_dir / "tiny-v", prediction_type="v_prediction")
-    settings = dict(model="tiny-v", steps=4, gradient_accumulation=2, min_snr_gamma=5.0, noise_offset=0.1,
-                    lr_scheduler="cosine", warmup_steps=2)  # fmt: skip
+    settings = dict(
+        model="tiny-v",
+        steps=4,
+        gradient_accumulation=2,
+        min_snr_gamma=5.0,
+        noise_offset=0.1,
+        lr_scheduler="cosine",
+        warmup_steps=2,
+    )
     whole, _ = run(quick_request(photos, name="whole", **settings), config)
 
     stopped, events = run(quick_request(photos, name="split", **settings), config, stop_after_steps=2)
@@ -176,8 +209,10 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
     assert [e.step for e in events if e.kind == "step"] == [3, 4]
     resumed_at = next(e for e in events if e.message.startswith("Resumed at step 2"))
     assert [step for step, _ in resumed_at.losses] == [1, 2]  # the loss curve continues
-    with safe_open(str(whole / "pytorch_lora_weights.safetensors"), "pt") as a, \
-         safe_open(str(resumed / "pytorch_lora_weights.safetensors"), "pt") as b:  # fmt: skip
+    with (
+        safe_open(str(whole / "pytorch_lora_weights.safetensors"), "pt") as a,
+        safe_open(str(resumed / "pytorch_lora_weights.safetensors"), "pt") as b,
+    ):
         assert sorted(a.keys()) == sorted(b.keys())
         for key in a.keys():
             torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6)

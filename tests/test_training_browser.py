@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from test_browser_generate import SCREENSHOTS, browser_context, expect  # noqa: F401  (browser_context: fixture)
 from test_training_photos import make_photo_folder
 
@@ -34,8 +33,13 @@ def test_check_preset_and_train_to_an_adapter(train_page, studio_running_app, tm
     expect(page.get_by_label("LoRA rank")).to_have_value("32")
     expect(page.locator("#train-vram-estimate")).to_contain_text("Estimated peak VRAM")
 
-    for label, value in (("Adapter name (loras/<name>)", "browser-alps"), ("Steps", "2"), ("Resolution", "64"),
-                         ("LoRA rank", "4"), ("Batch size", "1")):  # fmt: skip
+    for label, value in (
+        ("Adapter name (loras/<name>)", "browser-alps"),
+        ("Steps", "2"),
+        ("Resolution", "64"),
+        ("LoRA rank", "4"),
+        ("Batch size", "1"),
+    ):
         page.get_by_label(label, exact=True).fill(value)
     page.get_by_role("button", name="Train", exact=True).click()
     expect(page.locator("#train-status")).to_contain_text("Done", timeout=240_000)

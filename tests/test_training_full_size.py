@@ -12,11 +12,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors import safe_open
-
-from studio.models.kinds import ModelKind
-from studio.models.random_full_size import build_random_pipeline
 from test_training import draw, make_config, pixels, quick_request, run
 from test_training_photos import make_photo_folder
+
+from studio.models.kinds import ModelKind
+from tests.builders import build_random_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,15 @@ def full_size_sd15(tmp_path_factory):
 def test_full_size_sd15_adapter_reloads_in_both_formats_to_the_trained_image(full_size_sd15, tmp_path):
     config = make_config(tmp_path)
     photos = make_photo_folder(tmp_path / "photos")
-    request = quick_request(photos, model=str(full_size_sd15), name="alps-full", steps=2, batch_size=1,
-                            learning_rate=1e-2, validation_steps=2)  # fmt: skip
+    request = quick_request(
+        photos,
+        model=str(full_size_sd15),
+        name="alps-full",
+        steps=2,
+        batch_size=1,
+        learning_rate=1e-2,
+        validation_steps=2,
+    )
     folder, events = run(request, config)
     assert all(np.isfinite(e.loss) for e in events if e.kind == "step")
     with safe_open(str(folder / "alps-full.safetensors"), "pt") as f:

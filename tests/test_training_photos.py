@@ -34,10 +34,15 @@ def make_photo_folder(folder: Path) -> Path:
     """8 usable photos (jpg/png/webp, nested, EXIF-rotated, grayscale, wide) and 4 files that must be skipped."""
     (folder / "north").mkdir(parents=True)
     captions = {}
-    for i, (name, size) in enumerate([
-        ("peak-0.jpg", (96, 96)), ("peak-1.png", (96, 96)), ("peak-2.webp", (128, 96)),
-        ("north/ridge-3.jpg", (96, 128)), ("north/ridge-4.png", (160, 80)),
-    ]):  # fmt: skip
+    for i, (name, size) in enumerate(
+        [
+            ("peak-0.jpg", (96, 96)),
+            ("peak-1.png", (96, 96)),
+            ("peak-2.webp", (128, 96)),
+            ("north/ridge-3.jpg", (96, 128)),
+            ("north/ridge-4.png", (160, 80)),
+        ]
+    ):
         landscape(*size, seed=i).save(folder / name, quality=92)
         captions[name] = f"satellite image of mountains, ridge {i}"
     # EXIF orientation 6: stored 128x96, shown (and trained) 96x128.
@@ -64,8 +69,18 @@ def test_dataset_check_reports_usable_photos_captions_and_every_skipped_file(tmp
     request = TrainingRequest(data=folder, model="demo-sd15", name="x", caption="mountains", trigger="mtn")
     report = check_dataset(request)
     names = sorted(str(s.path.relative_to(folder)) for s in report.samples)
-    assert names == sorted(["peak-0.jpg", "peak-1.png", "peak-2.webp", "north/ridge-3.jpg", "north/ridge-4.png",
-                            "rotated.jpg", "gray.png", "north/uncaptioned.jpg"])  # fmt: skip
+    assert names == sorted(
+        [
+            "peak-0.jpg",
+            "peak-1.png",
+            "peak-2.webp",
+            "north/ridge-3.jpg",
+            "north/ridge-4.png",
+            "rotated.jpg",
+            "gray.png",
+            "north/uncaptioned.jpg",
+        ]
+    )
     captions = {str(s.path.relative_to(folder)): s.caption for s in report.samples}
     assert captions["peak-2.webp"] == "mtn, satellite image of mountains, ridge 2"
     assert captions["gray.png"] == "mtn, grayscale satellite image of mountains"

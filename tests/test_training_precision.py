@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from test_training import draw, make_config, pixels, quick_request, run
+from test_training_photos import make_photo_folder
 
 from studio.models.kinds import ModelKind
 from studio.models.tiny import build_tiny
 from studio.training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from studio.training.trainer import grad_scaler_state, restore_grad_scaler
-from test_training import draw, make_config, pixels, quick_request, run
-from test_training_photos import make_photo_folder
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,10 @@ def test_bf16_run_resumes_exactly_saves_fp32_and_the_adapter_redraws_its_sample(
     stopped, _ = run(quick_request(photos, name="split", **settings), config, stop_after_steps=2)
     assert stopped is None
     resumed, _ = run(quick_request(photos, name="split", resume=True, **settings), config)
-    with safe_open(str(whole / "pytorch_lora_weights.safetensors"), "pt") as a, \
-         safe_open(str(resumed / "pytorch_lora_weights.safetensors"), "pt") as b:  # fmt: skip
+    with (
+        safe_open(str(whole / "pytorch_lora_weights.safetensors"), "pt") as a,
+        safe_open(str(resumed / "pytorch_lora_weights.safetensors"), "pt") as b,
+    ):
         for key in a.keys():
             assert a.get_tensor(key).dtype == torch.float32, key  # trained in fp32, not rounded to bf16
             torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6)
@@ -63,8 +65,9 @@ def test_fp16_loss_scale_survives_a_checkpoint(tmp_path):
     assert scaler.get_scale() == 2.0**15 and scaler.state_dict()["_growth_tracker"] == 1
 
     state = {"fingerprint": "x", "losses": [], "samples": [], "grad_scaler": grad_scaler_state(scaler)}
-    path = save_checkpoint(tmp_path / "checkpoints", 2, lora={"w": weight.detach()}, optimizer=optimizer.state_dict(),
-                           state=state)  # fmt: skip
+    path = save_checkpoint(
+        tmp_path / "checkpoints", 2, lora={"w": weight.detach()}, optimizer=optimizer.state_dict(), state=state
+    )
     assert list_checkpoints(tmp_path / "checkpoints") == [path]
     resumed = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=3)
     restore_grad_scaler(resumed, load_checkpoint(path).state["grad_scaler"])

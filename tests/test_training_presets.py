@@ -48,7 +48,8 @@ def test_estimate_grows_with_batch_and_resolution_and_shrinks_with_checkpointing
     assert estimate_vram(request(tmp_path, gradient_checkpointing=True), ModelKind.SDXL).total < base
     with_te = estimate_vram(request(tmp_path, train_text_encoder=True), ModelKind.SDXL)
     assert with_te.parts["weights"] - estimate_vram(request(tmp_path), ModelKind.SDXL).parts["weights"] == 2 * (
-        PARAMS[ModelKind.SDXL]["text_encoder"] + PARAMS[ModelKind.SDXL]["text_encoder_2"])
+        PARAMS[ModelKind.SDXL]["text_encoder"] + PARAMS[ModelKind.SDXL]["text_encoder_2"]
+    )
 
 
 @pytest.mark.parametrize("kind", [ModelKind.SD15, ModelKind.SDXL])

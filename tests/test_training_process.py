@@ -13,12 +13,12 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import make_config, quick_request
+from test_training_photos import make_photo_folder
 
 from studio.engine import Studio
 from studio.errors import BusyError, DatasetError, ModelNotFoundError, TrainingError
-from studio.generation import GenerationRequest
-from test_training import make_config, quick_request
-from test_training_photos import make_photo_folder
+from studio.generation.request import GenerationRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,8 +90,12 @@ APP_THAT_DIES = textwrap.dedent("""
 
 def test_training_child_stops_and_keeps_a_checkpoint_when_the_app_is_killed(photos, tmp_path):
     script = APP_THAT_DIES.format(root=str(ROOT), tests=str(ROOT / "tests"))
-    app = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(photos)], stdout=subprocess.PIPE,
-                           text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    app = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path), str(photos)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     children = []
     try:
         assert app.stdout.readline().startswith("step"), "the training child never reported a step"
@@ -113,18 +117,50 @@ def test_training_child_stops_and_keeps_a_checkpoint_when_the_app_is_killed(phot
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "studio", "train", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "studio", "train", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
 
 
 def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
     config = make_config(tmp_path)
-    folders = ["--models-dir", str(config.models_dir), "--loras-dir", str(config.loras_dir),
-               "--outputs-dir", str(config.outputs_dir), "--device", "cpu"]  # fmt: skip
-    result = cli("--data", str(photos), "--model", "demo-sd15", "--name", "cli-alps", "--trigger", "mtn",
-                 "--caption", "mountains", "--steps", "2", "--resolution", "64", "--rank", "4", "--alpha", "2",
-                 *folders, cwd=tmp_path)  # fmt: skip
+    folders = [
+        "--models-dir",
+        str(config.models_dir),
+        "--loras-dir",
+        str(config.loras_dir),
+        "--outputs-dir",
+        str(config.outputs_dir),
+        "--device",
+        "cpu",
+    ]
+    result = cli(
+        "--data",
+        str(photos),
+        "--model",
+        "demo-sd15",
+        "--name",
+        "cli-alps",
+        "--trigger",
+        "mtn",
+        "--caption",
+        "mountains",
+        "--steps",
+        "2",
+        "--resolution",
+        "64",
+        "--rank",
+        "4",
+        "--alpha",
+        "2",
+        *folders,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines() == [str(config.loras_dir.resolve() / "cli-alps")]
     assert "8 usable of 11 images" in result.stderr and "Estimated peak VRAM" in result.stderr
@@ -140,19 +176,62 @@ def test_two_processes_train_the_same_adapter_as_one_process_accumulating_two_ba
     """What `accelerate launch --multi_gpu` starts, on CPUs: torchrun + gloo. Process r of 2 takes micro-batches
     r, r+2, ... and gradients are averaged across processes, which is one process accumulating two micro-batches."""
     config = make_config(tmp_path)
-    settings = ["--data", str(photos), "--model", "demo-sd15", "--caption", "mountains", "--steps", "3",
-                "--resolution", "64", "--rank", "4", "--batch", "2", "--lr", "1e-2", "--validation-every", "0",
-                "--models-dir", str(config.models_dir), "--loras-dir", str(config.loras_dir),
-                "--outputs-dir", str(config.outputs_dir), "--device", "cpu"]  # fmt: skip
+    settings = [
+        "--data",
+        str(photos),
+        "--model",
+        "demo-sd15",
+        "--caption",
+        "mountains",
+        "--steps",
+        "3",
+        "--resolution",
+        "64",
+        "--rank",
+        "4",
+        "--batch",
+        "2",
+        "--lr",
+        "1e-2",
+        "--validation-every",
+        "0",
+        "--models-dir",
+        str(config.models_dir),
+        "--loras-dir",
+        str(config.loras_dir),
+        "--outputs-dir",
+        str(config.outputs_dir),
+        "--device",
+        "cpu",
+    ]
     with socket.socket() as probe:  # a free port for the processes to meet on
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     torchrun = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", port, "-m", "studio", "train", "--name", "two", *settings],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            "-m",
+            "studio",
+            "train",
+            "--name",
+            "two",
+            *settings,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
         env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
     try:
         stdout, stderr = torchrun.communicate(timeout=300)
     finally:

@@ -7,15 +7,36 @@ import json
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-
 from test_training_photos import make_photo_folder
 
-SMALL = dict(model="demo-sd15", caption="mountains", caption_column="text", trigger="mtn", steps=3, rank=4, alpha=2,
-             learning_rate=1e-3, resolution=64, batch_size=2, epochs=0, gradient_accumulation=1,
-             lr_scheduler="constant_with_warmup", warmup_steps=0, train_text_encoder=False,
-             gradient_checkpointing=False, mixed_precision="auto", optimizer="auto", buckets=True, random_flip=True,
-             seed=42, min_snr_gamma=0, noise_offset=0, validation_prompt="", validation_every=2,
-             checkpoint_every=0)  # fmt: skip
+SMALL = dict(
+    model="demo-sd15",
+    caption="mountains",
+    caption_column="text",
+    trigger="mtn",
+    steps=3,
+    rank=4,
+    alpha=2,
+    learning_rate=1e-3,
+    resolution=64,
+    batch_size=2,
+    epochs=0,
+    gradient_accumulation=1,
+    lr_scheduler="constant_with_warmup",
+    warmup_steps=0,
+    train_text_encoder=False,
+    gradient_checkpointing=False,
+    mixed_precision="auto",
+    optimizer="auto",
+    buckets=True,
+    random_flip=True,
+    seed=42,
+    min_snr_gamma=0,
+    noise_offset=0,
+    validation_prompt="",
+    validation_every=2,
+    checkpoint_every=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,4 +70,3 @@ def test_bad_folder_and_resume_without_checkpoint_are_clear_errors(client, tmp_p
     photos = make_photo_folder(tmp_path / "photos")
     with pytest.raises(AppError, match="Nothing to resume"):
         client.predict(data=str(photos), name="never-ran", api_name="/resume_training", **SMALL)
-

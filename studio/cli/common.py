@@ -7,7 +7,7 @@ from pathlib import Path
 
 from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
 from studio.errors import InvalidRequestError
-from studio.metadata import parse_lora_weight
+from studio.generation.infotext import parse_lora_weight
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
 from studio.evaluation.requests import DEFAULT_FEATURE_MODEL
-from studio.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +35,14 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 def sampling_from_args(args):
     from studio.evaluation.requests import SamplingSettings
 
-    return SamplingSettings(negative_prompt=args.negative, steps=args.steps, cfg=args.cfg, width=args.width,
-                            height=args.height, scheduler=args.scheduler)  # fmt: skip
+    return SamplingSettings(
+        negative_prompt=args.negative,
+        steps=args.steps,
+        cfg=args.cfg,
+        width=args.width,
+        height=args.height,
+        scheduler=args.scheduler,
+    )
 
 
 def progress_bar():
@@ -58,10 +64,19 @@ def register(subparsers) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder of the images to compare with")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--count", type=int, default=16, help="images per candidate (default 16)")
-    parser.add_argument("--strengths", default=None, metavar="W,W,...",
-                        help="one candidate per strength of the single --lora, e.g. 0,0.5,1")  # fmt: skip
-    parser.add_argument("--compare", action="append", default=[], metavar="'MODEL + NAME:W'",
-                        help="another candidate, generated with the same prompt and seeds (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--strengths",
+        default=None,
+        metavar="W,W,...",
+        help="one candidate per strength of the single --lora, e.g. 0,0.5,1",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="'MODEL + NAME:W'",
+        help="another candidate, generated with the same prompt and seeds (repeatable)",
+    )
     parser.add_argument("--feature-model", default=DEFAULT_FEATURE_MODEL, help="CLIP image encoder: Hub id or folder")
     parser.add_argument("--no-kid", action="store_true", help="report CMMD only")
     parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")

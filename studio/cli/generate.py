@@ -6,13 +6,15 @@ import sys
 from pathlib import Path
 
 from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
-from studio.generation_request import GenerationRequest
-from studio.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from studio.generation.request import GenerationRequest
+from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="generate images from a prompt")
-    parser.add_argument("--model", required=True, help="demo-sd15, demo-sdxl, a models-folder entry, a path or a Hub id")
+    parser.add_argument(
+        "--model", required=True, help="demo-sd15, demo-sdxl, a models-folder entry, a path or a Hub id"
+    )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative", default="", help="negative prompt")
     parser.add_argument("--steps", type=int, default=25)
@@ -54,8 +56,8 @@ def run(args) -> int:
     quiet_libraries(verbose=args.verbose)
     from tqdm import tqdm
 
-    from studio import outputs
-    from studio.generation import generate
+    from studio.generation import outputs
+    from studio.generation.run import generate
     from studio.models.manager import ModelManager
 
     bar = tqdm(total=args.steps * args.count, desc="generating", unit="step", file=sys.stderr, leave=False)

@@ -25,7 +25,15 @@ def run(args) -> int:
     print("name\tkind\tformat\trank\tcomponents\thash\ttriggers\tproblem")
     for e in entries:
         kind = e.kind.label if e.kind else "?"
-        fields = [e.name, kind, e.format, str(e.rank or "?"), ",".join(e.components) or "-", e.addnet_hash or "-",
-                  ", ".join(e.trigger_words) or "-", e.problem or "ok"]  # fmt: skip
+        fields = [
+            e.name,
+            kind,
+            e.format,
+            str(e.rank or "?"),
+            ",".join(e.components) or "-",
+            e.addnet_hash or "-",
+            ", ".join(e.trigger_words) or "-",
+            e.problem or "ok",
+        ]
         print("\t".join(fields))
     return 0

@@ -20,8 +20,14 @@ def register(subparsers) -> None:
     parser.add_argument("--repo", required=True, metavar="OWNER/NAME", help="Hub repository (created if needed)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--message", default="", help="commit message")
-    parser.add_argument("--tag", "--tags", action="append", default=[], metavar="TAG[,TAG...]",
-                        help="extra model card tags, e.g. remote-sensing (repeatable, or comma-separated)")
+    parser.add_argument(
+        "--tag",
+        "--tags",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG...]",
+        help="extra model card tags, e.g. remote-sensing (repeatable, or comma-separated)",
+    )
     parser.add_argument("--license", default=None, help="model card license (default: the base model's)")
     parser.add_argument("--loras-dir", type=Path, default=ROOT / "loras", help="LoRA folder (default: loras)")
     parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
@@ -29,7 +35,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from studio.hub import PushRequest, push_adapter, resolve_token
+    from studio.hub.adapters import PushRequest, push_adapter, resolve_token
 
     if not args.verbose:
         _quiet_hub()

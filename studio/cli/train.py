@@ -18,23 +18,43 @@ from studio.training.request import LR_SCHEDULERS, MIXED_PRECISIONS, OPTIMIZERS
 
 # Options that override the preset; None means "take the preset's (or the request's) default".
 OVERRIDES = {
-    "steps": int, "epochs": int, "rank": int, "alpha": float, "lr": float, "resolution": int, "batch": int,
-    "grad_accum": int, "warmup": int, "seed": int, "min_snr_gamma": float, "noise_offset": float,
-    "validation_every": int, "checkpoint_every": int,
-}  # fmt: skip
+    "steps": int,
+    "epochs": int,
+    "rank": int,
+    "alpha": float,
+    "lr": float,
+    "resolution": int,
+    "batch": int,
+    "grad_accum": int,
+    "warmup": int,
+    "seed": int,
+    "min_snr_gamma": float,
+    "noise_offset": float,
+    "validation_every": int,
+    "checkpoint_every": int,
+}
 HELP = {
-    "steps": "optimizer steps [500]", "epochs": "passes over the data set (overrides --steps)",
-    "rank": "LoRA rank [16]", "alpha": "LoRA alpha; the strength scale is alpha/rank [16]",
-    "lr": "learning rate [1e-4]", "resolution": "training size in pixels [512]",
-    "batch": "images per step on each GPU [1]", "grad_accum": "micro-batches per optimizer step [1]",
-    "warmup": "learning-rate warm-up steps [0]", "seed": "seed of LoRA init, data order and noise [42]",
+    "steps": "optimizer steps [500]",
+    "epochs": "passes over the data set (overrides --steps)",
+    "rank": "LoRA rank [16]",
+    "alpha": "LoRA alpha; the strength scale is alpha/rank [16]",
+    "lr": "learning rate [1e-4]",
+    "resolution": "training size in pixels [512]",
+    "batch": "images per step on each GPU [1]",
+    "grad_accum": "micro-batches per optimizer step [1]",
+    "warmup": "learning-rate warm-up steps [0]",
+    "seed": "seed of LoRA init, data order and noise [42]",
     "min_snr_gamma": "Min-SNR loss weighting, e.g. 5 [off]",
     "noise_offset": "noise offset for very dark/bright images, e.g. 0.05 [0]",
     "validation_every": "draw a sample image every N steps [only at the end]",
     "checkpoint_every": "save a resumable checkpoint every N steps [100]; always on Stop",
-}  # fmt: skip
-FIELD_NAMES = {"lr": "learning_rate", "batch": "batch_size", "grad_accum": "gradient_accumulation",
-               "warmup": "warmup_steps"}  # fmt: skip
+}
+FIELD_NAMES = {
+    "lr": "learning_rate",
+    "batch": "batch_size",
+    "grad_accum": "gradient_accumulation",
+    "warmup": "warmup_steps",
+}
 
 
 def register(subparsers) -> None:
@@ -46,8 +66,9 @@ def register(subparsers) -> None:
     parser.add_argument("--caption-column", default="text", help="caption column of metadata.jsonl")
     parser.add_argument("--trigger", default=None, help="trigger word prepended to every caption")
     parser.add_argument("--preset", default="auto", help=f"auto (from the GPU), none, or one of: {', '.join(PRESETS)}")
-    settings = parser.add_argument_group("training settings", "an explicit value overrides the preset's; "
-                                         "defaults in brackets apply with --preset none")  # fmt: skip
+    settings = parser.add_argument_group(
+        "training settings", "an explicit value overrides the preset's; defaults in brackets apply with --preset none"
+    )
     for option, cast in OVERRIDES.items():
         settings.add_argument("--" + option.replace("_", "-"), type=cast, default=None, help=HELP[option])
     settings.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None, help="[constant_with_warmup]")
@@ -86,15 +107,28 @@ def build_request(args, config):
     for option in OVERRIDES:
         if getattr(args, option) is not None:
             settings[FIELD_NAMES.get(option, option)] = getattr(args, option)
-    for field, option in (("lr_scheduler", "lr_scheduler"), ("mixed_precision", "mixed_precision"),
-                          ("optimizer", "optimizer"), ("train_text_encoder", "train_text_encoder"),
-                          ("gradient_checkpointing", "gradient_checkpointing"), ("random_flip", "flip"),
-                          ("buckets", "buckets"), ("validation_prompt", "validation_prompt")):  # fmt: skip
+    for field, option in (
+        ("lr_scheduler", "lr_scheduler"),
+        ("mixed_precision", "mixed_precision"),
+        ("optimizer", "optimizer"),
+        ("train_text_encoder", "train_text_encoder"),
+        ("gradient_checkpointing", "gradient_checkpointing"),
+        ("random_flip", "flip"),
+        ("buckets", "buckets"),
+        ("validation_prompt", "validation_prompt"),
+    ):
         if getattr(args, option) is not None:
             settings[field] = getattr(args, option)
-    request = TrainingRequest(data=args.data, model=args.model, name=args.name, caption=args.caption,
-                              caption_column=args.caption_column, trigger=args.trigger, resume=args.resume,
-                              **settings)  # fmt: skip
+    request = TrainingRequest(
+        data=args.data,
+        model=args.model,
+        name=args.name,
+        caption=args.caption,
+        caption_column=args.caption_column,
+        trigger=args.trigger,
+        resume=args.resume,
+        **settings,
+    )
     request.validate()
     note = f"Preset {preset.name}. " if preset else ""
     kind = preset.kind if preset else resolve_model(args.model, config).kind
@@ -131,8 +165,9 @@ def run(args) -> int:
         nonlocal bar
         if event.kind == "step":
             if bar is None:
-                bar = tqdm(total=event.total_steps, initial=event.step - 1, desc="training", unit="step",
-                           file=sys.stderr)  # fmt: skip
+                bar = tqdm(
+                    total=event.total_steps, initial=event.step - 1, desc="training", unit="step", file=sys.stderr
+                )
             bar.update(event.step - bar.n)
             bar.set_postfix_str(f"loss {event.loss:.4f}, lr {event.lr:.2e}")
         elif event.kind == "dataset":  # the data set is fine: now the settings are worth showing

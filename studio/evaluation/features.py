@@ -94,13 +94,16 @@ def _vision_config(folder: Path):
 
 
 def _download(repo_id: str, on_progress: ProgressFn | None) -> Path:
-    from studio.models.hub_models import DownloadPlan, snapshot_with_progress
+    from studio.hub.download import DownloadPlan, snapshot_with_progress
 
     return snapshot_with_progress(
-        repo_id, plan=lambda api: DownloadPlan(FEATURE_FILES, *_weights_revision(api, repo_id)),
+        repo_id,
+        plan=lambda api: DownloadPlan(FEATURE_FILES, *_weights_revision(api, repo_id)),
         offline=DownloadPlan(FEATURE_FILES),  # offline: whatever the cache holds
-        what="Feature model", instead="pass a local CLIP folder as the feature model", on_progress=on_progress,
-    )  # fmt: skip
+        what="Feature model",
+        instead="pass a local CLIP folder as the feature model",
+        on_progress=on_progress,
+    )
 
 
 def _weights_revision(api, repo_id: str) -> tuple[str | None, int]:
@@ -135,8 +138,14 @@ def data_images(folder: Path) -> list[Path]:
     return paths
 
 
-def embed_files(features: FeatureModel, paths: list[Path], *, on_progress: ProgressFn | None = None,
-                cancel: threading.Event | None = None, batch_size: int = 16) -> np.ndarray:  # fmt: skip
+def embed_files(
+    features: FeatureModel,
+    paths: list[Path],
+    *,
+    on_progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    batch_size: int = 16,
+) -> np.ndarray:
     """Embed image files a batch at a time, so hundreds of large images never sit in RAM together."""
     from studio.training.dataset import load_image
 
@@ -150,24 +159,3 @@ def embed_files(features: FeatureModel, paths: list[Path], *, on_progress: Progr
             done = min(start + batch_size, len(paths))
             on_progress(done / len(paths), f"Embedding the data images: {done}/{len(paths)}")
     return np.concatenate(rows)
-
-
-def save_tiny_feature_model(folder: Path, *, seed: int = 0, image_size: int = 32) -> Path:
-    """A tiny random CLIP image encoder in the Hub layout: tests and benchmarks use it offline.
-
-    Its embeddings are random projections of the pixels, not semantic ones, but every code path
-    (processor, projection, safetensors loading) is the one the real encoder goes through.
-    """
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        image_size=image_size, patch_size=8, projection_dim=16,
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPVisionModelWithProjection(config)
-    model.save_pretrained(folder, safe_serialization=True)
-    size = {"shortest_edge": image_size}
-    CLIPImageProcessorPil(size=size, crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
-    return Path(folder)

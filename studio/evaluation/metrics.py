@@ -94,10 +94,15 @@ def score(x: np.ndarray, y: np.ndarray, metric: Metric, *, resamples: int = 200,
     kxx, kyy, kxy = metric.kernel(x, x), metric.kernel(y, y), metric.kernel(x, y)
     value = metric.scale * _mmd2(kxx, kyy, kxy, np.arange(len(x)), np.arange(len(y)))
     rng = np.random.default_rng(seed)
-    draws = np.array([
-        _mmd2(kxx, kyy, kxy, rng.integers(0, len(x), len(x)), rng.integers(0, len(y), len(y)))
-        for _ in range(resamples)
-    ]) * metric.scale  # fmt: skip
+    draws = (
+        np.array(
+            [
+                _mmd2(kxx, kyy, kxy, rng.integers(0, len(x), len(x)), rng.integers(0, len(y), len(y)))
+                for _ in range(resamples)
+            ]
+        )
+        * metric.scale
+    )
     draws = draws[np.isfinite(draws)]  # a resample of 2 images can draw one image twice: no pair left
     if not len(draws):
         return Score(value, value, value, value)

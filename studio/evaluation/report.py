@@ -84,8 +84,10 @@ def bar_chart(result: EvaluationResult, metric_key: str = "cmmd", *, width: int 
         y = top + i * row
         draw.text((8, y + 7), f"{i + 1}. {label}"[:30], fill="black", font=font)
         draw.text((label_width - 56, y + 7), f"{score.value:.3f}", fill="black", font=font)
-        draw.rectangle([min(x_of(0.0), x_of(score.value)), y + 6, max(x_of(0.0), x_of(score.value)), y + row - 6],
-                       fill=(70, 110, 200))  # fmt: skip
+        draw.rectangle(
+            [min(x_of(0.0), x_of(score.value)), y + 6, max(x_of(0.0), x_of(score.value)), y + row - 6],
+            fill=(70, 110, 200),
+        )
         draw.line([x_of(score.low), y + row // 2, x_of(score.high), y + row // 2], fill="black", width=2)
     draw.text((label_width, bottom + 8), f"floor (data vs itself): {floor}", fill=(40, 140, 40), font=font)
     return image

@@ -10,9 +10,9 @@ import dataclasses
 from pathlib import Path
 
 from studio.errors import DatasetError, InvalidRequestError
-from studio.generation_request import MAX_SEED, GenerationRequest
-from studio.metadata import parse_lora_weight
-from studio.schedulers import DEFAULT_SCHEDULER
+from studio.generation.infotext import parse_lora_weight
+from studio.generation.request import MAX_SEED, GenerationRequest
+from studio.generation.schedulers import DEFAULT_SCHEDULER
 from studio.validation import check_range
 
 DEFAULT_FEATURE_MODEL = "openai/clip-vit-large-patch14-336"
@@ -60,10 +60,19 @@ class SamplingSettings:
     def generation_request(self, candidate: Candidate, *, prompt: str, seed: int, count: int) -> GenerationRequest:
         """Images seed, seed+1, ... seed+count-1, one per pipeline call (the same seeds for every candidate)."""
         return GenerationRequest(
-            model=candidate.model, prompt=prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-            cfg=self.cfg, seed=seed, width=self.width, height=self.height, scheduler=self.scheduler,
-            batch_size=1, batch_count=count, loras=candidate.loras,
-        )  # fmt: skip
+            model=candidate.model,
+            prompt=prompt,
+            negative_prompt=self.negative_prompt,
+            steps=self.steps,
+            cfg=self.cfg,
+            seed=seed,
+            width=self.width,
+            height=self.height,
+            scheduler=self.scheduler,
+            batch_size=1,
+            batch_count=count,
+            loras=candidate.loras,
+        )
 
 
 def _check_seed_and_count(seed: int, count: int, low: int, what: str, *, images: int) -> None:

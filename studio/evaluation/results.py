@@ -71,13 +71,21 @@ class EvaluationResult:
             rows.append(row)
         floor = {"rank": "-", "candidate": f"floor: data vs itself ({self.data_images} images in halves)"}
         floor.update({metric.label: str(self.floor[metric.key]) for metric in metrics})
-        rows.append({**floor, "closest data image": f"{self.data_closest:.3f}", "likely copies": "",
-                     "note": "lower is closer; closest = two different data images"})  # fmt: skip
+        rows.append(
+            {
+                **floor,
+                "closest data image": f"{self.data_closest:.3f}",
+                "likely copies": "",
+                "note": "lower is closer; closest = two different data images",
+            }
+        )
         return rows
 
     def chart_rows(self, metric_key: str = "cmmd") -> list[dict]:
         """Ranked bars (candidates, then the floor) for a bar chart."""
-        rows = [{"candidate": f"{rank}. {r.label}", "score": r.scores[metric_key].value, "kind": "candidate"}
-                for rank, r in enumerate(self.candidates, start=1)]  # fmt: skip
+        rows = [
+            {"candidate": f"{rank}. {r.label}", "score": r.scores[metric_key].value, "kind": "candidate"}
+            for rank, r in enumerate(self.candidates, start=1)
+        ]
         floor = self.floor[metric_key].value
         return rows + [{"candidate": "floor: data vs itself", "score": floor, "kind": "floor"}]

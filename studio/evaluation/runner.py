@@ -18,13 +18,14 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from studio import outputs
 from studio.evaluation import metrics
 from studio.evaluation.features import data_images, embed_files, load_feature_model
 from studio.evaluation.report import neighbour_grid, save_image, write_report
 from studio.evaluation.requests import Candidate, EvaluationRequest
 from studio.evaluation.results import CandidateResult, EvaluationResult, Neighbour
-from studio.generation import StepInfo, generate
+from studio.generation import outputs
+from studio.generation.request import StepInfo
+from studio.generation.run import generate
 from studio.models.manager import ModelManager
 
 
@@ -72,10 +73,12 @@ def evaluate(
         dtype=manager.dtype,
         on_progress=lambda f, message: report(Progress(share / 2 * f, message)),
     )
-    data = embed_files(features, paths, cancel=cancel,
-                       on_progress=lambda f, message: report(Progress(share / 2 * (1 + f), message)))  # fmt: skip
-    floor = {key: metrics.floor_score(data, metrics.METRICS[key], resamples=request.resamples)
-             for key in request.metric_keys}  # fmt: skip
+    data = embed_files(
+        features, paths, cancel=cancel, on_progress=lambda f, message: report(Progress(share / 2 * (1 + f), message))
+    )
+    floor = {
+        key: metrics.floor_score(data, metrics.METRICS[key], resamples=request.resamples) for key in request.metric_keys
+    }
     result = EvaluationResult(
         folder=new_run_folder(outputs_dir),
         data_folder=Path(request.data).expanduser(),
@@ -95,14 +98,17 @@ def evaluate(
 
         def on_step(info: StepInfo, index=index, candidate=candidate):
             done = (index + (info.image_index + info.step / info.total_steps) / request.count) / total
-            message = (f"{candidate.label} ({index + 1}/{total}): image {info.image_index + 1}/{request.count}, "
-                       f"step {info.step}/{info.total_steps}")  # fmt: skip
+            message = (
+                f"{candidate.label} ({index + 1}/{total}): image {info.image_index + 1}/{request.count}, "
+                f"step {info.step}/{info.total_steps}"
+            )
             report(Progress(share + (1 - share) * done, message, info.preview))
 
         generation = generate(
             manager,
-            request.sampling.generation_request(candidate, prompt=request.prompt, seed=request.seed,
-                                                count=request.count),  # fmt: skip
+            request.sampling.generation_request(
+                candidate, prompt=request.prompt, seed=request.seed, count=request.count
+            ),
             on_step=on_step,
             on_load=lambda f, message: report(Progress(share + (1 - share) * index / total, message)),
             cancel=cancel,
@@ -120,8 +126,15 @@ def evaluate(
     return result
 
 
-def _score_candidate(candidate: Candidate, generation, folder: Path, features, data: np.ndarray,
-                     paths: list[Path], request: EvaluationRequest) -> CandidateResult:  # fmt: skip
+def _score_candidate(
+    candidate: Candidate,
+    generation,
+    folder: Path,
+    features,
+    data: np.ndarray,
+    paths: list[Path],
+    request: EvaluationRequest,
+) -> CandidateResult:
     saved = [
         outputs.save_png(image, text, folder / f"{i:05d}-{seed}.png")
         for i, (image, text, seed) in enumerate(zip(generation.images, generation.infotexts, generation.seeds))

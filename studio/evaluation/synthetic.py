@@ -15,12 +15,13 @@ import json
 import threading
 from pathlib import Path
 
-from studio import outputs
 from studio.atomic import write_bytes
 from studio.errors import UnsafePathError
 from studio.evaluation.requests import ExportRequest
 from studio.evaluation.runner import Progress, ProgressFn
-from studio.generation import StepInfo, generate
+from studio.generation import outputs
+from studio.generation.request import StepInfo
+from studio.generation.run import generate
 from studio.models.manager import ModelManager
 
 

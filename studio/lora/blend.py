@@ -292,6 +292,9 @@ def apply_request(manager, request: BlendRequest) -> list[tuple[str, float, str]
     request.validate()
     with manager.acquire(request.model) as model:
         return apply_blend(
-            model, list(request.loras), loras_dir=manager.config.loras_dir,
-            text_encoder_scale=request.text_encoder_scale, fuse=request.fuse,
-        )  # fmt: skip
+            model,
+            list(request.loras),
+            loras_dir=manager.config.loras_dir,
+            text_encoder_scale=request.text_encoder_scale,
+            fuse=request.fuse,
+        )

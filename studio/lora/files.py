@@ -50,14 +50,38 @@ MODELSPEC_ARCHITECTURE = {
 # kohya name back means re-joining these. Longest first, so `time_emb_proj` wins over shorter pieces.
 _COMPOUNDS = sorted(
     [
-        "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
-        "proj_in", "proj_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out", "time_embedding",
-        "add_embedding", "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
-        "out_proj", "text_projection", "conv_norm_out", "time_proj", "add_time_proj",
+        "down_blocks",
+        "up_blocks",
+        "mid_block",
+        "transformer_blocks",
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out",
+        "proj_in",
+        "proj_out",
+        "time_emb_proj",
+        "conv_shortcut",
+        "conv_in",
+        "conv_out",
+        "time_embedding",
+        "add_embedding",
+        "linear_1",
+        "linear_2",
+        "text_model",
+        "self_attn",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "text_projection",
+        "conv_norm_out",
+        "time_proj",
+        "add_time_proj",
     ],
     key=len,
     reverse=True,
-)  # fmt: skip
+)
 _COMPOUND_PATTERNS = [
     (re.compile(rf"(?<![A-Za-z0-9]){re.escape(c.replace('_', '.'))}(?![A-Za-z0-9])"), c) for c in _COMPOUNDS
 ]

@@ -14,9 +14,16 @@ from studio.models.kinds import ModelKind
 _CROSS_ATTENTION_KIND = {768: ModelKind.SD15, 2048: ModelKind.SDXL}
 _CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k[._](lora_down|lora_A|lora\.down)")
 _LYCORIS_MARKERS = {
-    "hada_w1_a": "LoHa", "hada_w2_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "lokr_w2": "LoKr",
-    "oft_diag": "OFT", "oft_blocks": "OFT", "b1.weight": "(IA)^3 / GLoRA", "a1.weight": "GLoRA",
-}  # fmt: skip
+    "hada_w1_a": "LoHa",
+    "hada_w2_a": "LoHa",
+    "lokr_w1": "LoKr",
+    "lokr_w1_a": "LoKr",
+    "lokr_w2": "LoKr",
+    "oft_diag": "OFT",
+    "oft_blocks": "OFT",
+    "b1.weight": "(IA)^3 / GLoRA",
+    "a1.weight": "GLoRA",
+}
 
 
 def lora_format(keys) -> str:

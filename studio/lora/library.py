@@ -136,9 +136,11 @@ def _read_entry(path: Path) -> LoraEntry:
         return LoraEntry(**base, format="unknown", kind=None, problem=f"{name} holds no .safetensors LoRA file.")
     if weights_file.suffix.lower() in PICKLE_SUFFIXES:
         return LoraEntry(
-            **base, format="pickle", kind=None,
+            **base,
+            format="pickle",
+            kind=None,
             problem=f"{weights_file.name} is a pickle file, which can run code; Studio loads only .safetensors LoRAs.",
-        )  # fmt: skip
+        )
     try:
         header = read_safetensors_header(weights_file)
     except StudioError as e:

@@ -1,4 +1,4 @@
-""""Save blend as new LoRA": merge weighted adapters into one adapter that reproduces the blend at strength 1.
+""" "Save blend as new LoRA": merge weighted adapters into one adapter that reproduces the blend at strength 1.
 
 A blend adds, per layer, sum_i w_i * (alpha_i / r_i) * B_i @ A_i. Stacking the factors along the rank axis,
 
@@ -143,7 +143,7 @@ def _write_folder(target: Path, merged: LoraWeights, request: SaveBlendRequest, 
             "studio_version": studio.__version__,
         }
         (tmp / "adapter.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        from studio.model_card import build_model_card
+        from studio.hub.model_card import build_model_card
 
         build_model_card(tmp).save(tmp / "README.md")
         make_readable(tmp)

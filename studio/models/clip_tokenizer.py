@@ -19,7 +19,6 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-
 BPE_FILE = Path(__file__).resolve().parent / "configs" / "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408
 _MERGE_COUNT = 49152 - 256 - 2

@@ -38,17 +38,23 @@ def read_safetensors_header(path: Path) -> dict:
         with path.open("rb") as f:
             raw_length = f.read(8)
             if len(raw_length) < 8:
-                raise UnsupportedModelError(f"{path.name} is not a safetensors file (only {len(raw_length)} bytes). Re-download it.")
+                raise UnsupportedModelError(
+                    f"{path.name} is not a safetensors file (only {len(raw_length)} bytes). Re-download it."
+                )
             (length,) = struct.unpack("<Q", raw_length)
             if length == 0 or length > _MAX_HEADER_BYTES:
-                raise UnsupportedModelError(f"{path.name} is not a safetensors file (header length {length}). Re-download it.")
+                raise UnsupportedModelError(
+                    f"{path.name} is not a safetensors file (header length {length}). Re-download it."
+                )
             header = json.loads(f.read(length))
     except FileNotFoundError:
         from studio.errors import ModelNotFoundError
 
         raise ModelNotFoundError(f"{path} does not exist. Check the path.") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UnsupportedModelError(f"{path.name} is not a safetensors file (its header is not JSON). Re-download it.") from None
+        raise UnsupportedModelError(
+            f"{path.name} is not a safetensors file (its header is not JSON). Re-download it."
+        ) from None
     if not isinstance(header, dict):
         raise UnsupportedModelError(f"{path.name} is not a safetensors file (unexpected header). Re-download it.")
     data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
@@ -69,10 +75,16 @@ def kind_of_checkpoint_keys(keys, name: str = "checkpoint") -> ModelKind:
     if any(k.startswith("cond_stage_model.transformer.") for k in keys):
         return ModelKind.SD15
     if any(k.startswith("cond_stage_model.model.") for k in keys):
-        raise UnsupportedModelError(f"{name} looks like a Stable Diffusion 2.x checkpoint; Studio supports SD1.5 and SDXL.")
+        raise UnsupportedModelError(
+            f"{name} looks like a Stable Diffusion 2.x checkpoint; Studio supports SD1.5 and SDXL."
+        )
     if any(k.startswith("model.diffusion_model.") for k in keys):
-        raise UnsupportedModelError(f"{name} has a UNet but no text encoder Studio recognizes; use an SD1.5 or SDXL checkpoint.")
-    raise UnsupportedModelError(f"{name} is not a Stable Diffusion checkpoint (no UNet weights found). Pick an SD1.5 or SDXL model file.")
+        raise UnsupportedModelError(
+            f"{name} has a UNet but no text encoder Studio recognizes; use an SD1.5 or SDXL checkpoint."
+        )
+    raise UnsupportedModelError(
+        f"{name} is not a Stable Diffusion checkpoint (no UNet weights found). Pick an SD1.5 or SDXL model file."
+    )
 
 
 def kind_of_checkpoint(path: Path) -> ModelKind:
@@ -94,4 +106,6 @@ def kind_of_folder(folder: Path) -> ModelKind:
         return ModelKind.SDXL
     if pipeline_class.startswith("StableDiffusion"):
         return ModelKind.SD15
-    raise UnsupportedModelError(f"{folder} holds a {pipeline_class or 'unknown'} model; Studio supports SD1.5 and SDXL pipelines.")
+    raise UnsupportedModelError(
+        f"{folder} holds a {pipeline_class or 'unknown'} model; Studio supports SD1.5 and SDXL pipelines."
+    )

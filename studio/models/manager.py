@@ -148,7 +148,9 @@ class ModelManager:
     def exclusive(self, purpose: str) -> Iterator[None]:
         """Hold the GPU lock. A training run holds it for its whole length; others are refused meanwhile."""
         if self._holder == "training" and purpose != "training":
-            raise BusyError("A LoRA training run is using the GPU. Wait for it to finish or press Stop in the Train tab.")
+            raise BusyError(
+                "A LoRA training run is using the GPU. Wait for it to finish or press Stop in the Train tab."
+            )
         with self._lock:
             previous, self._holder = self._holder, purpose
             try:
@@ -226,7 +228,7 @@ class ModelManager:
             return pipe, source.kind
         folder = Path(source.location)
         if source.origin == "hub":
-            from studio.models.hub_models import download_pipeline
+            from studio.hub.download import download_pipeline
 
             folder = download_pipeline(source.location, fp16=dtype == torch.float16, on_progress=progress)
         kind = kind_of_folder(folder)
@@ -305,4 +307,3 @@ def set_vae_tiling(pipe, enabled: bool) -> None:
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
-

@@ -47,9 +47,25 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
 
 # Modes `to_rgb` converts; anything else (LAB, HSV...) is reported at scan time, not mid-training.
 _CONVERTIBLE_MODES = {
-    "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-    "I", "I;16", "I;16L", "I;16B", "I;16N", "F",
-}  # fmt: skip
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "I",
+    "I;16",
+    "I;16L",
+    "I;16B",
+    "I;16N",
+    "F",
+}
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 _SUFFIX_LIST = "/".join(IMAGE_SUFFIXES)
 
@@ -395,11 +411,11 @@ def _read_metadata(
             problem(f"line {number} is not valid JSON ({error.msg} at column {error.colno})")
             continue
         if not isinstance(row, dict):
-            problem(f"line {number} is not a JSON object like {{\"file_name\": ..., \"{column}\": ...}}")
+            problem(f'line {number} is not a JSON object like {{"file_name": ..., "{column}": ...}}')
             continue
         file_name = row.get("file_name")
         if not isinstance(file_name, str) or not file_name:
-            problem(f"line {number} has no \"file_name\"")
+            problem(f'line {number} has no "file_name"')
             continue
         image = meta_path.parent / file_name
         key = _key(image)
@@ -530,9 +546,16 @@ def _short_side_bucket(short_side: int) -> str:
 
 
 _ASPECTS = (
-    ("1:2", 1 / 2), ("9:16", 9 / 16), ("2:3", 2 / 3), ("3:4", 3 / 4), ("1:1", 1.0),
-    ("4:3", 4 / 3), ("3:2", 3 / 2), ("16:9", 16 / 9), ("2:1", 2.0),
-)  # fmt: skip
+    ("1:2", 1 / 2),
+    ("9:16", 9 / 16),
+    ("2:3", 2 / 3),
+    ("3:4", 3 / 4),
+    ("1:1", 1.0),
+    ("4:3", 4 / 3),
+    ("3:2", 3 / 2),
+    ("16:9", 16 / 9),
+    ("2:1", 2.0),
+)
 _TALLER, _WIDER = "taller than 1:2", "wider than 2:1"
 
 

@@ -3,7 +3,7 @@
     pytorch_lora_weights.safetensors   diffusers (alpha kept in the adapter metadata)
     <name>.safetensors                 kohya/A1111/ComfyUI, with ss_* and modelspec.* metadata
     adapter.json                       the manifest other parts of Studio read (see the shared contract)
-    README.md                          model card (studio.model_card)
+    README.md                          model card (studio.hub.model_card)
     samples/*.png                      validation images with A1111 infotext
 
 Everything is written into a hidden temporary folder beside the target and renamed at the end, so the
@@ -60,8 +60,11 @@ def export_adapter(
     staging = tmp.parent
     try:
         save_diffusers_lora(weights, tmp)
-        save_kohya_lora(weights, tmp / f"{request.name}.safetensors",
-                        metadata=kohya_metadata(request, kind, num_images, precision, now))  # fmt: skip
+        save_kohya_lora(
+            weights,
+            tmp / f"{request.name}.safetensors",
+            metadata=kohya_metadata(request, kind, num_images, precision, now),
+        )
         (tmp / "samples").mkdir()
         for sample in state["samples"]:
             source = run_dir / sample["file"]
@@ -76,23 +79,28 @@ def export_adapter(
             "alpha": request.alpha,
             "text_encoder": request.train_text_encoder,
             # Only the data folder's name: the full local path (user name, disk layout) must not travel to the Hub.
-            "settings": {**request.to_json(), "data": Path(request.data).name, "mixed_precision": precision,
-                         "num_images": num_images},
+            "settings": {
+                **request.to_json(),
+                "data": Path(request.data).name,
+                "mixed_precision": precision,
+                "num_images": num_images,
+            },
             "blend": None,
             "samples": [s for s in state["samples"] if (tmp / s["file"]).is_file()],
             "created": now.isoformat(),
             "studio_version": studio.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        from studio.model_card import build_model_card
+        from studio.hub.model_card import build_model_card
 
         build_model_card(tmp).save(tmp / "README.md")
         make_readable(tmp)
         try:
             tmp.rename(output_dir)
         except OSError as error:
-            raise TrainingError(f"{output_dir} appeared while training ({error}); the adapter is kept in {tmp}; "
-                                "move it yourself.") from error  # fmt: skip
+            raise TrainingError(
+                f"{output_dir} appeared while training ({error}); the adapter is kept in {tmp}; move it yourself."
+            ) from error
         staging.rmdir()
     except TrainingError:
         raise
@@ -102,8 +110,9 @@ def export_adapter(
     return output_dir
 
 
-def kohya_metadata(request: TrainingRequest, kind: ModelKind, num_images: int, precision: str,
-                   now: datetime.datetime) -> dict[str, str]:  # fmt: skip
+def kohya_metadata(
+    request: TrainingRequest, kind: ModelKind, num_images: int, precision: str, now: datetime.datetime
+) -> dict[str, str]:
     """The `ss_*` keys kohya's sd-scripts write (read by A1111's and Civitai's LoRA info) and `modelspec.*`."""
     resolution = f"{request.resolution}x{request.resolution}"
     tags = {request.trigger: num_images} if request.trigger else {}

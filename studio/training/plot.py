@@ -21,8 +21,9 @@ def loss_curve(losses: list[tuple[int, float]], *, window: int = 20) -> Image.Im
         return image
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
-    smooth = [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
-              for i in range(len(values))]  # fmt: skip
+    smooth = [
+        sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))
+    ]
     low, high = min(values), max(values)
     span = (high - low) or 1.0
     first, last = steps[0], max(steps[-1], steps[0] + 1)

@@ -36,9 +36,13 @@ GB = 1024**3
 # Exact parameter counts of the real architectures (configs in studio/models/configs).
 PARAMS = {
     ModelKind.SD15: {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
-    ModelKind.SDXL: {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
-                     "text_encoder_2": 694_659_840},
-}  # fmt: skip
+    ModelKind.SDXL: {
+        "unet": 2_567_463_684,
+        "vae": 83_653_863,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 694_659_840,
+    },
+}
 # LoRA parameters per unit of rank on the default targets (UNet attention to_q/k/v/out.0; text encoder
 # q/k/v/out_proj): rank r adds r x (in_features + out_features) per layer.
 LORA_PARAMS_PER_RANK = {
@@ -76,20 +80,72 @@ def _preset(kind: ModelKind, vram_gb: int, **settings) -> Preset:
 PRESETS = {
     p.name: p
     for p in (
-        _preset(ModelKind.SD15, 8, resolution=512, batch_size=2, rank=16, alpha=16.0, gradient_checkpointing=True,
-                learning_rate=1e-4),
-        _preset(ModelKind.SD15, 12, resolution=512, batch_size=2, rank=32, alpha=32.0, gradient_checkpointing=False,
-                learning_rate=1e-4),
-        _preset(ModelKind.SD15, 24, resolution=768, batch_size=4, rank=32, alpha=32.0, gradient_checkpointing=True,
-                learning_rate=1e-4, train_text_encoder=True),
-        _preset(ModelKind.SDXL, 8, resolution=768, batch_size=1, rank=8, alpha=8.0, gradient_checkpointing=True,
-                learning_rate=1e-4, gradient_accumulation=2),
-        _preset(ModelKind.SDXL, 12, resolution=1024, batch_size=1, rank=16, alpha=16.0, gradient_checkpointing=True,
-                learning_rate=1e-4, gradient_accumulation=2),
-        _preset(ModelKind.SDXL, 24, resolution=1024, batch_size=2, rank=32, alpha=32.0, gradient_checkpointing=True,
-                learning_rate=1e-4, train_text_encoder=True),
+        _preset(
+            ModelKind.SD15,
+            8,
+            resolution=512,
+            batch_size=2,
+            rank=16,
+            alpha=16.0,
+            gradient_checkpointing=True,
+            learning_rate=1e-4,
+        ),
+        _preset(
+            ModelKind.SD15,
+            12,
+            resolution=512,
+            batch_size=2,
+            rank=32,
+            alpha=32.0,
+            gradient_checkpointing=False,
+            learning_rate=1e-4,
+        ),
+        _preset(
+            ModelKind.SD15,
+            24,
+            resolution=768,
+            batch_size=4,
+            rank=32,
+            alpha=32.0,
+            gradient_checkpointing=True,
+            learning_rate=1e-4,
+            train_text_encoder=True,
+        ),
+        _preset(
+            ModelKind.SDXL,
+            8,
+            resolution=768,
+            batch_size=1,
+            rank=8,
+            alpha=8.0,
+            gradient_checkpointing=True,
+            learning_rate=1e-4,
+            gradient_accumulation=2,
+        ),
+        _preset(
+            ModelKind.SDXL,
+            12,
+            resolution=1024,
+            batch_size=1,
+            rank=16,
+            alpha=16.0,
+            gradient_checkpointing=True,
+            learning_rate=1e-4,
+            gradient_accumulation=2,
+        ),
+        _preset(
+            ModelKind.SDXL,
+            24,
+            resolution=1024,
+            batch_size=2,
+            rank=32,
+            alpha=32.0,
+            gradient_checkpointing=True,
+            learning_rate=1e-4,
+            train_text_encoder=True,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def presets_for(kind: ModelKind) -> list[Preset]:
@@ -128,7 +184,7 @@ class VramEstimate:
 
 
 def resolve_precision(mixed_precision: str, device_type: str, bf16_supported: bool = False) -> str:
-    """"no", "fp16" or "bf16" for a request's `mixed_precision` on a device type."""
+    """ "no", "fp16" or "bf16" for a request's `mixed_precision` on a device type."""
     if mixed_precision != "auto":
         return mixed_precision
     if device_type == "cpu":

@@ -162,8 +162,14 @@ class TrainingRequest:
 
     def fingerprint(self) -> str:
         """The settings that must match for a checkpoint to be resumed (not: resume, checkpoint/sample cadence)."""
-        free = {"resume", "checkpoint_every", "validation_every", "validation_prompt", "validation_seed",
-                "validation_steps"}  # fmt: skip
+        free = {
+            "resume",
+            "checkpoint_every",
+            "validation_every",
+            "validation_prompt",
+            "validation_seed",
+            "validation_steps",
+        }
         return json.dumps({k: v for k, v in self.to_json().items() if k not in free}, sort_keys=True)
 
 

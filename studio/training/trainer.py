@@ -27,9 +27,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from studio import metadata, outputs
 from studio.config import StudioConfig
 from studio.errors import TrainingError
+from studio.generation import outputs
+from studio.generation.infotext import build_infotext
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager, resolve_device
 from studio.training import cache as caching
@@ -106,8 +107,13 @@ def train(
     model = manager.load(request.model)
     run = _prepare(request, model, report, accelerator.device, run_dir, emit, should_stop)
     if run is None:
-        emit(TrainingEvent("stopped", message="Stopped while caching, before the first step; the cache is kept, "
-                                              "so the next run starts faster."))  # fmt: skip
+        emit(
+            TrainingEvent(
+                "stopped",
+                message="Stopped while caching, before the first step; the cache is kept, "
+                "so the next run starts faster.",
+            )
+        )
         return None
     pipe = model.pipe
 
@@ -128,8 +134,13 @@ def train(
     order = DataOrder(run.buckets, batch_size=request.batch_size, seed=request.seed, random_flip=request.random_flip)
     world, rank = accelerator.num_processes, accelerator.process_index
     if world > 1:
-        emit(TrainingEvent("status", message=f"Training on {world} processes ({accelerator.device.type}); each step "
-                                             f"takes {request.batch_size} images per process"))  # fmt: skip
+        emit(
+            TrainingEvent(
+                "status",
+                message=f"Training on {world} processes ({accelerator.device.type}); each step "
+                f"takes {request.batch_size} images per process",
+            )
+        )
     micro_per_step = request.gradient_accumulation * world
     total = request.steps if request.epochs is None else math.ceil(request.epochs * order.per_epoch / micro_per_step)
     lr_scheduler = get_scheduler(
@@ -157,8 +168,9 @@ def train(
             return None
         state["scheduler"] = lr_scheduler.state_dict()
         state["grad_scaler"] = grad_scaler_state(accelerator.scaler)
-        path = save_checkpoint(run_dir / "checkpoints", step, lora=_lora_params(run.trained),
-                               optimizer=optimizer.state_dict(), state=state)  # fmt: skip
+        path = save_checkpoint(
+            run_dir / "checkpoints", step, lora=_lora_params(run.trained), optimizer=optimizer.state_dict(), state=state
+        )
         emit(TrainingEvent("checkpoint", step=step, total_steps=total, path=str(path)))
         return path
 
@@ -169,8 +181,15 @@ def train(
         step_started = time.perf_counter()
         if _stop_requested(should_stop, accelerator):
             path = save(step)
-            emit(TrainingEvent("stopped", step=step, total_steps=total, path=str(path) if path else None,
-                               message=f"Stopped at step {step}; resume continues from there."))  # fmt: skip
+            emit(
+                TrainingEvent(
+                    "stopped",
+                    step=step,
+                    total_steps=total,
+                    path=str(path) if path else None,
+                    message=f"Stopped at step {step}; resume continues from there.",
+                )
+            )
             return None
         step_loss = torch.zeros((), device=accelerator.device)
         for micro in range(request.gradient_accumulation):
@@ -194,8 +213,17 @@ def train(
         timed_steps += 1
         train_seconds += time.perf_counter() - step_started
         pace = train_seconds / timed_steps
-        emit(TrainingEvent("step", step=done, total_steps=total, loss=mean_loss, lr=lr_scheduler.get_last_lr()[0],
-                           sec_per_step=pace, eta=pace * (total - done)))  # fmt: skip
+        emit(
+            TrainingEvent(
+                "step",
+                step=done,
+                total_steps=total,
+                loss=mean_loss,
+                lr=lr_scheduler.get_last_lr()[0],
+                sec_per_step=pace,
+                eta=pace * (total - done),
+            )
+        )
         if done < total and request.validation_every and done % request.validation_every == 0 and main:
             state["samples"].append(_sample(run, run_dir, done, model, emit, accelerator))
         if done < total and request.checkpoint_every and done % request.checkpoint_every == 0:
@@ -209,11 +237,16 @@ def train(
 
     emit(TrainingEvent("status", step=total, total_steps=total, message="Writing the adapter"))
     folder = export_adapter(
-        output_dir, run_dir=run_dir, trained=run.trained, request=request, kind=run.kind, state=state,
-        num_images=len(report.samples), precision=precision,
-    )  # fmt: skip
-    emit(TrainingEvent("done", step=total, total_steps=total, path=str(folder),
-                       message=f"Adapter saved to {folder}"))  # fmt: skip
+        output_dir,
+        run_dir=run_dir,
+        trained=run.trained,
+        request=request,
+        kind=run.kind,
+        state=state,
+        num_images=len(report.samples),
+        precision=precision,
+    )
+    emit(TrainingEvent("done", step=total, total_steps=total, path=str(folder), message=f"Adapter saved to {folder}"))
     return folder
 
 
@@ -227,8 +260,9 @@ def preflight(request: TrainingRequest, config: StudioConfig) -> DatasetReport:
     report = check_dataset(request)
     output_dir = request.output_dir(config.loras_dir)
     if output_dir.exists():
-        raise TrainingError(f"An adapter named {request.name!r} already exists in {output_dir.parent}; "
-                            "pick another name or delete it.")  # fmt: skip
+        raise TrainingError(
+            f"An adapter named {request.name!r} already exists in {output_dir.parent}; pick another name or delete it."
+        )
     run_dir = request.run_dir(config.outputs_dir)
     if request.resume and not list_checkpoints(run_dir / "checkpoints"):
         raise TrainingError(f"Nothing to resume: {run_dir} has no checkpoint for {request.name!r}; press Train.")
@@ -272,8 +306,9 @@ def _prepare(request, model, report, device, run_dir, emit, should_stop) -> _Run
         if done == total or done % max(1, total // 20) == 0:  # ~20 updates, not one event per image
             emit(TrainingEvent("status", message=f"Caching latents {done}/{total}"))
 
-    finished = caching.cache_latents(latents, pipe.vae, items, device=device, on_progress=progress,
-                                     should_stop=should_stop)  # fmt: skip
+    finished = caching.cache_latents(
+        latents, pipe.vae, items, device=device, on_progress=progress, should_stop=should_stop
+    )
     latents.save()
     pipe.vae.to("cpu", vae_dtype)
     if not finished:
@@ -294,8 +329,11 @@ def _prepare(request, model, report, device, run_dir, emit, should_stop) -> _Run
             encoder.to(device)
     _free_accelerator()
     pipe.unet.to(device)
-    latent_entries = {(i, f): latents.get(caching.latent_key(s, b, f))
-                      for i, (s, b) in enumerate(zip(samples, buckets)) for f in flips}  # fmt: skip
+    latent_entries = {
+        (i, f): latents.get(caching.latent_key(s, b, f))
+        for i, (s, b) in enumerate(zip(samples, buckets))
+        for f in flips
+    }
     text_entries = [texts.get(caching.text_key(s.caption)) for s in samples] if texts is not None else None
     return _Run(request, kind, pipe, device, samples, buckets, latent_entries, text_entries, {}, None, pipe.unet.dtype)
 
@@ -446,7 +484,7 @@ def _load_lora_params(trained: dict[str, torch.nn.Module], tensors: dict[str, to
 @torch.no_grad()
 def _sample(run: _Run, run_dir: Path, step: int, model, emit: EventFn, accelerator) -> dict:
     """One validation image from the prompt, with the same seed every time; saved with A1111 infotext."""
-    from studio.schedulers import a1111_sampler, make_scheduler
+    from studio.generation.schedulers import a1111_sampler, make_scheduler
 
     request, pipe = run.request, run.pipe
     prompt = request.validation_prompt or run.samples[0].caption
@@ -459,20 +497,40 @@ def _sample(run: _Run, run_dir: Path, step: int, model, emit: EventFn, accelerat
     pipe.scheduler = make_scheduler(VALIDATION_SAMPLER, model.base_scheduler_config)
     generator = torch.Generator("cpu").manual_seed(request.validation_seed)
     with accelerator.autocast():  # fp16/bf16 weights with fp32 LoRA layers: let autocast pick each op's dtype
-        image = pipe(prompt, num_inference_steps=request.validation_steps, guidance_scale=VALIDATION_CFG,
-                     height=size, width=size, generator=generator).images[0]  # fmt: skip
+        image = pipe(
+            prompt,
+            num_inference_steps=request.validation_steps,
+            guidance_scale=VALIDATION_CFG,
+            height=size,
+            width=size,
+            generator=generator,
+        ).images[0]
     for module in run.trained.values():
         module.train()
     for module in offloaded:
         module.to("cpu")
     _free_accelerator()
     sampler, schedule = a1111_sampler(VALIDATION_SAMPLER)
-    infotext = metadata.build_infotext(prompt=prompt, negative_prompt="", params={
-        "Steps": request.validation_steps, "Sampler": sampler, "Schedule type": schedule, "CFG scale": VALIDATION_CFG,
-        "Seed": request.validation_seed, "Size": f"{size}x{size}", "Model": model.name,
-        "Lora": f"{request.name} (training step {step})",
-    })  # fmt: skip
+    infotext = build_infotext(
+        prompt=prompt,
+        negative_prompt="",
+        params={
+            "Steps": request.validation_steps,
+            "Sampler": sampler,
+            "Schedule type": schedule,
+            "CFG scale": VALIDATION_CFG,
+            "Seed": request.validation_seed,
+            "Size": f"{size}x{size}",
+            "Model": model.name,
+            "Lora": f"{request.name} (training step {step})",
+        },
+    )
     path = outputs.save_png(image, infotext, run_dir / "samples" / f"step-{step:06d}.png")
     emit(TrainingEvent("sample", step=step, path=str(path), message=prompt))
-    return {"file": f"samples/{path.name}", "prompt": prompt, "negative_prompt": "", "seed": request.validation_seed,
-            "step": step}  # fmt: skip
+    return {
+        "file": f"samples/{path.name}",
+        "prompt": prompt,
+        "negative_prompt": "",
+        "seed": request.validation_seed,
+        "step": step,
+    }

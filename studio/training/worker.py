@@ -57,8 +57,9 @@ def run_in_child(
     root = str(Path(__file__).resolve().parents[2])  # the checkout, so `-m studio...` resolves from any cwd
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     with open(run_dir / LOG_FILE, "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "studio.training.worker", str(job)], stdout=subprocess.PIPE,
-                                 stderr=log, env=env)  # fmt: skip
+        child = subprocess.Popen(
+            [sys.executable, "-m", "studio.training.worker", str(job)], stdout=subprocess.PIPE, stderr=log, env=env
+        )
 
         def forward_stop():
             stop.wait()
@@ -108,8 +109,9 @@ class ParentWatch:
 
     def _lost(self, how: str) -> None:
         self.parent_gone = True
-        print(f"The app (process {self.parent_pid}) is gone ({how}); stopping and keeping a checkpoint.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"The app (process {self.parent_pid}) is gone ({how}); stopping and keeping a checkpoint.", file=sys.stderr
+        )
 
     def guard(self, emit: Callable[[TrainingEvent], None]) -> Callable[[TrainingEvent], None]:
         """`emit` that treats a closed event pipe as a gone parent instead of crashing mid-step."""

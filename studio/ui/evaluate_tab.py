@@ -25,9 +25,14 @@ CANDIDATES_HELP = "One per line: a model, optionally with LoRAs, e.g. `demo-sd15
 
 
 def _sampling(negative, steps, cfg, width, height, scheduler) -> SamplingSettings:
-    return SamplingSettings(negative_prompt=negative or "", steps=int(steps), cfg=float(cfg),
-                            width=int(width or 0) or None, height=int(height or 0) or None,
-                            scheduler=scheduler)  # fmt: skip
+    return SamplingSettings(
+        negative_prompt=negative or "",
+        steps=int(steps),
+        cfg=float(cfg),
+        width=int(width or 0) or None,
+        height=int(height or 0) or None,
+        scheduler=scheduler,
+    )
 
 
 def _lines(text: str | None) -> list[str]:
@@ -42,8 +47,9 @@ def build_evaluate_tab(studio: Studio) -> dict:
     )
     with gr.Row():
         with gr.Column(scale=3):
-            candidates = gr.Textbox(label="Candidates", lines=3, value=studio.config.default_model,
-                                    info=CANDIDATES_HELP)  # fmt: skip
+            candidates = gr.Textbox(
+                label="Candidates", lines=3, value=studio.config.default_model, info=CANDIDATES_HELP
+            )
             data = gr.Textbox(label="Data folder (your training images)", placeholder="/home/me/datasets/mountains")
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="satellite image of mountains")
             negative = gr.Textbox(label="Negative prompt", lines=1)
@@ -65,17 +71,25 @@ def build_evaluate_tab(studio: Studio) -> dict:
         with gr.Column(scale=3):
             status = gr.Markdown("Ready.", elem_id="evaluate-status")
             preview = gr.Image(label="Preview", interactive=False, height=192)
-            table = gr.Dataframe(label="Ranked (lower = closer)", interactive=False, wrap=True,
-                                 elem_id="evaluate-table")  # fmt: skip
+            table = gr.Dataframe(
+                label="Ranked (lower = closer)", interactive=False, wrap=True, elem_id="evaluate-table"
+            )
             chart = gr.BarPlot(x="candidate", y="score", color="kind", sort="y", title="CMMD", height=260)
-            grids = gr.Gallery(label="Chart with intervals, then generated | nearest data image", columns=1,
-                               height=480, object_fit="contain", format="png", elem_id="evaluate-grids")  # fmt: skip
+            grids = gr.Gallery(
+                label="Chart with intervals, then generated | nearest data image",
+                columns=1,
+                height=480,
+                object_fit="contain",
+                format="png",
+                elem_id="evaluate-grids",
+            )
             folder = gr.Textbox(label="Results folder", interactive=False)
     sampling_inputs = [negative, steps, cfg, width, height, scheduler]
 
     @user_errors
-    def run_evaluation(candidates, data, prompt, count, seed, feature_model, kid,
-                       negative, steps, cfg, width, height, scheduler):  # fmt: skip
+    def run_evaluation(
+        candidates, data, prompt, count, seed, feature_model, kid, negative, steps, cfg, width, height, scheduler
+    ):
         request = EvaluationRequest(
             candidates=tuple(parse_candidate(line) for line in _lines(candidates)),
             data=(data or "").strip(),
@@ -117,8 +131,11 @@ def build_evaluate_tab(studio: Studio) -> dict:
     with gr.Accordion("Export a synthetic data set (Hugging Face imagefolder with metadata.jsonl)", open=False):
         with gr.Row():
             with gr.Column(scale=3):
-                export_model = gr.Textbox(label="Model (+ LoRAs)", value=studio.config.default_model,
-                                          info="e.g. `demo-sd15 + my-lora:0.8`; sampling as above")  # fmt: skip
+                export_model = gr.Textbox(
+                    label="Model (+ LoRAs)",
+                    value=studio.config.default_model,
+                    info="e.g. `demo-sd15 + my-lora:0.8`; sampling as above",
+                )
                 prompts = gr.Textbox(label="Prompts, one per line", lines=4)
                 with gr.Row():
                     per_prompt = gr.Slider(1, 100, value=4, step=1, label="Images per prompt")
@@ -149,7 +166,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
                 note = "Stopped early; kept" if event.interrupted else "Done:"
                 yield {
                     export_status: f"{note} {len(event.images)} images with metadata.jsonl. Load with "
-                    f"`datasets.load_dataset(\"imagefolder\", data_dir=...)` or train on the folder.",
+                    f'`datasets.load_dataset("imagefolder", data_dir=...)` or train on the folder.',
                     export_gallery: [str(p) for p in event.images],
                     export_path: str(event.folder),
                 }

@@ -5,11 +5,23 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.engine import Finished, LoadProgress, Studio, form_from_png_info, scheduler_names, size_presets
-from studio.generation import GenerationRequest, StepInfo
+from studio.generation.request import GenerationRequest, StepInfo
 from studio.ui.common import GPU_QUEUE, format_seconds, user_errors
 
-FORM_FIELDS = ["model", "prompt", "negative_prompt", "steps", "cfg", "seed", "width", "height", "scheduler",
-               "batch_size", "batch_count", "clip_skip"]  # fmt: skip
+FORM_FIELDS = [
+    "model",
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "cfg",
+    "seed",
+    "width",
+    "height",
+    "scheduler",
+    "batch_size",
+    "batch_count",
+    "clip_skip",
+]
 
 
 def model_choices(studio: Studio) -> list[tuple[str, str]]:
@@ -20,8 +32,14 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     """Build the tab inside the current Blocks; returns its components for other tabs to wire to."""
     with gr.Row():
         # Custom values: a Hub id or a file added after start can be typed (the engine checks the name).
-        model = gr.Dropdown(model_choices(studio), value=studio.config.default_model, label="Model", scale=4,
-                            allow_custom_value=True, elem_id="model-picker")
+        model = gr.Dropdown(
+            model_choices(studio),
+            value=studio.config.default_model,
+            label="Model",
+            scale=4,
+            allow_custom_value=True,
+            elem_id="model-picker",
+        )
         refresh = gr.Button("↻ Rescan models", scale=1, size="sm")
     with gr.Row():
         with gr.Column(scale=3):
@@ -49,14 +67,16 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
             # Under the buttons, so the form column is not half empty next to the tall results column.
             with gr.Accordion("PNG info: read the parameters of a generated image", open=False):
                 with gr.Row():
-                    png_upload = gr.Image(type="filepath", label="Drop a PNG", sources=["upload"], height=256,
-                                          elem_id="png-upload")
+                    png_upload = gr.Image(
+                        type="filepath", label="Drop a PNG", sources=["upload"], height=256, elem_id="png-upload"
+                    )
                     with gr.Column():
                         png_text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="png-info-text")
                         send_to_form = gr.Button("Send to Generate", elem_id="send-to-generate")
             with gr.Accordion("Output history", open=False) as history_panel:
-                history_gallery = gr.Gallery(columns=6, height=360, label="Saved images (newest first)",
-                                             elem_id="history-gallery")
+                history_gallery = gr.Gallery(
+                    columns=6, height=360, label="Saved images (newest first)", elem_id="history-gallery"
+                )
                 history_refresh = gr.Button("↻ Refresh history", size="sm")
         with gr.Column(scale=2):
             status = gr.Markdown("Ready.", elem_id="generate-status")
@@ -72,8 +92,22 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     lora_inputs = [lora_picks] if lora_picks is not None else []
 
     @user_errors
-    def run_generation(model, prompt, negative_prompt, steps, cfg, seed, width, height, scheduler,
-                       batch_size, batch_count, clip_skip, session, loras=None):  # fmt: skip
+    def run_generation(
+        model,
+        prompt,
+        negative_prompt,
+        steps,
+        cfg,
+        seed,
+        width,
+        height,
+        scheduler,
+        batch_size,
+        batch_count,
+        clip_skip,
+        session,
+        loras=None,
+    ):
         # Named parameters become the keyword names of the /generate API for gradio_client.
         request = GenerationRequest(
             model=model,
@@ -140,8 +174,9 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
 
     model.input(native_size, inputs=model, outputs=[width, height], api_visibility="private")
     random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
-    reuse_seed.click(lambda used: -1 if used is None else used, inputs=last_seed, outputs=seed,
-                     api_visibility="private")
+    reuse_seed.click(
+        lambda used: -1 if used is None else used, inputs=last_seed, outputs=seed, api_visibility="private"
+    )
 
     def apply_preset(label):
         if not label:
@@ -163,12 +198,13 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     png_upload.change(read_png, inputs=png_upload, outputs=png_text, api_name="png_info", preprocess=False)
 
     def fill_form(text):
-        from studio.metadata import parse_infotext
+        from studio.generation.infotext import parse_infotext
 
         values = form_from_png_info(parse_infotext(text)) if text else {}
         return [gr.update(value=values[name]) if name in values else gr.update() for name in FORM_FIELDS]
 
     send_to_form.click(fill_form, inputs=png_text, outputs=form, api_visibility="private")
+
     def list_history():
         return [str(p) for p in studio.history()]
 

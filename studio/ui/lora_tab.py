@@ -12,10 +12,10 @@ import html
 import gradio as gr
 from PIL import Image
 
-from studio.compare import CompareRequest, CompareRow
 from studio.engine import LoadProgress, Studio
 from studio.errors import InvalidRequestError, StudioError
 from studio.lora.blend import BlendRequest
+from studio.lora.compare import CompareRequest, CompareRow
 from studio.lora.merge import SaveBlendRequest
 from studio.ui.common import GPU_QUEUE, user_errors
 
@@ -37,16 +37,28 @@ def library_view(studio: Studio, model: str | None):
             usable.append(entry.name)
         if entry.preview is not None and reason is None:
             previews.append((_thumbnail(entry.preview), entry.name))
-        cells = [entry.name, entry.kind.label if entry.kind else "?", entry.format, entry.rank or "?",
-                 ", ".join(entry.components), ", ".join(entry.trigger_words), entry.addnet_hash or "",
-                 reason or "ok"]  # fmt: skip
+        cells = [
+            entry.name,
+            entry.kind.label if entry.kind else "?",
+            entry.format,
+            entry.rank or "?",
+            ", ".join(entry.components),
+            ", ".join(entry.trigger_words),
+            entry.addnet_hash or "",
+            reason or "ok",
+        ]
         style = ' style="opacity:0.45"' if reason else ""
         title = f' title="{html.escape(reason)}"' if reason else ""
         rows.append(f"<tr{style}{title}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in ["Name", "Kind", "Format", "Rank", "Parts", "Triggers", "Hash", "Status"])
-    table = (f'<div style="overflow-x:auto"><table class="lora-library" style="font-size:0.85em">'
-             f'<tr>{header}</tr>{"".join(rows)}</table></div>') if rows else (
-        "<p>No LoRAs yet: put .safetensors files or adapter folders in loras/, train one, or import from the Hub.</p>")
+    table = (
+        (
+            f'<div style="overflow-x:auto"><table class="lora-library" style="font-size:0.85em">'
+            f"<tr>{header}</tr>{''.join(rows)}</table></div>"
+        )
+        if rows
+        else ("<p>No LoRAs yet: put .safetensors files or adapter folders in loras/, train one, or import one.</p>")
+    )
     return table, usable, previews
 
 
@@ -93,12 +105,27 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
             for i in range(SLOTS):
                 with gr.Row():
                     # Custom values: API clients name adapters directly; the engine checks every name.
-                    picks.append(gr.Dropdown([], value=None, label=f"LoRA {i + 1}", scale=3, allow_custom_value=True,
-                                             elem_id=f"lora-pick-{i}"))  # fmt: skip
-                    weights.append(gr.Slider(-2, 2, value=1.0, step=0.05, label="Strength", scale=2,
-                                             elem_id=f"lora-weight-{i}"))  # fmt: skip
-            te_scale = gr.Slider(-2, 2, value=1.0, step=0.05, label="Text-encoder strength (x each LoRA's strength)",
-                                 elem_id="lora-te-scale")  # fmt: skip
+                    picks.append(
+                        gr.Dropdown(
+                            [],
+                            value=None,
+                            label=f"LoRA {i + 1}",
+                            scale=3,
+                            allow_custom_value=True,
+                            elem_id=f"lora-pick-{i}",
+                        )
+                    )
+                    weights.append(
+                        gr.Slider(-2, 2, value=1.0, step=0.05, label="Strength", scale=2, elem_id=f"lora-weight-{i}")
+                    )
+            te_scale = gr.Slider(
+                -2,
+                2,
+                value=1.0,
+                step=0.05,
+                label="Text-encoder strength (x each LoRA's strength)",
+                elem_id="lora-te-scale",
+            )
             fuse = gr.Checkbox(label="Fuse the blend into the weights (faster; undone when the blend changes)")
             apply_button = gr.Button("Apply blend", variant="primary", elem_id="lora-apply")
             status = gr.Markdown("No blend applied.", elem_id="lora-status")
@@ -120,8 +147,12 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
             ab_button = gr.Button("A/B: base vs blend", elem_id="compare-ab")
             stop_button = gr.Button("Stop", variant="stop")
         compare_status = gr.Markdown(elem_id="compare-status")
-        grid = gr.Image(label="Grid (saved with every cell's parameters)", type="filepath", interactive=False,
-                        elem_id="compare-grid")  # fmt: skip
+        grid = gr.Image(
+            label="Grid (saved with every cell's parameters)",
+            type="filepath",
+            interactive=False,
+            elem_id="compare-grid",
+        )
 
     @user_errors
     def refresh(model_name, *slots):
@@ -139,8 +170,9 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
     @user_errors
     def apply(model_name, te, fuse_on, *slots):
         blend = _blend(slots[:SLOTS], slots[SLOTS:])
-        applied = studio.apply_blend(BlendRequest(model=model_name, loras=blend, text_encoder_scale=float(te),
-                                                  fuse=bool(fuse_on)))  # fmt: skip
+        applied = studio.apply_blend(
+            BlendRequest(model=model_name, loras=blend, text_encoder_scale=float(te), fuse=bool(fuse_on))
+        )
         text = ", ".join(f"{name} {weight:g} ({short_hash})" for name, weight, short_hash in applied) or "no LoRA"
         fused = " · fused" if fuse_on and applied else ""
         return f"Blend on {model_name}: {text} · text encoders x{float(te):g}{fused}", [list(p) for p in blend]
@@ -154,24 +186,38 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
 
     @user_errors
     def save(model_name, name, overwrite_on, te, *slots):
-        request = SaveBlendRequest(name=(name or "").strip(), loras=_blend(slots[:SLOTS], slots[SLOTS:]),
-                                   kind=studio.model_kind(model_name), base_model=model_name,
-                                   text_encoder_scale=float(te), overwrite=bool(overwrite_on))  # fmt: skip
+        request = SaveBlendRequest(
+            name=(name or "").strip(),
+            loras=_blend(slots[:SLOTS], slots[SLOTS:]),
+            kind=studio.model_kind(model_name),
+            base_model=model_name,
+            text_encoder_scale=float(te),
+            overwrite=bool(overwrite_on),
+        )
         folder = studio.save_blend(request)
         table, _usable, images = library_view(studio, model_name)
         return f"Saved {folder.name}: use it alone at strength 1 to get this blend.", table, images
 
-    save_button.click(save, inputs=[model, save_name, overwrite, te_scale, *picks, *weights],
-                      outputs=[status, library, previews], api_name="save_blend")  # fmt: skip
+    save_button.click(
+        save,
+        inputs=[model, save_name, overwrite, te_scale, *picks, *weights],
+        outputs=[status, library, previews],
+        api_name="save_blend",
+    )
 
-    def run_compare(model_name, prompt_text, seed_value, steps_value, strengths_text, row_mode, base_row, *slots,
-                    ab=False):  # fmt: skip
+    def run_compare(
+        model_name, prompt_text, seed_value, steps_value, strengths_text, row_mode, base_row, *slots, ab=False
+    ):
         blend = _blend(slots[:SLOTS], slots[SLOTS:])
         rows = compare_rows(blend, "the blend", True) if ab else compare_rows(blend, row_mode, base_row)
-        request = CompareRequest(model=model_name, prompt=prompt_text or "", rows=rows,
-                                 strengths=(1.0,) if ab else _strengths(strengths_text),
-                                 seed=int(seed_value if seed_value is not None else -1),
-                                 steps=int(steps_value))  # fmt: skip
+        request = CompareRequest(
+            model=model_name,
+            prompt=prompt_text or "",
+            rows=rows,
+            strengths=(1.0,) if ab else _strengths(strengths_text),
+            seed=int(seed_value if seed_value is not None else -1),
+            steps=int(steps_value),
+        )
         for event in studio.compare_stream(request):
             if isinstance(event, LoadProgress):
                 yield f"⏳ {event.message} ({event.fraction:.0%})", gr.update()
@@ -188,10 +234,12 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
     def compare_ab(*args):
         yield from run_compare(*args, ab=True)
 
-    grid_run = compare_button.click(compare_grid, inputs=compare_inputs, outputs=[compare_status, grid],
-                                    api_name="compare", **GPU_QUEUE)  # fmt: skip
-    ab_run = ab_button.click(compare_ab, inputs=compare_inputs, outputs=[compare_status, grid], api_name="compare_ab",
-                             **GPU_QUEUE)  # fmt: skip
+    grid_run = compare_button.click(
+        compare_grid, inputs=compare_inputs, outputs=[compare_status, grid], api_name="compare", **GPU_QUEUE
+    )
+    ab_run = ab_button.click(
+        compare_ab, inputs=compare_inputs, outputs=[compare_status, grid], api_name="compare_ab", **GPU_QUEUE
+    )
     stop_button.click(studio.stop, cancels=[grid_run, ab_run], api_visibility="private")
 
     @user_errors
@@ -203,7 +251,17 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
                 yield [f"Imported into loras/{event.name}."] + refresh(*refresh_args)
 
     # Not a GPU event: a download must not wait behind a generation, nor block one.
-    import_button.click(import_lora, inputs=[repo_id, token, *refresh_inputs], outputs=[status, *refresh_outputs],
-                        api_name="import_lora")  # fmt: skip
-    return {"library": library, "picks": picks, "weights": weights, "status": status, "grid": grid,
-            "refresh": (refresh, refresh_inputs, refresh_outputs)}  # fmt: skip
+    import_button.click(
+        import_lora,
+        inputs=[repo_id, token, *refresh_inputs],
+        outputs=[status, *refresh_outputs],
+        api_name="import_lora",
+    )
+    return {
+        "library": library,
+        "picks": picks,
+        "weights": weights,
+        "status": status,
+        "grid": grid,
+        "refresh": (refresh, refresh_inputs, refresh_outputs),
+    }

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.engine import LoadProgress, Studio
-from studio.hub import PushRequest
+from studio.hub.adapters import PushRequest
 from studio.ui.common import user_errors
 
 
@@ -68,15 +68,22 @@ def build_share_tab(studio: Studio) -> dict:
             else:
                 yield {status: f"Done: pushed **{adapter}** to [{event}]({event})", url: event, token_field: ""}
 
-    push_button.click(push, inputs=[adapter, repo_id, private, tags, license, message, token_field],
-                      outputs=[status, url, token_field], api_name="push", concurrency_id="hub",
-                      concurrency_limit=1)  # fmt: skip
+    push_button.click(
+        push,
+        inputs=[adapter, repo_id, private, tags, license, message, token_field],
+        outputs=[status, url, token_field],
+        api_name="push",
+        concurrency_id="hub",
+        concurrency_limit=1,
+    )
+
     @user_errors
     def preview_card(adapter, repo_id, private, tags, license, message):
         return studio.model_card_preview(request_from(adapter, repo_id, private, tags, license, message, None))
 
-    preview_button.click(preview_card, inputs=[adapter, repo_id, private, tags, license, message], outputs=card,
-                         api_name="preview_card")  # fmt: skip
+    preview_button.click(
+        preview_card, inputs=[adapter, repo_id, private, tags, license, message], outputs=card, api_name="preview_card"
+    )
     stop_button.click(studio.stop_push, api_name="stop_push", queue=False)
     refresh.click(lambda: gr.Dropdown(choices=studio.shareable_adapters()), outputs=adapter, api_name="list_adapters")
     return {"adapter": adapter, "repo_id": repo_id, "status": status, "url": url}

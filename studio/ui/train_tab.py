@@ -21,20 +21,64 @@ from studio.training.request import LR_SCHEDULERS, MIXED_PRECISIONS, OPTIMIZERS,
 from studio.ui.common import GPU_QUEUE, user_errors
 
 # Request fields set by the form, in the order of the handlers' parameters (and of the /train API).
-FIELDS = ["data", "model", "name", "caption", "caption_column", "trigger", "steps", "rank", "alpha", "learning_rate",
-          "resolution", "batch_size", "epochs", "gradient_accumulation", "lr_scheduler", "warmup_steps",
-          "train_text_encoder", "gradient_checkpointing", "mixed_precision", "optimizer", "buckets", "random_flip",
-          "seed", "min_snr_gamma", "noise_offset", "validation_prompt", "validation_every",
-          "checkpoint_every"]  # fmt: skip
-PRESET_FIELDS = ["resolution", "batch_size", "gradient_accumulation", "rank", "alpha", "learning_rate",
-                 "gradient_checkpointing", "train_text_encoder", "mixed_precision", "optimizer"]  # fmt: skip
+FIELDS = [
+    "data",
+    "model",
+    "name",
+    "caption",
+    "caption_column",
+    "trigger",
+    "steps",
+    "rank",
+    "alpha",
+    "learning_rate",
+    "resolution",
+    "batch_size",
+    "epochs",
+    "gradient_accumulation",
+    "lr_scheduler",
+    "warmup_steps",
+    "train_text_encoder",
+    "gradient_checkpointing",
+    "mixed_precision",
+    "optimizer",
+    "buckets",
+    "random_flip",
+    "seed",
+    "min_snr_gamma",
+    "noise_offset",
+    "validation_prompt",
+    "validation_every",
+    "checkpoint_every",
+]
+PRESET_FIELDS = [
+    "resolution",
+    "batch_size",
+    "gradient_accumulation",
+    "rank",
+    "alpha",
+    "learning_rate",
+    "gradient_checkpointing",
+    "train_text_encoder",
+    "mixed_precision",
+    "optimizer",
+]
 UPDATE_EVERY = 0.5  # seconds between progress redraws; the loss curve keeps every step anyway
 
 
 def _request(values: dict, *, resume: bool) -> TrainingRequest:
     """Form values -> request; blank/zero optional fields mean "not set"."""
-    ints = {"steps", "rank", "resolution", "batch_size", "gradient_accumulation", "warmup_steps", "seed",
-            "validation_every", "checkpoint_every"}  # fmt: skip
+    ints = {
+        "steps",
+        "rank",
+        "resolution",
+        "batch_size",
+        "gradient_accumulation",
+        "warmup_steps",
+        "seed",
+        "validation_every",
+        "checkpoint_every",
+    }
     values = {k: (int(v) if k in ints else v) for k, v in values.items()}
     values["epochs"] = int(values["epochs"]) if values["epochs"] else None
     values["min_snr_gamma"] = float(values["min_snr_gamma"]) if values["min_snr_gamma"] else None
@@ -61,8 +105,9 @@ def build_train_tab(studio: Studio) -> dict:
         trigger = gr.Textbox(label="Trigger word (prepended)", placeholder="mtnsat")
     report = gr.Textbox(label="Data check", lines=6, interactive=False, elem_id="train-data-report")
     with gr.Row():
-        model = gr.Dropdown([(s.label, s.name) for s in studio.models()], value=studio.config.default_model,
-                            label="Base model", scale=3)  # fmt: skip
+        model = gr.Dropdown(
+            [(s.label, s.name) for s in studio.models()], value=studio.config.default_model, label="Base model", scale=3
+        )
         preset_box = gr.Dropdown(_preset_choices(default_kind), value=preset.name, label="Preset (VRAM)", scale=2)
         name = gr.Textbox(label="Adapter name (loras/<name>)", placeholder="alps-v1", scale=2)
     estimate = gr.Markdown(elem_id="train-vram-estimate")
@@ -76,8 +121,9 @@ def build_train_tab(studio: Studio) -> dict:
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
             epochs = gr.Number(0, precision=0, label="Epochs (0 = use steps)")
-            gradient_accumulation = gr.Number(settings["gradient_accumulation"], precision=0,
-                                              label="Gradient accumulation")  # fmt: skip
+            gradient_accumulation = gr.Number(
+                settings["gradient_accumulation"], precision=0, label="Gradient accumulation"
+            )
             lr_scheduler = gr.Dropdown(list(LR_SCHEDULERS), value="constant_with_warmup", label="LR scheduler")
             warmup_steps = gr.Number(0, precision=0, label="Warm-up steps")
             seed = gr.Number(42, precision=0, label="Seed")
@@ -86,8 +132,9 @@ def build_train_tab(studio: Studio) -> dict:
             gradient_checkpointing = gr.Checkbox(settings["gradient_checkpointing"], label="Gradient checkpointing")
             buckets = gr.Checkbox(True, label="Aspect-ratio buckets")
             random_flip = gr.Checkbox(True, label="Random flip")
-            mixed_precision = gr.Dropdown(list(MIXED_PRECISIONS), value=settings["mixed_precision"],
-                                          label="Mixed precision")  # fmt: skip
+            mixed_precision = gr.Dropdown(
+                list(MIXED_PRECISIONS), value=settings["mixed_precision"], label="Mixed precision"
+            )
             optimizer = gr.Dropdown(list(OPTIMIZERS), value=settings["optimizer"], label="Optimizer")
         with gr.Row():
             min_snr_gamma = gr.Number(0, label="Min-SNR gamma (0 = off, 5 typical)")
@@ -102,15 +149,52 @@ def build_train_tab(studio: Studio) -> dict:
     status = gr.Markdown("Pick a folder and a base model, then press Train.", elem_id="train-status")
     with gr.Row():
         curve = gr.Image(loss_curve([]), label="Loss", interactive=False, format="png", elem_id="train-loss")
-        gallery = gr.Gallery(label="Validation images (same seed each time)", columns=3, height=300,
-                             elem_id="train-samples")  # fmt: skip
+        gallery = gr.Gallery(
+            label="Validation images (same seed each time)", columns=3, height=300, elem_id="train-samples"
+        )
 
-    form = [data, model, name, caption, caption_column, trigger, steps, rank, alpha, learning_rate, resolution,
-            batch_size, epochs, gradient_accumulation, lr_scheduler, warmup_steps, train_text_encoder,
-            gradient_checkpointing, mixed_precision, optimizer, buckets, random_flip, seed, min_snr_gamma,
-            noise_offset, validation_prompt, validation_every, checkpoint_every]  # fmt: skip
-    preset_outputs = [resolution, batch_size, gradient_accumulation, rank, alpha, learning_rate,
-                      gradient_checkpointing, train_text_encoder, mixed_precision, optimizer]  # fmt: skip
+    form = [
+        data,
+        model,
+        name,
+        caption,
+        caption_column,
+        trigger,
+        steps,
+        rank,
+        alpha,
+        learning_rate,
+        resolution,
+        batch_size,
+        epochs,
+        gradient_accumulation,
+        lr_scheduler,
+        warmup_steps,
+        train_text_encoder,
+        gradient_checkpointing,
+        mixed_precision,
+        optimizer,
+        buckets,
+        random_flip,
+        seed,
+        min_snr_gamma,
+        noise_offset,
+        validation_prompt,
+        validation_every,
+        checkpoint_every,
+    ]
+    preset_outputs = [
+        resolution,
+        batch_size,
+        gradient_accumulation,
+        rank,
+        alpha,
+        learning_rate,
+        gradient_checkpointing,
+        train_text_encoder,
+        mixed_precision,
+        optimizer,
+    ]
 
     def stream(request: TrainingRequest):
         losses, samples, shown = [], [], 0.0
@@ -160,8 +244,13 @@ def build_train_tab(studio: Studio) -> dict:
             return f"VRAM estimate: fill in the settings ({error})"
         return estimate_vram(request, kind).summary() + f" for full-size {kind.label} on a GPU."
 
-    gr.on([c.change for c in [model] + preset_outputs], show_estimate, inputs=form, outputs=estimate,
-          api_visibility="private")
+    gr.on(
+        [c.change for c in [model] + preset_outputs],
+        show_estimate,
+        inputs=form,
+        outputs=estimate,
+        api_visibility="private",
+    )
 
     def apply_preset(preset_name):
         preset = PRESETS.get(preset_name)

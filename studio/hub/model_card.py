@@ -58,7 +58,7 @@ def read_manifest(adapter_dir: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LoraError(f"{path} is not valid JSON ({e}). Re-save the adapter or fix the file.") from None
     if not isinstance(manifest, dict) or manifest.get("base_kind") not in DEFAULT_LICENSES:
-        raise LoraError(f"{path} must be an object with \"base_kind\" set to \"sd15\" or \"sdxl\".")
+        raise LoraError(f'{path} must be an object with "base_kind" set to "sd15" or "sdxl".')
     return manifest
 
 
@@ -92,8 +92,15 @@ def collect_samples(adapter_dir: Path, manifest: dict) -> list[Sample]:
         if file in seen:
             continue
         seen.add(file)
-        samples.append(Sample(file, str(entry.get("prompt") or ""), str(entry.get("negative_prompt") or ""),
-                              entry.get("seed"), entry.get("step")))  # fmt: skip
+        samples.append(
+            Sample(
+                file,
+                str(entry.get("prompt") or ""),
+                str(entry.get("negative_prompt") or ""),
+                entry.get("seed"),
+                entry.get("step"),
+            )
+        )
     for path in sorted((adapter_dir / "samples").glob("*.png")):
         file = path.relative_to(adapter_dir).as_posix()
         if file not in seen:
@@ -109,7 +116,7 @@ def _inside(folder: Path, relative: str) -> bool:
 
 
 def _sample_from_png(path: Path, file: str) -> Sample:
-    from studio.metadata import parse_infotext, read_infotext
+    from studio.generation.infotext import parse_infotext, read_infotext
 
     try:
         text = read_infotext(path)
@@ -131,8 +138,9 @@ def card_tags(kind: str, user_tags: Sequence[str]) -> list[str]:
     return tags
 
 
-def build_model_card(adapter_dir: Path, *, repo_id: str | None = None, license: str | None = None,
-                     tags: Sequence[str] = ()) -> ModelCard:  # fmt: skip
+def build_model_card(
+    adapter_dir: Path, *, repo_id: str | None = None, license: str | None = None, tags: Sequence[str] = ()
+) -> ModelCard:
     """The model card of `adapter_dir` (reads adapter.json and samples/); `repo_id` fills the usage snippets."""
     adapter_dir = Path(adapter_dir)
     manifest = public_manifest(read_manifest(adapter_dir))
@@ -209,16 +217,25 @@ def _trigger_section(trigger_words: list[str]) -> str:
 def _samples_section(samples: list[Sample]) -> str:
     if not samples:
         return ""
-    lines = ["## Samples", "", "<Gallery />", "", "| Image | Prompt | Negative prompt | Seed | Step |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Samples",
+        "",
+        "<Gallery />",
+        "",
+        "| Image | Prompt | Negative prompt | Seed | Step |",
+        "|---|---|---|---|---|",
+    ]
     for s in samples:
-        lines.append(f"| ![{_cell(s.prompt)[:40]}]({s.file}) | {_cell(s.prompt)} | {_cell(s.negative_prompt)} | "
-                     f"{'' if s.seed is None else s.seed} | {'' if s.step is None else s.step} |")  # fmt: skip
+        lines.append(
+            f"| ![{_cell(s.prompt)[:40]}]({s.file}) | {_cell(s.prompt)} | {_cell(s.negative_prompt)} | "
+            f"{'' if s.seed is None else s.seed} | {'' if s.step is None else s.step} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def _usage_section(name: str, kind: str, base: str, trigger_words: list[str], repo_id: str | None,
-                   adapter_dir: Path) -> str:  # fmt: skip
+def _usage_section(
+    name: str, kind: str, base: str, trigger_words: list[str], repo_id: str | None, adapter_dir: Path
+) -> str:
     pipeline_id = base if is_hub_id(base) else REFERENCE_BASES[kind]
     base_note = "" if is_hub_id(base) else f"  # any {KIND_LABELS[kind]} model"
     source = f'"{repo_id}"' if repo_id else f'"loras/{adapter_dir.name}"'

@@ -25,8 +25,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from studio.atomic import atomic_file
 from studio.errors import CancelledError, InvalidRequestError
-from studio.generation import MAX_SEED, GenerationRequest, generate
-from studio.outputs import _next_number
+from studio.generation.outputs import _next_number
+from studio.generation.request import MAX_SEED, GenerationRequest
+from studio.generation.run import generate
 
 MAX_CELLS = 64
 _LABEL_HEIGHT = 28
@@ -75,10 +76,17 @@ class CompareRequest:
     def cell(self, row: CompareRow, strength: float) -> GenerationRequest:
         extra = {"scheduler": self.scheduler} if self.scheduler else {}
         return GenerationRequest(
-            model=self.model, prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-            cfg=self.cfg, seed=self.seed, width=self.width, height=self.height,
-            loras=tuple((name, weight * strength) for name, weight in row.loras), **extra,
-        )  # fmt: skip
+            model=self.model,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            steps=self.steps,
+            cfg=self.cfg,
+            seed=self.seed,
+            width=self.width,
+            height=self.height,
+            loras=tuple((name, weight * strength) for name, weight in row.loras),
+            **extra,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

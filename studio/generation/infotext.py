@@ -55,7 +55,7 @@ def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
 
 
 def parse_lora_weight(text: str) -> tuple[str, float]:
-    """`NAME:WEIGHT` (weight optional, default 1) -> (name, weight), as the CLI's --lora and evaluation candidates take it.
+    """`NAME:WEIGHT` (weight optional, default 1) -> (name, weight), as --lora and evaluation candidates take it.
 
     The weight is after the last ':', so names that contain ':' still work (`a:b:0.5` -> ("a:b", 0.5)).
     """

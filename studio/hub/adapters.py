@@ -29,8 +29,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 import studio
 from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
-from studio.model_card import DIFFUSERS_FILE, MANIFEST, build_model_card, public_manifest, read_manifest
-from studio.models.hub_models import error_chain, hub_failure, progress_bar_class
+from studio.hub.download import error_chain, hub_failure, progress_bar_class
+from studio.hub.model_card import DIFFUSERS_FILE, MANIFEST, build_model_card, public_manifest, read_manifest
 
 ProgressFn = Callable[[float, str], None]
 
@@ -120,8 +120,9 @@ def shareable_adapters(loras_dir: Path) -> list[str]:
     root = Path(loras_dir)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and (p / MANIFEST).is_file() and (p / DIFFUSERS_FILE).is_file())  # fmt: skip
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and (p / DIFFUSERS_FILE).is_file()
+    )
 
 
 def resolve_token(explicit: str | None) -> str | None:
@@ -144,8 +145,9 @@ def files_to_upload(folder: Path) -> list[Path]:
     return sorted({p for p in candidates if p.is_file() and p.resolve().is_relative_to(root)})
 
 
-def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
-                 cancel: threading.Event | None = None) -> str:  # fmt: skip
+def push_adapter(
+    request: PushRequest, *, on_progress: ProgressFn | None = None, cancel: threading.Event | None = None
+) -> str:
     """Create `request.repo_id` if needed and upload the adapter with a fresh model card; returns the repo URL."""
     request.validate()
     report = on_progress or (lambda fraction, message: None)
@@ -175,8 +177,9 @@ def push_adapter(request: PushRequest, *, on_progress: ProgressFn | None = None,
                     content = json.dumps(public_manifest(read_manifest(folder)), indent=2).encode()
                 else:
                     content = stack.enter_context(_CountingReader(path, progress))
-                operations.append(CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(),
-                                                     path_or_fileobj=content))  # fmt: skip
+                operations.append(
+                    CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=content)
+                )
             progress.start()  # reads so far were hashing; count only what is sent from here on
             api.create_commit(request.repo_id, operations, commit_message=request.commit_message)
     report(1.0, f"Pushed {request.name} to {url}")
@@ -215,8 +218,14 @@ def check_namespace(me: dict, repo_id: str) -> None:
         raise HubError("This Hub token is read-only; create a token with write access and use it to push.")
 
 
-def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None, endpoint: str | None = None,
-                     on_progress: ProgressFn | None = None) -> Path:  # fmt: skip
+def download_adapter(
+    *,
+    repo_id: str,
+    loras_dir: Path,
+    token: str | None = None,
+    endpoint: str | None = None,
+    on_progress: ProgressFn | None = None,
+) -> Path:
     """Download an adapter repo into `loras_dir/<repo name>/` (replacing an older copy only once complete)."""
     check_repo_id(repo_id)
     root = Path(loras_dir).resolve()
@@ -225,8 +234,10 @@ def download_adapter(*, repo_id: str, loras_dir: Path, token: str | None = None,
     if not target.is_relative_to(root) or target == root:
         raise UnsafePathError(f"Repo {repo_id!r} would be saved outside the LoRA folder; rename it.")
     if target.exists() and imported_from(target) != repo_id:
-        raise HubError(f"{target} already holds another adapter (not imported from {repo_id}); "
-                       "rename or delete it, then import again.")  # fmt: skip
+        raise HubError(
+            f"{target} already holds another adapter (not imported from {repo_id}); "
+            "rename or delete it, then import again."
+        )
     endpoint = resolve_endpoint(endpoint)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=root))

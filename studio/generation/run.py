@@ -17,44 +17,13 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from studio import metadata
 from studio.errors import OutOfMemoryError
-from studio.generation_request import MAX_SEED, GenerationRequest
+from studio.generation import infotext
+from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
+from studio.generation.schedulers import a1111_sampler, make_scheduler
 from studio.models.kinds import ModelKind
 from studio.models.manager import LoadedModel, ModelManager, set_vae_tiling
 from studio.models.memory import NEXT_MODE
-from studio.schedulers import a1111_sampler, make_scheduler
-
-
-@dataclasses.dataclass(frozen=True)
-class StepInfo:
-    image_index: int
-    """Which pipeline call of `batch_count` is running (0-based)."""
-
-    step: int
-    total_steps: int
-    elapsed: float
-    preview: Image.Image | None
-
-    @property
-    def fraction(self) -> float:
-        done = self.image_index * self.total_steps + self.step
-        return done / max(1, self.total_steps)
-
-    @property
-    def eta(self) -> float:
-        return self.elapsed / max(self.step, 1) * (self.total_steps - self.step)
-
-
-@dataclasses.dataclass
-class GenerationResult:
-    images: list[Image.Image]
-    seeds: list[int]
-    infotexts: list[str]
-    model_name: str
-    seconds: float
-    interrupted: bool = False
-
 
 # Cheap latent -> RGB projection for live previews (the "approximate" preview of A1111/ComfyUI):
 # a fixed linear map from the 4 latent channels, no VAE decode.
@@ -91,7 +60,7 @@ def _infotext(request: GenerationRequest, model: LoadedModel, seed: int, width: 
     sampler, schedule = a1111_sampler(request.scheduler)
     prompt = request.prompt
     if loras:
-        prompt = f"{prompt} {metadata.lora_tags([(name, weight) for name, weight, _hash in loras])}".strip()
+        prompt = f"{prompt} {infotext.lora_tags([(name, weight) for name, weight, _hash in loras])}".strip()
     params = {
         "Steps": request.steps,
         "Sampler": sampler,
@@ -104,7 +73,7 @@ def _infotext(request: GenerationRequest, model: LoadedModel, seed: int, width: 
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
     }
-    return metadata.build_infotext(prompt=prompt, negative_prompt=request.negative_prompt, params=params)
+    return infotext.build_infotext(prompt=prompt, negative_prompt=request.negative_prompt, params=params)
 
 
 def _apply_loras(model: LoadedModel, loras, loras_dir):
@@ -126,7 +95,7 @@ def generate(
     cancel: threading.Event | None = None,
 ) -> GenerationResult:
     """Run a generation request. Stop (`cancel.set()`) ends it within one step, keeping finished images."""
-    prompt, tag_loras = metadata.split_lora_tags(request.prompt)
+    prompt, tag_loras = infotext.split_lora_tags(request.prompt)
     request = dataclasses.replace(request, prompt=prompt, loras=tuple(request.loras) + tuple(tag_loras))
     request.validate()
     cancel = cancel or threading.Event()
@@ -226,14 +195,3 @@ def _decode_with_tiling(model: LoadedModel, latents: torch.Tensor) -> list[Image
     with torch.no_grad():
         decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
     return pipe.image_processor.postprocess(decoded, output_type="pil")
-
-
-
-# Sizes people pick: SD1.5 around 512 px; SDXL's training aspect-ratio buckets around 1024 px.
-SIZE_PRESETS = {
-    ModelKind.SD15: [(512, 512), (512, 768), (768, 512), (640, 448), (448, 640), (768, 768)],
-    ModelKind.SDXL: [
-        (1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216),
-        (1344, 768), (768, 1344), (1536, 640), (640, 1536),
-    ],
-}

@@ -4,8 +4,8 @@ A repo like stable-diffusion-v1-5 also holds multi-GB single-file checkpoints, p
 copies and fp16 variants; downloading only one set of `.safetensors` per component saves gigabytes.
 
 Every Hub download in Studio shares what is here: `snapshot_with_progress` (pipelines, evaluation's CLIP
-model), the progress bar class (also the adapter import in studio/hub.py) and `hub_failure`, which says what
-a huggingface_hub error means (also behind studio/hub.py's push and import errors).
+model), the progress bar class (also the adapter import in studio/hub/adapters.py) and `hub_failure`, which says what
+a huggingface_hub error means (also behind studio/hub/adapters.py's push and import errors).
 """
 
 from __future__ import annotations
@@ -175,9 +175,15 @@ def download_pipeline(
     # Offline: the snapshot as cached. Asking for "*/*.safetensors" would fail on repos that also list
     # files we skipped on purpose (fp16 or non-EMA variants), since the cached file list names them.
     offline = DownloadPlan(["model_index.json"])
-    folder = snapshot_with_progress(repo_id, plan=plan, offline=offline, what="Hub model",
-                                    instead="put the model in the models folder", on_progress=on_progress,
-                                    endpoint=endpoint)  # fmt: skip
+    folder = snapshot_with_progress(
+        repo_id,
+        plan=plan,
+        offline=offline,
+        what="Hub model",
+        instead="put the model in the models folder",
+        on_progress=on_progress,
+        endpoint=endpoint,
+    )
     if not (folder / "model_index.json").exists():
         raise ModelNotFoundError(f"Hub repo {repo_id!r} is not a diffusers pipeline (no model_index.json).")
     return folder

@@ -1,4 +1,6 @@
-"""The real SD1.5 / SDXL architecture with random weights: an offline stand-in for a full-size checkpoint.
+"""Models that only tests and benchmarks build: random full-size pipelines and a tiny CLIP feature model.
+
+The real SD1.5 / SDXL architecture with random weights is an offline stand-in for a full-size checkpoint.
 
 Built from Studio's bundled configs and the bundled CLIP tokenizer, so no download is needed. Random weights
 draw noise, so this measures and tests the plumbing at real size (memory, speed, key names, training), not
@@ -6,6 +8,8 @@ image quality. Used by the full-size tests and by bench/.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -55,3 +59,29 @@ def build_random_pipeline(kind: ModelKind, dtype: torch.dtype):
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def save_tiny_feature_model(folder: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """A tiny random CLIP image encoder in the Hub layout: tests and benchmarks use it offline.
+
+    Its embeddings are random projections of the pixels, not semantic ones, but every code path
+    (processor, projection, safetensors loading) is the one the real encoder goes through.
+    """
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=16,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPVisionModelWithProjection(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    size = {"shortest_edge": image_size}
+    CLIPImageProcessorPil(size=size, crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return Path(folder)

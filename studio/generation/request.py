@@ -1,4 +1,4 @@
-"""What one Generate click asks for: a frozen `GenerationRequest`, checked by `validate()`.
+"""What one Generate click asks for (a frozen `GenerationRequest`, checked by `validate()`) and what comes back.
 
 Torch-free on purpose, like the training request: the CLI checks a request (and the UI could) before
 torch and diffusers are imported, so a typo is reported in a moment, not after a ten-second import.
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from PIL import Image
+
 from studio.errors import InvalidRequestError
-from studio.schedulers import DEFAULT_SCHEDULER, check_scheduler_name
+from studio.generation.schedulers import DEFAULT_SCHEDULER, check_scheduler_name
+from studio.models.kinds import ModelKind
 from studio.validation import check_range
 
 MAX_SEED = 2**32 - 1
@@ -68,3 +71,50 @@ class GenerationRequest:
         check_scheduler_name(self.scheduler)
         for name, weight in self.loras:
             check_range(f"LoRA {name!r} weight", weight, -4.0, 4.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    image_index: int
+    """Which pipeline call of `batch_count` is running (0-based)."""
+
+    step: int
+    total_steps: int
+    elapsed: float
+    preview: Image.Image | None
+
+    @property
+    def fraction(self) -> float:
+        done = self.image_index * self.total_steps + self.step
+        return done / max(1, self.total_steps)
+
+    @property
+    def eta(self) -> float:
+        return self.elapsed / max(self.step, 1) * (self.total_steps - self.step)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    model_name: str
+    seconds: float
+    interrupted: bool = False
+
+
+# Sizes people pick: SD1.5 around 512 px; SDXL's training aspect-ratio buckets around 1024 px.
+SIZE_PRESETS = {
+    ModelKind.SD15: [(512, 512), (512, 768), (768, 512), (640, 448), (448, 640), (768, 768)],
+    ModelKind.SDXL: [
+        (1024, 1024),
+        (1152, 896),
+        (896, 1152),
+        (1216, 832),
+        (832, 1216),
+        (1344, 768),
+        (768, 1344),
+        (1536, 640),
+        (640, 1536),
+    ],
+}

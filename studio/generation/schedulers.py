@@ -54,6 +54,8 @@ def from_a1111(sampler: str, schedule: str | None) -> str | None:
     if sampler.endswith(" Karras"):  # older A1111 versions folded the schedule into the sampler name
         sampler, schedule = sampler[: -len(" Karras")], "Karras"
     for name, (_cls, _extra, a_sampler, a_schedule) in SCHEDULERS.items():
-        if a_sampler == sampler and (a_schedule == schedule or (a_schedule is None and schedule in (None, "Automatic"))):
+        if a_sampler == sampler and (
+            a_schedule == schedule or (a_schedule is None and schedule in (None, "Automatic"))
+        ):
             return name
     return None
