@@ -40,9 +40,21 @@ def save_images(images, infotexts, seeds, outputs_dir: Path, *, kind: str = "txt
 
 
 def history(outputs_dir: Path, *, limit: int = 100) -> list[Path]:
-    """The most recent saved images, newest first (the output history shown in the UI)."""
+    """The most recent saved images, newest first (the output history shown in the UI).
+
+    Only regular files inside the outputs folder: the gallery copies what it is given to the browser, so a
+    symlink named like an output image (or a folder link) would otherwise serve any file the process can read.
+    """
     root = Path(outputs_dir) / "txt2img"
     if not root.is_dir():
         return []
-    files = sorted(root.glob("*/*.png"), key=lambda p: (p.parent.name, p.name), reverse=True)
+    inside = Path(outputs_dir).resolve()
+    files = [p for p in root.glob("*/*.png") if _is_own_file(p, inside)]
+    files.sort(key=lambda p: (p.parent.name, p.name), reverse=True)
     return files[:limit]
+
+
+def _is_own_file(path: Path, outputs_root: Path) -> bool:
+    if path.is_symlink() or path.parent.is_symlink() or not path.is_file():
+        return False
+    return path.resolve().is_relative_to(outputs_root)
