@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hmac
 import ipaddress
 import os
 from pathlib import Path
@@ -52,6 +54,30 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     if not sep or not user or not password:
         raise SystemExit("error: --auth must be USER:PASS with both parts non-empty.")
     return user, password
+
+
+FAILED_LOGIN_DELAY_SECONDS = 1.0
+
+
+def throttled_login(user: str, password: str, *, delay: float = FAILED_LOGIN_DELAY_SECONDS):
+    """Gradio's `auth` callable: the right login answers at once; wrong ones take turns, `delay` seconds each.
+
+    Wrong attempts share one lock, so guessing runs at one password per `delay` whatever the number of
+    parallel connections (300 guesses take 5 minutes instead of under a second), while the owner logging in
+    is never held up. A coroutine function, so the wait does not block gradio's event loop.
+    """
+    lock = asyncio.Lock()
+
+    async def check(given_user: str, given_password: str) -> bool:
+        user_ok = hmac.compare_digest(given_user.encode(), user.encode())
+        password_ok = hmac.compare_digest(given_password.encode(), password.encode())
+        if user_ok and password_ok:
+            return True
+        async with lock:
+            await asyncio.sleep(delay)
+        return False
+
+    return check
 
 
 def exposure_problem(*, host: str, share: bool, auth, insecure: bool) -> str | None:
@@ -118,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         server_name=args.host,
         server_port=args.port,
         share=args.share,
-        auth=auth,
+        auth=None if auth is None else throttled_login(*auth),
         footer_links=["api", "settings"],
         **launch_options(studio),
     )

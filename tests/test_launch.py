@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,15 @@ def listening_addresses(port: int) -> set[str]:
             if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
                 found.add(address)
     return found
+
+
+def login_status(url: str, user: str, password: str) -> int:
+    form = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "login", data=form), timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def http_status(url: str) -> tuple[int, bytes]:
@@ -70,6 +82,13 @@ def test_studio_auth_from_the_environment_allows_a_network_host_and_requires_the
             Client(app.url, verbose=False)  # no login: the API is closed
         client = Client(app.url, auth=("alice", "s3cret"), verbose=False)
         assert "demo-sd15" in str(client.predict(api_name="/list_models"))
+
+        # Guessing is throttled: parallel wrong passwords take turns, one per second; the owner is not held up.
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda i: login_status(app.url, "alice", f"guess{i}"), range(4)))
+        assert statuses == [400] * 4 and time.monotonic() - started >= 3.5
+        assert login_status(app.url, "alice", "s3cret") == 200
     assert "s3cret" not in app.output()  # the password never reaches the log
 
 
