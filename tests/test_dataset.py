@@ -153,7 +153,7 @@ EXPECTED_SKIPS = [
     # (file, kind, words the reason must contain)
     ("truncated.jpg", SkipKind.CORRUPT, "truncated"),
     ("empty.png", SkipKind.EMPTY, "0-byte"),
-    ("fake.jpg", SkipKind.NOT_IMAGE, "holds text ('hello, this is not"),
+    ("fake.jpg", SkipKind.NOT_IMAGE, "not an image: the file holds text"),
     ("tiny.png", SkipKind.TOO_SMALL, "32x20"),
     ("bomb.png", SkipKind.BOMB, "decompression bomb"),
     ("big.png", SkipKind.BOMB, "10000x10000 is 100,000,000 pixels"),

@@ -119,6 +119,7 @@ class SkipKind(enum.StrEnum):
     UNSUPPORTED_FILE = "not a supported image type"
     ORPHAN_CAPTION = "caption without image"
     UNREADABLE = "unreadable"
+    OUTSIDE_LINK = "link outside the folder"
 
 
 class CaptionSource(enum.StrEnum):
@@ -365,6 +366,7 @@ def _walk(folder: Path, skipped: list[Skipped]) -> tuple[list[Path], dict[Path, 
     def on_error(error: OSError):
         skipped.append(Skipped(Path(error.filename), f"cannot read folder ({error.strerror})", SkipKind.UNREADABLE))
 
+    inside = Path(folder).resolve()
     for root, dirs, files in os.walk(folder, onerror=on_error):
         # Hidden folders are tool litter (.git, .ipynb_checkpoints with stale copies), not data.
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -373,7 +375,10 @@ def _walk(folder: Path, skipped: list[Skipped]) -> tuple[list[Path], dict[Path, 
                 continue
             path = Path(root) / name
             suffix = path.suffix.lower()
-            if suffix in IMAGE_SUFFIXES:
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                # Trained on or quoted, a link would carry files from anywhere on the disk into the data set.
+                skipped.append(Skipped(path, "links outside the folder; not followed", SkipKind.OUTSIDE_LINK))
+            elif suffix in IMAGE_SUFFIXES:
                 images.append(path)
             elif name == METADATA_NAME:
                 metadata_files.append(path)
@@ -500,9 +505,10 @@ def _not_image_reason(path: Path) -> str:
             head = file.read(24)
     except OSError as error:
         return f"not an image and unreadable ({error.strerror})"
+    # Say what kind of content it is, never quote it: a file named like an image may hold a secret.
     if head and _looks_like_text(head):
-        return f"not an image: the file holds text ({head.decode('utf-8', 'ignore').strip()[:20]!r}...)"
-    return f"not an image: unknown format (starts with {head[:8].hex(' ')})"
+        return "not an image: the file holds text"
+    return "not an image: unknown format"
 
 
 def _looks_like_text(head: bytes) -> bool:
