@@ -13,7 +13,7 @@ from PIL import Image
 from studio.errors import InvalidRequestError
 from studio.generation.schedulers import DEFAULT_SCHEDULER, check_scheduler_name
 from studio.models.kinds import ModelKind
-from studio.validation import check_range
+from studio.validation import check_range, check_text_length
 
 MAX_SEED = 2**32 - 1
 
@@ -48,8 +48,10 @@ class GenerationRequest:
     """(adapter name, strength) pairs; `<lora:name:weight>` tags in the prompt are added to these."""
 
     def validate(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise InvalidRequestError("The prompt must be text.")
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise InvalidRequestError("The prompt and the negative prompt must be text.")
+        check_text_length("The prompt", self.prompt)
+        check_text_length("The negative prompt", self.negative_prompt)
         checks = [
             ("steps", self.steps, 1, 150),
             ("cfg", self.cfg, 0.0, 30.0),

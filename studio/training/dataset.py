@@ -33,6 +33,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from studio.errors import DatasetError, InvalidRequestError
+from studio.validation import MAX_TEXT_CHARS, check_text_length
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 METADATA_NAME = "metadata.jsonl"
@@ -97,6 +98,8 @@ class DatasetRequest:
             raise InvalidRequestError(
                 "caption_column is empty; use the metadata.jsonl column with captions, e.g. 'text'."
             )
+        check_text_length("The default caption", self.default_caption or "")
+        check_text_length("The trigger word", self.trigger or "", limit=200)
         if self.min_size < 1:
             raise InvalidRequestError(f"min_size={self.min_size} must be at least 1 pixel.")
         if self.max_pixels < self.min_size**2:
@@ -444,6 +447,9 @@ def _read_metadata(
         if not caption:
             problem(f"line {number}: caption column {column!r} is empty or not text")
             continue
+        if len(caption) > MAX_TEXT_CHARS:
+            problem(f"line {number}: the caption is {len(caption):,} characters long; use at most {MAX_TEXT_CHARS:,}")
+            continue
         if key in captions:
             _, other_file, other_line = captions[key]
             where = f"line {other_line}" if other_file == meta_path else f"line {other_line} of {other_file}"
@@ -471,9 +477,12 @@ def _find_caption(
             caption = None
             tried.append(f"{txt.name} unreadable ({error})")
         else:
-            if caption:
+            if caption and len(caption) > MAX_TEXT_CHARS:
+                tried.append(f"{txt.name} is {len(caption):,} characters long (at most {MAX_TEXT_CHARS:,})")
+            elif caption:
                 return caption, CaptionSource.TXT, ""
-            tried.append(f"{txt.name} is empty")
+            else:
+                tried.append(f"{txt.name} is empty")
     else:
         tried.append(f"no {path.stem}.txt beside it")
     default = _clean_caption(request.default_caption or "")
