@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
+from studio.web_guard import MAX_UPLOAD, UPLOAD_CLEANUP, SameOriginWrites, private_upload_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,17 +135,27 @@ def main(argv: list[str] | None = None) -> None:
     for folder in (config.loras_dir, config.outputs_dir, config.models_dir):
         folder.mkdir(parents=True, exist_ok=True)
 
+    # Gradio keeps uploads in its temp folder; unless the user chose one, use a private folder per port that a
+    # restart empties (a killed run's uploads would otherwise stay on disk forever).
+    if "GRADIO_TEMP_DIR" not in os.environ:
+        os.environ["GRADIO_TEMP_DIR"] = str(private_upload_folder(args.port))
+
     # Imported here so `--help` and flag errors answer instantly.
+    from starlette.middleware import Middleware
+
     from studio.engine import Studio
     from studio.ui.app import build_app, launch_options
 
     studio = Studio(config)
     app = build_app(studio)
+    app.delete_cache = UPLOAD_CLEANUP  # read by launch(); a gr.Blocks setting the UI need not know about
     app.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         auth=None if auth is None else throttled_login(*auth),
         footer_links=["api", "settings"],
+        max_file_size=MAX_UPLOAD,
+        app_kwargs={"middleware": [Middleware(SameOriginWrites)]},
         **launch_options(studio),
     )
