@@ -19,6 +19,7 @@ import gc
 import hashlib
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,6 +27,7 @@ import torch
 
 from studio.config import StudioConfig
 from studio.errors import BusyError, ModelNotFoundError, UnsafeFileError, UnsupportedModelError
+from studio.models.hashes import CACHE_NAME, HashCache, sha256_file
 from studio.models.kinds import ModelKind, kind_of_folder
 from studio.models.memory import OFFLOAD_MODES, MemoryPlan, plan_memory
 from studio.models.sources import ModelSource, resolve_model
@@ -62,7 +64,7 @@ class LoadedModel:
     lora_state: object = None
     """What LoRA blend the pipeline carries; owned and read only by `studio.lora.blend`."""
 
-    _hash: str | None = None
+    _hash: Future | None = None
 
     @property
     def name(self) -> str:
@@ -70,28 +72,39 @@ class LoadedModel:
 
     @property
     def model_hash(self) -> str:
-        """A1111's "Model hash": first 10 hex digits of the sha256 of the weights file."""
+        """A1111's "Model hash": first 10 hex digits of the sha256 of the weights file.
+
+        Started in the background when the model loads (`start_hashing`), so sampling does not wait for a
+        multi-GB read; the first image's infotext picks it up.
+        """
         if self._hash is None:
-            self._hash = _weights_hash(self)
-        return self._hash
+            self._hash = _done(_weights_hash(self, None))
+        return self._hash.result()
+
+    def start_hashing(self, executor: ThreadPoolExecutor, cache: HashCache) -> None:
+        if self.source.origin in ("single-file", "pickle", "folder", "hub"):
+            self._hash = executor.submit(_weights_hash, self, cache)
+        # Demo models hash their in-memory UNet: milliseconds, and done at first use before any LoRA is applied.
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(16 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _done(value) -> Future:
+    future = Future()
+    future.set_result(value)
+    return future
 
 
-def _weights_hash(model: LoadedModel) -> str:
+def _weights_hash(model: LoadedModel, cache: HashCache | None) -> str:
     source = model.source
+
+    def file_hash(path: Path) -> str:
+        return (cache.sha256(path) if cache is not None else sha256_file(path))[:10]
+
     if source.origin in ("single-file", "pickle"):
-        return _sha256_file(Path(source.location))[:10]
+        return file_hash(Path(source.location))
     if source.origin in ("folder", "hub"):
         unet_files = sorted(Path(model.pipe.config._name_or_path or source.location).glob("unet/*.safetensors"))
         if unet_files:
-            return _sha256_file(unet_files[0])[:10]
+            return file_hash(unet_files[0])
     # Demo models live only in memory: hash the UNet weights themselves.
     digest = hashlib.sha256()
     for name, tensor in sorted(model.pipe.unet.state_dict().items()):
@@ -117,6 +130,8 @@ class ModelManager:
         self._holder: str | None = None
         self._cache: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
         self._active: LoadedModel | None = None
+        self._hash_cache = HashCache(config.models_dir / CACHE_NAME)
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-hash")  # no thread until used
 
     # Device and dtype are probed on first use, never at import or construction time.
     @property
@@ -179,13 +194,15 @@ class ModelManager:
         pipe, kind = self._load_pipeline(source, progress)
         pipe.set_progress_bar_config(disable=True)
         progress(1.0, f"Loaded {source.name}")
-        return LoadedModel(
+        model = LoadedModel(
             source=source,
             kind=kind,
             pipe=pipe,
             weights_bytes=_weights_bytes(pipe),
             base_scheduler_config=dict(pipe.scheduler.config),
         )
+        model.start_hashing(self._hasher, self._hash_cache)
+        return model
 
     # --- internals -------------------------------------------------------------------------------
 
