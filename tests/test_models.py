@@ -13,6 +13,7 @@ from studio.generation.run import generate
 from studio.models.kinds import ModelKind, kind_of_checkpoint_keys, kind_of_folder
 from studio.models.manager import ModelManager
 from studio.models.memory import GiB, plan_memory
+from studio.models.precision import cpu_has_native_bf16, generation_dtype
 from studio.models.sources import list_models, resolve_model
 from studio.models.tiny import build_tiny
 from tests.helpers import pixels
@@ -126,10 +127,26 @@ def test_released_accelerator_keeps_the_model_in_ram(studio_config):
     assert manager.cached_names() == []
 
 
-def test_loaded_model_uses_fp32_on_cpu(studio_config):
+def test_loaded_model_uses_the_cpus_precision(studio_config):
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     with ModelManager(studio_config).acquire("demo-sdxl") as model:
-        assert model.pipe.unet.dtype == torch.float32
+        assert model.pipe.unet.dtype == expected
         assert model.plan.mode == "none"
+
+
+@pytest.mark.parametrize(
+    "requested, device, cpu_bf16, expected",
+    [
+        ("auto", "cpu", True, "bfloat16"),  # AMX / AVX512-BF16 / Zen 4
+        ("auto", "cpu", False, "float32"),  # emulated bf16 would be slower than fp32
+        ("auto", "cuda", False, "float16"),
+        ("auto", "mps", False, "float16"),
+        ("float32", "cpu", True, "float32"),  # --dtype wins
+        ("bfloat16", "cpu", False, "bfloat16"),
+    ],
+)
+def test_precision_follows_the_devices_reported_features(requested, device, cpu_bf16, expected):
+    assert generation_dtype(requested, device, cpu_bf16=cpu_bf16) == expected
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from studio.errors import BusyError, ModelNotFoundError, UnsafeFileError, Unsupp
 from studio.models.hashes import CACHE_NAME, HashCache, sha256_file
 from studio.models.kinds import ModelKind, kind_of_folder
 from studio.models.memory import OFFLOAD_MODES, MemoryPlan, plan_memory
+from studio.models.precision import cpu_has_native_bf16, generation_dtype
 from studio.models.sources import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,9 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested != "auto":
-        return getattr(torch, requested)
-    # Half precision halves memory on GPUs; CPUs are slow and often wrong in fp16, so stay in fp32.
-    return torch.float32 if device.type == "cpu" else torch.float16
+    """See `studio.models.precision`: fp16 on GPUs, bf16 on CPUs that compute it natively, else fp32."""
+    cpu_bf16 = requested == "auto" and device.type == "cpu" and cpu_has_native_bf16()
+    return getattr(torch, generation_dtype(requested, device.type, cpu_bf16=cpu_bf16))
 
 
 @dataclasses.dataclass

@@ -1,0 +1,105 @@
+"""CPU precision: bf16 vs fp32 on the full-size SD1.5 architecture (random weights), speed and image difference.
+
+Studio picks bf16 on CPUs that compute it natively (`studio.models.precision`). This measures what that buys and
+costs, side by side in one run on the same pipeline and seed:
+- one UNet step (CFG batch of 2) in fp32, in bf16 weights, and fp32 weights under bf16 autocast;
+- the image difference bf16 vs fp32 (mean absolute difference in 0-255 levels, and its 99th percentile), next to
+  the reference every GPU user accepts: fp16 vs fp32 of the same seed (computed here on the CPU).
+Random weights draw noise, so the difference measures numeric error through the real architecture, not taste.
+
+    python bench/bench_precision.py [--quick]
+"""
+
+from __future__ import annotations
+
+import copy
+
+from common import Row, interleaved_medians, main_for, ratio_row
+
+SEED = 7
+
+
+def _unet_step_times(pipe, latent_size: int, repeat: int) -> dict[str, float]:
+    import torch
+
+    unet32 = pipe.unet
+    unet16 = copy.deepcopy(unet32).to(torch.bfloat16)
+    sample = torch.randn(2, 4, latent_size, latent_size, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500, 500])
+
+    @torch.no_grad()
+    def fp32():
+        unet32(sample, t, context)
+
+    @torch.no_grad()
+    def bf16():
+        unet16(sample.bfloat16(), t, context.bfloat16())
+
+    @torch.no_grad()
+    def autocast():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            unet32(sample, t, context)
+
+    return interleaved_medians({"fp32": fp32, "bf16": bf16, "autocast": autocast}, repeat=repeat)
+
+
+def _image(pipe, dtype, size: int, steps: int):
+    import numpy as np
+    import torch
+
+    pipe = copy.deepcopy(pipe).to(dtype=dtype)
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    image = pipe(
+        "satellite image of mountains", num_inference_steps=steps, height=size, width=size, generator=generator
+    ).images[0]
+    return np.asarray(image, dtype=np.float64)
+
+
+def run(quick: bool) -> list[Row]:
+    import numpy as np
+    import torch
+
+    from studio.models.kinds import ModelKind
+    from studio.models.precision import cpu_has_native_bf16
+    from tests.builders import build_random_pipeline
+
+    native = cpu_has_native_bf16()
+    pipe = build_random_pipeline(ModelKind.SD15, torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    latent = 32 if quick else 64  # 256 px or 512 px
+    times = _unet_step_times(pipe, latent, repeat=1 if quick else 3)
+    note = "native bf16" if native else "bf16 emulated: Studio keeps fp32 here"
+    rows = [
+        ratio_row(
+            f"SD1.5 UNet step {latent * 8}px: bf16 vs fp32", times["bf16"], times["fp32"], "s", max_ratio=0.6, note=note
+        ),
+        ratio_row(
+            f"SD1.5 UNet step {latent * 8}px: bf16 autocast vs fp32",
+            times["autocast"],
+            times["fp32"],
+            "s",
+            max_ratio=0.8,
+            note=note,
+        ),
+    ]
+
+    size, steps = (128, 4) if quick else (256, 10)
+    reference = _image(pipe, torch.float32, size, steps)
+    bf16 = np.abs(_image(pipe, torch.bfloat16, size, steps) - reference)
+    fp16 = np.abs(_image(pipe, torch.float16, size, steps) - reference)
+    rows.append(
+        ratio_row(
+            f"image {size}px {steps} steps: |bf16-fp32| vs |fp16-fp32| (mean levels)",
+            float(bf16.mean()),
+            float(fp16.mean()),
+            "levels",
+            max_ratio=8.0,
+            note=f"p99 {np.percentile(bf16, 99):.0f} vs {np.percentile(fp16, 99):.0f}",
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main_for(run)
