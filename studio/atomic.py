@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from typing import Callable, Iterator
 
 # A staging folder untouched this long was left by a killed export, not a running one (exports take seconds).
 STALE_STAGING_SECONDS = 3600
+log = logging.getLogger(__name__)
 # `.<name>.old-<pid>`: the previous version of a folder during replace_folder (see there).
 _OLD_VERSION = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
 # Threads of one process take turns, so a leftover named with our own pid is never a swap in progress.
@@ -145,12 +147,19 @@ def restore_replaced(target: Path) -> list[Path]:
 
 
 def restore_replaced_in(parent: Path) -> list[Path]:
-    """`restore_replaced` for every folder in `parent` (a scan of loras/ calls it before listing)."""
+    """`restore_replaced` for every folder in `parent` (a scan of loras/ calls it before listing).
+
+    A version that cannot be put back (a read-only folder) is logged, not raised: the listing must still work, and
+    the next `replace_folder` of that name raises the error where the user acts on it.
+    """
     parent = Path(parent)
-    names = set()
-    with contextlib.suppress(OSError):
-        names = {m["name"] for p in parent.iterdir() if (m := _OLD_VERSION.match(p.name))}
-    return [old for name in sorted(names) for old in restore_replaced(parent / name)]
+    handled = []
+    for name in sorted({m["name"] for p in parent.iterdir() if (m := _OLD_VERSION.match(p.name))}):
+        try:
+            handled += restore_replaced(parent / name)
+        except OSError as error:
+            log.warning("Could not restore the previous version of %s: %s", parent / name, error)
+    return handled
 
 
 def _running(pid: int) -> bool:
