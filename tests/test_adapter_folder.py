@@ -51,7 +51,7 @@ OLD_TRAINED = """{
 }"""
 OLD_BLEND = """{
   "name": "mix",
-  "base_model": "demo-sd15",
+  "base_model": "demo-sdxl",
   "base_kind": "sdxl",
   "trigger_words": [],
   "rank": 8,
@@ -76,7 +76,8 @@ def test_old_adapter_json_reads_and_writes_back_unchanged(tmp_path, text):
     assert manifest.to_json() == json.loads(text)
     (tmp_path / "copy").mkdir()
     manifest.save(tmp_path / "copy")
-    assert json.loads((tmp_path / "copy" / MANIFEST).read_text()) == json.loads(text)
+    written = json.loads((tmp_path / "copy" / MANIFEST).read_text())
+    assert written == json.loads(text) and list(written) == list(json.loads(text))  # same keys, same order
     assert read_manifest(tmp_path / "copy") == manifest
 
 
@@ -372,3 +373,17 @@ def test_the_library_puts_back_an_adapter_a_killed_overwrite_left_aside(studio_c
     assert sorted(p.name for p in folder.iterdir()) == files
     # The staging folder of the killed writer stays hidden; the library never lists it.
     assert all(not name.startswith(".") for name in listed)
+
+
+def test_save_blend_overwrite_swaps_the_whole_folder(studio_config):
+    from studio.lora.merge import SaveBlendRequest, save_blend
+    from tests.test_lora_blend import add_lora
+
+    loras = studio_config.loras_dir
+    add_lora(loras, "alps", seed=1)
+    folder = save_blend(SaveBlendRequest(name="mix", loras=(("alps", 0.5),)), loras_dir=loras)
+    (folder / "notes.txt").write_text("only in the old version")
+    save_blend(SaveBlendRequest(name="mix", loras=(("alps", 1.0),), overwrite=True), loras_dir=loras)
+    assert read_manifest(folder).blend == [{"name": "alps", "weight": 1.0}]
+    assert not (folder / "notes.txt").exists()  # replaced as a whole, not file by file
+    assert hidden(loras) == []
