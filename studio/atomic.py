@@ -6,20 +6,32 @@ scans of a folder never pick them up.
 
     with atomic_file(folder / "x.png") as tmp:
         image.save(tmp, format="PNG")
+
+    built = staging_folder(target)      # write the new version in here
+    replace_folder(built, target)       # then swap it in; some complete version is always on disk
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 # A staging folder untouched this long was left by a killed export, not a running one (exports take seconds).
 STALE_STAGING_SECONDS = 3600
+log = logging.getLogger(__name__)
+# `.<name>.old-<pid>`: the previous version of a folder during replace_folder (see there).
+_OLD_VERSION = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+# Threads of one process take turns, so a leftover named with our own pid is never a swap in progress.
+_REPLACE_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -71,3 +83,97 @@ def make_readable(folder: Path) -> None:
     """Temporary files and folders are created private (0600/0700); finished ones are ordinary user data."""
     for path in [folder, *folder.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def replace_folder(
+    built: Path, target: Path, *, overwrite: bool = True, after_step: Callable[[str], None] | None = None
+) -> Path:
+    """Put the complete folder `built` at `target`, replacing an older version without ever losing both.
+
+    1. "aside":    the old `target` is renamed to the hidden `.<name>.old-<pid>` beside it;
+    2. "in-place": `built` is renamed to `target`;
+    3. "cleaned":  the old version is deleted.
+    A process killed between 1 and 2 leaves the old version only under its hidden name: the next replace or scan
+    (`restore_replaced`) renames it back. Killed between 2 and 3, the hidden copy is a leftover and is deleted then.
+    An exception between 1 and 2 puts the old version back at once. `after_step(name)` runs after each step
+    (tests stop the process there). With `overwrite=False` an existing `target` raises FileExistsError.
+    """
+    built, target = Path(built), Path(target)
+    report = after_step or (lambda step: None)
+    with _REPLACE_LOCK:
+        restore_replaced(target)
+        if not target.exists():
+            os.rename(built, target)
+            report("in-place")
+            return target
+        if not overwrite:
+            raise FileExistsError(f"{target} already exists")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        try:
+            report("aside")
+            os.rename(built, target)
+        except BaseException:
+            if not target.exists():
+                os.rename(old, target)
+            raise
+        try:
+            report("in-place")
+        finally:
+            shutil.rmtree(old)
+        report("cleaned")
+    return target
+
+
+def restore_replaced(target: Path) -> list[Path]:
+    """Finish what a killed `replace_folder(..., target)` left; returns the hidden folders it handled.
+
+    An old version with nothing at `target` is the only copy: it is renamed back. One beside a complete `target` is
+    a leftover: it is deleted. Old versions of a process that is still running are left alone (mid-swap).
+    """
+    target = Path(target)
+    handled = []
+    with _REPLACE_LOCK:
+        for old in sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*")):
+            match = _OLD_VERSION.match(old.name)
+            if not match or match["name"] != target.name or not old.is_dir() or _running(int(match["pid"])):
+                continue
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(old, target)
+            handled.append(old)
+    return handled
+
+
+def restore_replaced_in(parent: Path) -> list[Path]:
+    """`restore_replaced` for every folder in `parent` (a scan of loras/ calls it before listing).
+
+    A version that cannot be put back (a read-only folder) is logged, not raised: the listing must still work, and
+    the next `replace_folder` of that name raises the error where the user acts on it.
+    """
+    parent = Path(parent)
+    handled = []
+    for name in sorted({m["name"] for p in parent.iterdir() if (m := _OLD_VERSION.match(p.name))}):
+        try:
+            handled += restore_replaced(parent / name)
+        except OSError as error:
+            log.warning("Could not restore the previous version of %s: %s", parent / name, error)
+    return handled
+
+
+def _running(pid: int) -> bool:
+    """Whether another live process has this pid (a swap it started may still be going on)."""
+    if pid == os.getpid():
+        return False  # under _REPLACE_LOCK no swap of ours is in progress
+    if os.name == "nt":
+        # os.kill(pid, 0) would end the process on Windows. A swap takes microseconds: treat old versions as
+        # abandoned, at the cost of a (very unlikely) clash with a concurrent swap of the same name.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,15 +27,15 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, sna
 from huggingface_hub.errors import HfHubHTTPError
 
 import studio
+from studio.atomic import make_readable, replace_folder, restore_replaced, staging_folder
 from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
 from studio.hub.download import error_chain, hub_failure, progress_bar_class
-from studio.hub.model_card import DIFFUSERS_FILE, MANIFEST, build_model_card, public_manifest, read_manifest
+from studio.hub.model_card import build_model_card
+from studio.lora.files import DIFFUSERS_WEIGHTS
+from studio.lora.folder import MANIFEST, check_adapter_name, check_repo_id, read_manifest
 
 ProgressFn = Callable[[float, str], None]
 
-# The Hub's rules for a repo id: "owner/name", letters, digits, '-', '_', '.', no '--' or '..', max 96 characters.
-_REPO_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
-_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
 _TAG = re.compile(r"^[\w][\w:.+-]{0,63}$")
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
 # Written into an imported folder so importing the same repo again may replace it, but nothing else is replaced.
@@ -89,14 +88,6 @@ class PushRequest:
         return self.message.strip() or f"Upload {self.name} with Studio {studio.__version__}"
 
 
-def check_repo_id(repo_id: str) -> None:
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
-        raise InvalidRequestError(
-            f"Repo id {repo_id!r} is not valid: use OWNER/NAME with letters, digits, '-', '_' or '.', "
-            "e.g. my-name/alps-lora."
-        )
-
-
 def adapter_folder(loras_dir: Path, name: str) -> Path:
     """The adapter folder `loras_dir/name`, refusing names that escape loras_dir and folders Studio did not write."""
     root = Path(loras_dir).resolve()
@@ -107,7 +98,7 @@ def adapter_folder(loras_dir: Path, name: str) -> Path:
         raise UnsafePathError(f"Adapter name {name!r} points outside the LoRA folder; pick an adapter from the list.")
     if not folder.is_dir():
         raise InvalidRequestError(f"There is no adapter folder {name!r} in {root}; pick one from the list.")
-    for required in (MANIFEST, DIFFUSERS_FILE):
+    for required in (MANIFEST, DIFFUSERS_WEIGHTS):
         if not (folder / required).is_file():
             raise InvalidRequestError(
                 f"{folder} has no {required}; only adapters trained or blended by Studio can be pushed."
@@ -121,7 +112,7 @@ def shareable_adapters(loras_dir: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and (p / DIFFUSERS_FILE).is_file()
+        p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and (p / DIFFUSERS_WEIGHTS).is_file()
     )
 
 
@@ -173,8 +164,8 @@ def push_adapter(
             progress = _UploadProgress(sum(p.stat().st_size for p in files if p.name != MANIFEST), report, cancel)
             operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
             for path in files:
-                if path == folder / MANIFEST:  # published without local paths (see public_manifest)
-                    content = json.dumps(public_manifest(read_manifest(folder)), indent=2).encode()
+                if path == folder / MANIFEST:  # published without local paths (see AdapterManifest.public)
+                    content = json.dumps(read_manifest(folder).public().to_json(), indent=2).encode()
                 else:
                     content = stack.enter_context(_CountingReader(path, progress))
                 operations.append(
@@ -229,10 +220,11 @@ def download_adapter(
     """Download an adapter repo into `loras_dir/<repo name>/` (replacing an older copy only once complete)."""
     check_repo_id(repo_id)
     root = Path(loras_dir).resolve()
-    name = re.sub(r"[^\w.-]", "_", repo_id.split("/")[1]).strip(".") or "adapter"
+    name = check_adapter_name(re.sub(r"[^A-Za-z0-9_.-]", "_", repo_id.split("/")[1]))
     target = (root / name).resolve()
     if not target.is_relative_to(root) or target == root:
         raise UnsafePathError(f"Repo {repo_id!r} would be saved outside the LoRA folder; rename it.")
+    restore_replaced(target)  # a copy a killed import left aside counts as there
     if target.exists() and imported_from(target) != repo_id:
         raise HubError(
             f"{target} already holds another adapter (not imported from {repo_id}); "
@@ -240,7 +232,7 @@ def download_adapter(
         )
     endpoint = resolve_endpoint(endpoint)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=root))
+    staging = staging_folder(target)
     try:
         with hub_errors(endpoint, repo_id):
             options = dict(allow_patterns=DOWNLOAD_PATTERNS, endpoint=endpoint, token=resolve_token(token))
@@ -253,10 +245,10 @@ def download_adapter(
         if not any(staging.rglob("*.safetensors")):
             raise HubError(f"Hub repo {repo_id!r} has no .safetensors file; it is not a LoRA Studio can import.")
         (staging / SOURCE_FILE).write_text(json.dumps({"repo_id": repo_id}), encoding="utf-8")
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; an adapter folder is ordinary user data
-        _swap_into_place(staging, target)
+        make_readable(staging)
+        replace_folder(staging, target)  # an older import is removed only once the new one is in place
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent, ignore_errors=True)
     if on_progress is not None:
         on_progress(1.0, f"Imported {repo_id} as {name}")
     return target
@@ -268,23 +260,6 @@ def imported_from(folder: Path) -> str | None:
         return json.loads((Path(folder) / SOURCE_FILE).read_text(encoding="utf-8")).get("repo_id")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Move the finished download to `target`; an older copy is removed only after the new one is in place."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        os.replace(old / target.name, target)
-        raise
-    finally:
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -9,17 +9,15 @@ of `{"text": prompt, "output": {"url": "samples/x.png"}}` that the Hub renders a
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from studio.errors import LoraError
+from studio.lora.files import DIFFUSERS_WEIGHTS
+from studio.lora.folder import MANIFEST, AdapterManifest, is_hub_id, read_manifest
 
-MANIFEST = "adapter.json"
-DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_LICENSES = {"sd15": "creativeml-openrail-m", "sdxl": "openrail++"}
 BASE_TAGS = {"sd15": "stable-diffusion", "sdxl": "stable-diffusion-xl"}
 # Shown in usage snippets when the base is not on the Hub; never put in the front matter as if it were the base.
@@ -29,8 +27,6 @@ REFERENCE_BASES = {
 }
 KIND_LABELS = {"sd15": "Stable Diffusion 1.5", "sdxl": "Stable Diffusion XL"}
 DEMO_MODELS = ("demo-sd15", "demo-sdxl")
-# The Hub's repo id rule: owner/name, letters, digits, '-', '_', '.'; a local path or file name does not match.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
 
 @dataclass(frozen=True)
@@ -42,50 +38,11 @@ class Sample:
     step: int | None = None
 
 
-def is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name or "")) and not name.endswith((".safetensors", ".ckpt")) and ".." not in name
-
-
-def read_manifest(adapter_dir: Path) -> dict:
-    """`adapter.json` as a dict, with a clear error when it is missing or broken."""
-    path = Path(adapter_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoraError(
-            f"{adapter_dir} has no {MANIFEST}; only adapters trained or blended by Studio have one."
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoraError(f"{path} is not valid JSON ({e}). Re-save the adapter or fix the file.") from None
-    if not isinstance(manifest, dict) or manifest.get("base_kind") not in DEFAULT_LICENSES:
-        raise LoraError(f'{path} must be an object with "base_kind" set to "sd15" or "sdxl".')
-    return manifest
-
-
-def public_manifest(manifest: dict) -> dict:
-    """The manifest as it may be published: local paths (training data, a base model file) reduced to their names.
-
-    `/home/alice/datasets/aid-mountains` says who and where; `aid-mountains` is all a reader of the card needs.
-    """
-    public = dict(manifest)
-    if isinstance(public.get("base_model"), str):
-        public["base_model"] = _without_folders(public["base_model"])
-    if isinstance(public.get("settings"), dict):
-        public["settings"] = {key: _without_folders(value) for key, value in public["settings"].items()}
-    return public
-
-
-def _without_folders(value):
-    if isinstance(value, str) and (value.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value)):
-        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
-    return value
-
-
-def collect_samples(adapter_dir: Path, manifest: dict) -> list[Sample]:
+def collect_samples(adapter_dir: Path, manifest: AdapterManifest) -> list[Sample]:
     """Samples listed in the manifest that exist, then any other PNG in samples/ (prompt from its infotext)."""
     adapter_dir = Path(adapter_dir).resolve()
     samples, seen = [], set()
-    for entry in manifest.get("samples") or []:
+    for entry in manifest.samples:
         if not isinstance(entry, dict) or not _inside(adapter_dir, str(entry.get("file", ""))):
             continue  # a hand-edited manifest must not point the card (or an upload) outside the folder
         file = PurePosixPath(entry["file"]).as_posix()
@@ -143,12 +100,12 @@ def build_model_card(
 ) -> ModelCard:
     """The model card of `adapter_dir` (reads adapter.json and samples/); `repo_id` fills the usage snippets."""
     adapter_dir = Path(adapter_dir)
-    manifest = public_manifest(read_manifest(adapter_dir))
-    kind = manifest["base_kind"]
-    name = str(manifest.get("name") or adapter_dir.name)
-    base = str(manifest.get("base_model") or "")
+    manifest = read_manifest(adapter_dir).public()
+    kind = manifest.base_kind.value
+    name = manifest.name or adapter_dir.name
+    base = manifest.base_model
     samples = collect_samples(adapter_dir, manifest)
-    trigger_words = [str(w) for w in manifest.get("trigger_words") or [] if str(w).strip()]
+    trigger_words = manifest.trigger_words
 
     data = ModelCardData(
         base_model=base if is_hub_id(base) else None,
@@ -191,18 +148,18 @@ def _base_description(kind: str, base: str) -> str:
     return f"a {KIND_LABELS[kind]} model"
 
 
-def _intro(name: str, kind: str, base: str, manifest: dict) -> str:
-    rank, alpha = manifest.get("rank"), manifest.get("alpha")
+def _intro(name: str, kind: str, base: str, manifest: AdapterManifest) -> str:
+    rank, alpha = manifest.rank, manifest.alpha
     shape = f" with rank {rank} and alpha {alpha}" if rank is not None else ""
-    te = " The text encoder was trained too." if manifest.get("text_encoder") else ""
+    te = " The text encoder was trained too." if manifest.text_encoder else ""
     lines = [f"# {name}", "", f"A LoRA adapter{shape} for {_base_description(kind, base)}.{te}"]
-    blend = manifest.get("blend")
+    blend = manifest.blend
     if blend:
         parts = ", ".join(f"`{_cell(item.get('name', '?'))}` × {item.get('weight', 1):g}" for item in blend)
         lines += ["", f"It is a blend of {parts}, merged into one adapter."]
-    created = manifest.get("created")
+    created = manifest.created
     made = f" on {created}" if created else ""
-    version = manifest.get("studio_version")
+    version = manifest.studio_version
     lines += ["", f"Made with Studio{f' {version}' if version else ''}{made}.", ""]
     return "\n".join(lines)
 
@@ -252,7 +209,7 @@ from diffusers import AutoPipelineForText2Image
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = torch.float16 if device == "cuda" else torch.float32
 pipe = AutoPipelineForText2Image.from_pretrained("{pipeline_id}", dtype=dtype).to(device){base_note}
-pipe.load_lora_weights({source}, weight_name="{DIFFUSERS_FILE}")
+pipe.load_lora_weights({source}, weight_name="{DIFFUSERS_WEIGHTS}")
 image = pipe("{_py(prompt)}", num_inference_steps=30).images[0]
 image.save("lora.png")
 ```
@@ -272,9 +229,9 @@ def _with(trigger_words: list[str]) -> str:
     return f", together with {', '.join(f'`{_cell(w)}`' for w in trigger_words)}" if trigger_words else ""
 
 
-def _training_section(manifest: dict) -> str:
-    settings = manifest.get("settings")
-    if not isinstance(settings, dict) or not settings:
+def _training_section(manifest: AdapterManifest) -> str:
+    settings = manifest.settings
+    if not settings:
         return ""
     lines = ["## Training settings", "", "| Setting | Value |", "|---|---|"]
     for key, value in settings.items():
@@ -285,7 +242,7 @@ def _training_section(manifest: dict) -> str:
 
 def _files_section(name: str, adapter_dir: Path) -> str:
     described = {
-        DIFFUSERS_FILE: "diffusers format (`load_lora_weights`), LoRA alpha kept in its metadata.",
+        DIFFUSERS_WEIGHTS: "diffusers format (`load_lora_weights`), LoRA alpha kept in its metadata.",
         f"{name}.safetensors": "kohya format for AUTOMATIC1111, Forge and ComfyUI.",
         MANIFEST: "Studio's manifest (base model, rank, alpha, trigger words, settings).",
     }

@@ -17,12 +17,13 @@ import hashlib
 import json
 from pathlib import Path
 
+from studio.atomic import restore_replaced, restore_replaced_in
 from studio.errors import LoraError, ModelNotFoundError, StudioError, UnsafePathError
 from studio.lora.files import DIFFUSERS_WEIGHTS
+from studio.lora.folder import MANIFEST, PICKLE_SUFFIXES, AdapterManifest, manifest_if_readable
 from studio.lora.formats import components_of, detect_kind, lora_format, rank_of
 from studio.models.kinds import ModelKind, read_safetensors_header
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_TRIGGER_WORDS = 8
 
@@ -73,11 +74,12 @@ def scan_loras(loras_dir: Path) -> list[LoraEntry]:
     loras_dir = Path(loras_dir)
     if not loras_dir.is_dir():
         return []
+    restore_replaced_in(loras_dir)  # an adapter a killed overwrite left under its hidden name is put back
     entries: dict[str, LoraEntry] = {}
     for path in sorted(loras_dir.iterdir()):
         if path.name.startswith("."):
             continue  # temp files of atomic writes, hidden folders
-        if path.is_dir() and (any(path.glob("*.safetensors")) or (path / "adapter.json").exists()):
+        if path.is_dir() and (any(path.glob("*.safetensors")) or (path / MANIFEST).exists()):
             entries[path.name] = read_entry(path)
         elif path.is_file() and path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
             entries.setdefault(path.stem, read_entry(path))
@@ -89,6 +91,7 @@ def find_lora(loras_dir: Path, name: str) -> LoraEntry:
     loras_dir = Path(loras_dir).resolve()
     if not name or name in (".", "..") or Path(name).name != name:
         raise UnsafePathError(f"LoRA name {name!r} is not a plain name; pick one from the LoRA list.")
+    restore_replaced(loras_dir / name)
     for candidate in (loras_dir / name, loras_dir / f"{name}.safetensors"):
         if candidate.resolve().is_relative_to(loras_dir) and candidate.exists():
             if candidate.is_dir() or candidate.suffix == ".safetensors":
@@ -110,7 +113,7 @@ def _signature(path: Path) -> tuple:
     """(mtime, size) of everything an entry is read from: a slider move re-reads nothing that did not change."""
     watched = [path, path.parent]
     if path.is_dir():
-        watched += sorted(path.glob("*.safetensors")) + [path / "adapter.json", path / "samples"]
+        watched += sorted(path.glob("*.safetensors")) + [path / MANIFEST, path / "samples"]
     signature = []
     for item in watched:
         try:
@@ -128,7 +131,7 @@ def _read_entry_cached(path: str, _signature: tuple) -> LoraEntry:
 
 def _read_entry(path: Path) -> LoraEntry:
     name = path.name if path.is_dir() else path.stem
-    manifest = _manifest(path)
+    manifest = manifest_if_readable(path) if path.is_dir() else None
     weights_file = _weights_file(path)
     preview = _preview(path)
     base = dict(name=name, path=path, weights_file=weights_file, preview=preview)
@@ -150,7 +153,7 @@ def _read_entry(path: Path) -> LoraEntry:
     problem, fmt, kind = None, "unknown", None
     try:
         fmt = lora_format(shapes)
-        kind = _manifest_kind(manifest) or detect_kind(shapes, metadata, name=weights_file.name)
+        kind = (manifest and manifest.base_kind) or detect_kind(shapes, metadata, name=weights_file.name)
     except LoraError as e:
         message = str(e)
         problem = message if message.startswith(weights_file.name) else f"{weights_file.name} {message}"
@@ -169,23 +172,6 @@ def _read_entry(path: Path) -> LoraEntry:
         addnet_hash=addnet_hash(_hash_file(path, weights_file)),
         problem=problem,
     )
-
-
-def _manifest(path: Path) -> dict:
-    if not path.is_dir() or not (path / "adapter.json").is_file():
-        return {}
-    try:
-        manifest = json.loads((path / "adapter.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}  # the weights still tell us what we need; a broken manifest only loses the extras
-    return manifest if isinstance(manifest, dict) else {}
-
-
-def _manifest_kind(manifest: dict) -> ModelKind | None:
-    try:
-        return ModelKind(manifest.get("base_kind"))
-    except ValueError:
-        return None
 
 
 def _weights_file(path: Path) -> Path | None:
@@ -210,8 +196,8 @@ def _preview(path: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _trigger_words(manifest: dict, metadata: dict) -> tuple[str, ...]:
-    words = [str(w) for w in manifest.get("trigger_words") or [] if str(w).strip()]
+def _trigger_words(manifest: AdapterManifest | None, metadata: dict) -> tuple[str, ...]:
+    words = list(manifest.trigger_words) if manifest else []
     phrase = metadata.get("modelspec.trigger_phrase")
     if phrase:
         words += [w.strip() for w in phrase.split(",") if w.strip()]

@@ -13,29 +13,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
-import re
 import shutil
 from pathlib import Path
 
 import torch
 
 import studio
-from studio.atomic import make_readable, staging_folder
+from studio.atomic import make_readable, replace_folder, restore_replaced, staging_folder
 from studio.errors import InvalidRequestError, LoraError, UnsafePathError
 from studio.lora.blend import BlendEntry, resolve_blend
-from studio.lora.files import LoraWeights, read_lora, save_diffusers_lora, save_kohya_lora
+from studio.lora.files import LoraWeights, read_lora
+from studio.lora.folder import AdapterManifest, check_adapter_name, kohya_metadata, save_adapter_files
 from studio.models.kinds import ModelKind
 from studio.validation import check_range
-
-KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclasses.dataclass(frozen=True)
 class SaveBlendRequest:
     name: str
-    """Folder name of the new adapter in `loras/` (letters, digits, `_`, `-`, `.`)."""
+    """Folder name of the new adapter in `loras/` (see `studio.lora.folder.check_adapter_name`)."""
 
     loras: tuple = ()
     """(name, weight) or (name, weight, text-encoder weight) of each adapter in the blend."""
@@ -52,11 +48,7 @@ class SaveBlendRequest:
     overwrite: bool = False
 
     def validate(self) -> None:
-        if not _NAME.fullmatch(self.name or "") or ".." in self.name:
-            raise UnsafePathError(
-                f"Adapter name {self.name!r} is not allowed; "
-                "use up to 64 letters, digits, '_', '-' or '.', e.g. my_blend."
-            )
+        check_adapter_name(self.name)
         if not self.loras:
             raise InvalidRequestError("The blend is empty; add at least one LoRA before saving it.")
         for item in self.loras:
@@ -105,6 +97,7 @@ def save_blend(request: SaveBlendRequest, *, loras_dir: Path) -> Path:
     target = loras_dir / request.name
     if not target.resolve().is_relative_to(loras_dir.resolve()):
         raise UnsafePathError(f"Adapter name {request.name!r} would leave the LoRA folder; pick a plain name.")
+    restore_replaced(target)  # a version a killed save left aside counts as there
     if (target.exists() or (loras_dir / f"{request.name}.safetensors").exists()) and not request.overwrite:
         raise LoraError(f"A LoRA named {request.name!r} already exists; pick another name or choose overwrite.")
     resolved = resolve_blend(request.loras, loras_dir=loras_dir, kind=request.kind)
@@ -122,59 +115,32 @@ def save_blend(request: SaveBlendRequest, *, loras_dir: Path) -> Path:
 def _write_folder(target: Path, merged: LoraWeights, request: SaveBlendRequest, resolved, triggers) -> Path:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     blend = [{"name": entry.name, "weight": b.weight, **_te(b)} for b, entry in resolved]
+    manifest = AdapterManifest(
+        name=request.name,
+        base_model=request.base_model,
+        base_kind=request.kind,
+        trigger_words=triggers,
+        rank=merged.rank(),
+        alpha=float(merged.rank()),
+        text_encoder=any(c != "unet" for c in merged.layers),
+        settings=None,
+        blend=blend,
+        samples=[],
+        created=now.isoformat(),
+        studio_version=studio.__version__,
+    )
+    recipe = ", ".join(f"{b['name']}:{b['weight']:g}" for b in blend)
+    metadata = kohya_metadata(manifest, comment=f"Blend of {recipe} (Studio, exact rank concatenation)")
     tmp = staging_folder(target)
-    staging = tmp.parent
     try:
-        save_diffusers_lora(merged, tmp)
-        metadata = _kohya_metadata(request, merged, blend, triggers, now)
-        save_kohya_lora(merged, tmp / f"{request.name}.safetensors", metadata=metadata)
-        manifest = {
-            "name": request.name,
-            "base_model": request.base_model,
-            "base_kind": request.kind.value,
-            "trigger_words": triggers,
-            "rank": merged.rank(),
-            "alpha": float(merged.rank()),
-            "text_encoder": any(c != "unet" for c in merged.layers),
-            "settings": None,
-            "blend": blend,
-            "samples": [],
-            "created": now.isoformat(),
-            "studio_version": studio.__version__,
-        }
-        (tmp / "adapter.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        from studio.hub.model_card import build_model_card
-
-        build_model_card(tmp).save(tmp / "README.md")
+        save_adapter_files(tmp, merged, manifest, metadata=metadata)
         make_readable(tmp)
-        if target.exists():
-            shutil.rmtree(target)  # overwrite was asked for; the new folder is complete before the old one goes
-        tmp.rename(target)
+        replace_folder(tmp, target, overwrite=request.overwrite)  # the checks above allowed an overwrite
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(tmp.parent, ignore_errors=True)
     return target
 
 
 def _te(blend_entry: BlendEntry) -> dict:
     te = blend_entry.text_encoder_weight
     return {} if te is None else {"text_encoder_weight": te}
-
-
-def _kohya_metadata(request: SaveBlendRequest, merged: LoraWeights, blend: list, triggers: list, now) -> dict[str, str]:
-    recipe = ", ".join(f"{b['name']}:{b['weight']:g}" for b in blend)
-    values = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": merged.rank(),
-        "ss_network_alpha": float(merged.rank()),
-        "ss_base_model_version": KOHYA_BASE_VERSION[request.kind],
-        "ss_sd_model_name": request.base_model or None,
-        "ss_output_name": request.name,
-        "ss_network_train_unet_only": "text_encoder" not in merged.layers,
-        "ss_training_comment": f"Blend of {recipe} (Studio, exact rank concatenation)",
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.implementation": "https://github.com/huggingface/diffusers",
-        "modelspec.title": request.name,
-        "modelspec.date": now.isoformat(),
-        "modelspec.trigger_phrase": ", ".join(triggers) or None,
-    }
-    return {key: str(value) for key, value in values.items() if value is not None}

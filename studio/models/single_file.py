@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from studio.errors import StudioError, UnsafeFileError, UnsupportedModelError
+from studio.lora.folder import PICKLE_SUFFIXES
 from studio.models.kinds import ModelKind, kind_of_checkpoint_keys, read_safetensors_header
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BUNDLED_CONFIGS = {ModelKind.SD15: CONFIGS / "sd15", ModelKind.SDXL: CONFIGS / "sdxl"}
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1."
 
 

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from pathlib import Path
 
 from studio.config import StudioConfig
 from studio.errors import ModelNotFoundError, StudioError, UnsupportedModelError
+from studio.lora.folder import PICKLE_SUFFIXES, is_hub_id
 from studio.models.kinds import ModelKind, kind_of_checkpoint, kind_of_folder
 
 DEMO_MODELS = {"demo-sd15": ModelKind.SD15, "demo-sdxl": ModelKind.SDXL}
 CHECKPOINT_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +96,7 @@ def resolve_model(name: str, config: StudioConfig) -> ModelSource:
     path = Path(name).expanduser()
     if path.exists():
         return _local_source(path, path.name)
-    if _HUB_ID.match(name) and not name.endswith((".safetensors",) + PICKLE_SUFFIXES):
+    if is_hub_id(name):
         return ModelSource(name, None, "hub", name)
     known = [s.name for s in list_models(config)]
     close = difflib.get_close_matches(name, known, n=3)

@@ -2,7 +2,7 @@
 
     pytorch_lora_weights.safetensors   diffusers (alpha kept in the adapter metadata)
     <name>.safetensors                 kohya/A1111/ComfyUI, with ss_* and modelspec.* metadata
-    adapter.json                       the manifest other parts of Studio read (see the shared contract)
+    adapter.json                       the manifest other parts of Studio read (studio.lora.folder)
     README.md                          model card (studio.hub.model_card)
     samples/*.png                      validation images with A1111 infotext
 
@@ -20,14 +20,12 @@ from pathlib import Path
 import torch
 
 import studio
-from studio.atomic import make_readable, staging_folder
+from studio.atomic import make_readable, replace_folder, staging_folder
 from studio.errors import TrainingError
-from studio.lora.files import MODELSPEC_ARCHITECTURE, LoraWeights, save_diffusers_lora, save_kohya_lora
+from studio.lora.files import LoraWeights
+from studio.lora.folder import AdapterManifest, kohya_metadata, save_adapter_files
 from studio.models.kinds import ModelKind
 from studio.training.request import TrainingRequest
-
-MANIFEST = "adapter.json"
-KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
 
 
 def lora_weights(trained: dict[str, torch.nn.Module], kind: ModelKind, alpha: float) -> LoraWeights:
@@ -59,44 +57,40 @@ def export_adapter(
     tmp = staging_folder(output_dir)
     staging = tmp.parent
     try:
-        save_diffusers_lora(weights, tmp)
-        save_kohya_lora(
-            weights,
-            tmp / f"{request.name}.safetensors",
-            metadata=kohya_metadata(request, kind, num_images, precision, now),
-        )
         (tmp / "samples").mkdir()
         for sample in state["samples"]:
             source = run_dir / sample["file"]
             if source.is_file():
                 shutil.copy2(source, tmp / sample["file"])
-        manifest = {
-            "name": request.name,
-            "base_model": request.model,
-            "base_kind": kind.value,
-            "trigger_words": [request.trigger] if request.trigger else [],
-            "rank": request.rank,
-            "alpha": request.alpha,
-            "text_encoder": request.train_text_encoder,
+        manifest = AdapterManifest(
+            name=request.name,
+            base_model=request.model,
+            base_kind=kind,
+            trigger_words=[request.trigger] if request.trigger else [],
+            rank=request.rank,
+            alpha=request.alpha,
+            text_encoder=request.train_text_encoder,
             # Only the data folder's name: the full local path (user name, disk layout) must not travel to the Hub.
-            "settings": {
+            settings={
                 **request.to_json(),
                 "data": Path(request.data).name,
                 "mixed_precision": precision,
                 "num_images": num_images,
             },
-            "blend": None,
-            "samples": [s for s in state["samples"] if (tmp / s["file"]).is_file()],
-            "created": now.isoformat(),
-            "studio_version": studio.__version__,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        from studio.hub.model_card import build_model_card
-
-        build_model_card(tmp).save(tmp / "README.md")
+            blend=None,
+            samples=[s for s in state["samples"] if (tmp / s["file"]).is_file()],
+            created=now.isoformat(),
+            studio_version=studio.__version__,
+        )
+        metadata = kohya_metadata(
+            manifest,
+            comment=f"trained with Studio {studio.__version__}",
+            training=training_metadata(request, num_images, precision, now),
+        )
+        save_adapter_files(tmp, weights, manifest, metadata=metadata)
         make_readable(tmp)
         try:
-            tmp.rename(output_dir)
+            replace_folder(tmp, output_dir, overwrite=False)
         except OSError as error:
             raise TrainingError(
                 f"{output_dir} appeared while training ({error}); the adapter is kept in {tmp}; move it yourself."
@@ -110,26 +104,18 @@ def export_adapter(
     return output_dir
 
 
-def kohya_metadata(
-    request: TrainingRequest, kind: ModelKind, num_images: int, precision: str, now: datetime.datetime
-) -> dict[str, str]:
-    """The `ss_*` keys kohya's sd-scripts write (read by A1111's and Civitai's LoRA info) and `modelspec.*`."""
-    resolution = f"{request.resolution}x{request.resolution}"
+def training_metadata(
+    request: TrainingRequest, num_images: int, precision: str, now: datetime.datetime
+) -> dict[str, object]:
+    """The kohya `ss_*` training values of a run (see `studio.lora.folder.kohya_metadata` for the rest)."""
     tags = {request.trigger: num_images} if request.trigger else {}
-    values = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": request.rank,
-        "ss_network_alpha": request.alpha,
-        "ss_base_model_version": KOHYA_BASE_VERSION[kind],
-        "ss_sd_model_name": request.model,
-        "ss_output_name": request.name,
+    return {
         "ss_resolution": f"({request.resolution}, {request.resolution})",
         "ss_num_train_images": num_images,
         "ss_max_train_steps": request.steps,
         "ss_learning_rate": request.learning_rate,
         "ss_unet_lr": request.learning_rate,
         "ss_text_encoder_lr": request.learning_rate if request.train_text_encoder else 0,
-        "ss_network_train_unet_only": not request.train_text_encoder,
         "ss_lr_scheduler": request.lr_scheduler,
         "ss_lr_warmup_steps": request.warmup_steps,
         "ss_batch_size_per_device": request.batch_size,
@@ -143,13 +129,5 @@ def kohya_metadata(
         "ss_noise_offset": request.noise_offset or None,
         "ss_tag_frequency": json.dumps({"dataset": tags}),
         "ss_training_finished_at": now.timestamp(),
-        "ss_training_comment": f"trained with Studio {studio.__version__}",
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": MODELSPEC_ARCHITECTURE[kind],
-        "modelspec.implementation": "https://github.com/huggingface/diffusers",
-        "modelspec.title": request.name,
-        "modelspec.resolution": resolution,
-        "modelspec.date": now.isoformat(),
-        "modelspec.trigger_phrase": request.trigger,
+        "modelspec.resolution": f"{request.resolution}x{request.resolution}",
     }
-    return {key: str(value) for key, value in values.items() if value is not None}

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
+from studio.lora.folder import check_adapter_name
 from studio.training.dataset import DatasetReport, DatasetRequest, scan_dataset
 from studio.validation import check_range
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 OPTIMIZERS = ("auto", "adamw", "adamw8bit")
-# Letters, digits, '-', '_', '.' (not first): a folder name on every OS, never a path.
-_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +98,7 @@ class TrainingRequest:
     """Continue the run of the same name from its last checkpoint."""
 
     def validate(self) -> None:
-        if not _NAME.match(self.name or ""):
-            raise UnsafePathError(
-                f"Adapter name {self.name!r} must be 1-100 letters, digits, '-', '_' or '.' (not first); "
-                "for example 'alps-v1'."
-            )
+        check_adapter_name(self.name)
         data = Path(self.data).expanduser()
         if not data.is_dir():
             raise DatasetError(f"Dataset folder {data} does not exist or is not a folder; pick a folder of images.")
