@@ -8,7 +8,8 @@ Table-driven over SD1.5/SDXL and the key styles a file comes in:
   (`lora_te_text_model_encoder_layers_*`, `lora_te1_`/`lora_te2_`, `lora_unet_down_blocks_*`), fp16, alpha = rank / 2,
   attention, feed-forward, proj_in/out and resnet conv (LoCon) layers, text-encoder mlp;
 - "a1111-lora-te" (SDXL): the first encoder written as `lora_te_`, as some SDXL exporters do;
-- "qkv-only" and "add-embedding" (SDXL): layers diffusers 0.42 misreads, kept on the hand-written mapping.
+- "qkv-only", "qkv-mlp" (text-encoder attention without out_proj, with or without mlp layers) and "add-embedding"
+  (SDXL): layers diffusers 0.42 misreads, kept on the hand-written mapping.
 `hand_read` is the kohya reader as it was before diffusers read the names (studio/lora/files.py at 9f004c0).
 """
 
@@ -122,9 +123,13 @@ def a1111_file(kind, path, *, te1_prefix=None, select=_a1111_modules, extra=()):
     return path
 
 
-def qkv_only_file(kind, path):
+def qkv_file(kind, path, *, text_mlp=False):
+    """Attention without out_proj (and, with `text_mlp`, the text encoders' mlp too)."""
+
     def select(component, name, module):
         suffixes = ("to_q", "to_k", "to_v") if component == "unet" else ("q_proj", "k_proj", "v_proj")
+        if text_mlp and component != "unet":
+            suffixes += ("fc1", "fc2")
         return isinstance(module, torch.nn.Linear) and name.endswith(suffixes)
 
     return a1111_file(kind, path, select=select)
@@ -141,7 +146,13 @@ CASES = [
     ("per-module-alpha", ["sd15", "sdxl"], per_module_alpha_file, lambda name: False),
     ("a1111", ["sd15", "sdxl"], a1111_file, lambda name: False),
     ("a1111-lora-te", ["sdxl"], lambda k, p: a1111_file(k, p, te1_prefix="lora_te_"), lambda name: False),
-    ("qkv-only", ["sd15", "sdxl"], qkv_only_file, lambda name: name.startswith("lora_te")),
+    ("qkv-only", ["sd15", "sdxl"], qkv_file, lambda name: name.startswith("lora_te")),
+    (
+        "qkv-mlp",
+        ["sd15", "sdxl"],
+        lambda k, p: qkv_file(k, p, text_mlp=True),
+        lambda name: name.startswith("lora_te") and "_self_attn_" in name,
+    ),
     ("add-embedding", ["sdxl"], add_embedding_file, lambda name: "add_embedding" in name),
 ]
 TABLE = [
