@@ -8,12 +8,16 @@ effect of each layer is `B @ A * alpha / rank`.
 Two writers, one reader:
 - `save_diffusers_lora`: `pytorch_lora_weights.safetensors` as `pipe.save_lora_weights` writes it, with the
   adapter metadata (`lora_alpha`, `r`, target modules) that keeps alpha on reload; without it diffusers
-  reloads the file at alpha = rank, a different effect.
+  reloads the file at alpha = rank, a different effect. Text-encoder keys are named as the Hub's LoRAs name
+  them (`text_encoder.text_model.encoder.layers...`), so the file loads on transformers 4 and 5.
 - `save_kohya_lora`: the A1111/ComfyUI/Civitai layout, `lora_unet_<module path with _>.lora_down.weight`,
   `.lora_up.weight` and `.alpha`; `lora_te_` for the SD1.5 text encoder, `lora_te1_`/`lora_te2_` for SDXL.
   The mapping is written here rather than taken from diffusers' `convert_state_dict_to_kohya`, whose keys
   diffusers 0.42 cannot load back; tests prove both files reload to the same image as the live adapter.
-- `read_lora`: either format back into `LoraWeights` (used to merge a blend into one adapter).
+- `read_lora`: either format back into `LoraWeights` (used to merge a blend into one adapter). kohya files are
+  renamed by diffusers' own reader (`lora_state_dict` + its peft conversion, what `load_lora_weights` runs), except
+  the few layers it misreads (`_read_kohya_with_diffusers` lists them), which keep the hand-written
+  `module_from_kohya`. Diffusers files are read with or without the `text_model.` level of the first text encoder.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def save_diffusers_lora(weights: LoraWeights, folder: Path) -> Path:
     for component, layers in weights.layers.items():
         if not layers:
             continue
-        tensors.update({f"{component}.{key}": tensor for key, tensor in layers.items()})
+        tensors.update({f"{component}.{_hub_module_path(component, key)}": tensor for key, tensor in layers.items()})
         adapter_metadata.update({f"{component}.{k}": v for k, v in _adapter_config(weights, component).items()})
     if not tensors:
         raise LoraError("This LoRA has no layers to save.")
@@ -156,6 +160,18 @@ def save_diffusers_lora(weights: LoraWeights, folder: Path) -> Path:
         "modelspec.architecture": MODELSPEC_ARCHITECTURE[weights.kind],
     }
     return _atomic_save(tensors, Path(folder) / DIFFUSERS_WEIGHTS, metadata)
+
+
+def _hub_module_path(component: str, key: str) -> str:
+    """CLIPTextModel keys as transformers 4 named them (`text_model.encoder.layers...`), as the Hub's LoRAs have them.
+
+    transformers 5 dropped the `text_model.` level of CLIPTextModel (not of CLIPTextModelWithProjection); diffusers
+    strips it again when the text encoder has no such level, so the file loads on transformers 4 and 5. The adapter
+    metadata keeps the short paths: peft matches `target_modules` and `rank_pattern` as suffixes, on either layout.
+    """
+    if component == "text_encoder" and not key.startswith("text_model."):
+        return f"text_model.{key}"
+    return key
 
 
 def kohya_name(kind: ModelKind, component: str, module: str) -> str:
@@ -238,11 +254,37 @@ def read_lora(path: Path) -> LoraWeights:
 
 
 def _from_kohya(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> LoraWeights:
+    """Module paths from diffusers' own kohya reader (`_read_kohya_with_diffusers`), the hand-written
+    `module_from_kohya` only for the layers diffusers 0.42 misreads.
+
+    alpha is read here, by kohya's rule (a layer without `.alpha` runs at alpha = rank). diffusers returns the same
+    values as `network_alphas`, but keyed by its intermediate names (`...attn1.processor.to_q_lora.down.weight.alpha`)
+    and, when only some layers carry one, gives the others the most common alpha instead of their rank.
+    """
+    names = _kohya_layers(tensors, kind, filename)
+    from_diffusers = _read_kohya_with_diffusers(kind, names)
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    module_alphas: dict[str, dict[str, float]] = {}
+    for name, (component, prefix) in names.items():
+        module = from_diffusers.get(name) or module_from_kohya(name[len(prefix) :], component)
+        down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+        alpha_tensor = tensors.get(f"{name}.alpha")
+        # kohya's rule: a layer without alpha runs at scale 1 (alpha = rank).
+        alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(down.shape[0])
+        layers.setdefault(component, {})[f"{module}.lora_A.weight"] = down
+        layers[component][f"{module}.lora_B.weight"] = up
+        module_alphas.setdefault(component, {})[module] = alpha
+    if not layers:
+        raise LoraError(f"{filename} has no lora_down/lora_up layers; it is not a LoRA Studio can read.")
+    return _with_common_alpha(kind, layers, module_alphas)
+
+
+def _kohya_layers(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> dict[str, tuple[str, str]]:
+    """kohya layer name (`lora_unet_..._to_q`) -> (component, prefix), refusing what Studio cannot merge."""
     prefixes = {prefix: component for component, prefix in KOHYA_PREFIXES[kind].items()}
     if kind is ModelKind.SDXL:
         prefixes["lora_te_"] = "text_encoder"  # some SDXL exporters write the first encoder as lora_te_
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    module_alphas: dict[str, dict[str, float]] = {}
+    names = {}
     for key in tensors:
         if not key.endswith(".lora_down.weight"):
             continue
@@ -250,24 +292,61 @@ def _from_kohya(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str
         prefix = next((p for p in sorted(prefixes, key=len, reverse=True) if name.startswith(p)), None)
         if prefix is None or f"{name}.lora_up.weight" not in tensors:
             raise LoraError(f"{filename}: layer {name!r} is not a {kind.label} LoRA layer Studio can read.")
-        component = prefixes[prefix]
-        if component == "unet" and re.search(r"(input|output)_blocks|middle_block", name):
+        if prefixes[prefix] == "unet" and re.search(r"(input|output)_blocks|middle_block", name):
+            # diffusers renames these only given the UNet's config (`unet_config=`, which read_lora does not have).
             raise LoraError(
                 f"{filename} uses the original (SGM) UNet layer names; it loads for generation but cannot be merged. "
                 "Leave it out of the saved blend."
             )
-        module = module_from_kohya(name[len(prefix) :], component)
-        down, up = tensors[key], tensors[f"{name}.lora_up.weight"]
-        rank = down.shape[0]
-        alpha_tensor = tensors.get(f"{name}.alpha")
-        # kohya's rule: a layer without alpha runs at scale 1 (alpha = rank).
-        alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(rank)
-        layers.setdefault(component, {})[f"{module}.lora_A.weight"] = down
-        layers[component][f"{module}.lora_B.weight"] = up
-        module_alphas.setdefault(component, {})[module] = alpha
-    if not layers:
-        raise LoraError(f"{filename} has no lora_down/lora_up layers; it is not a LoRA Studio can read.")
-    return _with_common_alpha(kind, layers, module_alphas)
+        names[name] = (prefixes[prefix], prefix)
+    return names
+
+
+def _read_kohya_with_diffusers(kind: ModelKind, names: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """kohya layer name -> module path, as diffusers' `lora_state_dict` + its peft conversion read it.
+
+    The same steps `load_lora_weights` takes, so a merged blend names its layers as the live blend does. A layer
+    is left out (and read by the hand-written `module_from_kohya` instead) when diffusers 0.42 gets it wrong:
+    - a text encoder with q/k/v_proj layers but no out_proj: diffusers guesses the key style from `to_out_lora`
+      and raises ("Could not automatically infer state dict type") or keeps `self_attn.to_q_lora` names;
+    - SDXL `add_embedding_linear_1/2`: diffusers has no rule for it, and its SGM `emb` rule strips the index,
+      so both layers become `add.embedding.linear`.
+    Both are caught the same way: a module path is used only if, written back as a kohya name, it is the layer's.
+    """
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    loader = StableDiffusionXLLoraLoaderMixin if kind is ModelKind.SDXL else StableDiffusionLoraLoaderMixin
+    # diffusers only renames keys here, so each value is its kohya layer name rather than a tensor: what comes out
+    # maps diffusers' key to the layer it was read from.
+    kohya = {f"{n}.lora_{d}.weight": n for n in names for d in ("down", "up")}
+    state_dict, _alphas = loader.lora_state_dict(kohya)
+    found = {}
+    for component in COMPONENTS:
+        converted = {k[len(component) + 1 :]: n for k, n in state_dict.items() if k.startswith(f"{component}.")}
+        if not converted:
+            continue
+        try:
+            if component == "unet":
+                converted = convert_unet_state_dict_to_peft(converted)
+            else:
+                converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(converted))
+        except ValueError:
+            continue  # a text encoder without out_proj layers (see above)
+        for key, name in converted.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key[: -len(".lora_A.weight")]
+            if component == "text_encoder":
+                module = module.removeprefix("text_model.")  # CLIPTextModel (transformers 5) has no `text_model.`
+            prefix = names[name][1]
+            if kohya_name(kind, component, module)[len(KOHYA_PREFIXES[kind][component]) :] == name[len(prefix) :]:
+                found[name] = module
+    return found
 
 
 def _with_common_alpha(kind, layers, module_alphas) -> LoraWeights:
@@ -313,6 +392,12 @@ def _from_diffusers(tensors, metadata, kind: ModelKind, filename: str) -> LoraWe
                 alpha = float(_pattern_value(rank_pattern, module, None) or tensor.shape[0])
             per_module[module] = float(alpha)
         module_alphas[component] = per_module
+    if "text_encoder" in layers:
+        # Both forms of CLIPTextModel keys load (see _hub_module_path); LoraWeights has transformers 5's.
+        layers["text_encoder"] = {k.removeprefix("text_model."): v for k, v in layers["text_encoder"].items()}
+        module_alphas["text_encoder"] = {
+            m.removeprefix("text_model."): a for m, a in module_alphas["text_encoder"].items()
+        }
     if not layers:
         raise LoraError(f"{filename} holds no LoRA layers.")
     # Per-layer scale is alpha / rank: fold any per-layer alpha difference into lora_B.
