@@ -31,8 +31,7 @@ from studio.atomic import make_readable, replace_folder, restore_replaced, stagi
 from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
 from studio.hub.download import error_chain, hub_failure, progress_bar_class
 from studio.hub.model_card import build_model_card
-from studio.lora.files import DIFFUSERS_WEIGHTS
-from studio.lora.folder import MANIFEST, check_adapter_name, check_repo_id, read_manifest
+from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, check_adapter_name, check_repo_id, read_manifest
 
 ProgressFn = Callable[[float, str], None]
 

@@ -15,8 +15,7 @@ from typing import Sequence
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from studio.lora.files import DIFFUSERS_WEIGHTS
-from studio.lora.folder import MANIFEST, AdapterManifest, is_hub_id, read_manifest
+from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, AdapterManifest, is_hub_id, read_manifest
 
 DEFAULT_LICENSES = {"sd15": "creativeml-openrail-m", "sdxl": "openrail++"}
 BASE_TAGS = {"sd15": "stable-diffusion", "sdxl": "stable-diffusion-xl"}

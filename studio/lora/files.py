@@ -34,9 +34,9 @@ from safetensors.torch import save_file
 
 from studio.atomic import atomic_file
 from studio.errors import LoraError, UnsupportedModelError
+from studio.lora.folder import DIFFUSERS_WEIGHTS
 from studio.models.kinds import ModelKind, read_safetensors_header
 
-DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # diffusers keeps the adapter config (r, lora_alpha, target_modules) as JSON under this header key.
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"

@@ -1,6 +1,6 @@
 """An adapter folder, `loras/<name>/`: the rules its writers and readers share, defined once.
 
-    pytorch_lora_weights.safetensors   diffusers (`DIFFUSERS_WEIGHTS`, defined in lora/files.py)
+    pytorch_lora_weights.safetensors   diffusers (`DIFFUSERS_WEIGHTS`)
     <name>.safetensors                 kohya/A1111/ComfyUI, with `kohya_metadata` (ss_* and modelspec.*)
     adapter.json                       the manifest, `AdapterManifest`
     README.md                          model card (studio.hub.model_card)
@@ -26,6 +26,7 @@ from studio.errors import InvalidRequestError, LoraError, UnsafePathError
 from studio.models.kinds import ModelKind
 
 MANIFEST = "adapter.json"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 # kohya's `ss_base_model_version` values (what A1111 and Civitai show as the base).
 KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
 # Files that unpickle when loaded, so they can run code: never loaded unless the user opts in, never downloaded.

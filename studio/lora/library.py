@@ -19,8 +19,7 @@ from pathlib import Path
 
 from studio.atomic import restore_replaced, restore_replaced_in
 from studio.errors import LoraError, ModelNotFoundError, StudioError, UnsafePathError
-from studio.lora.files import DIFFUSERS_WEIGHTS
-from studio.lora.folder import MANIFEST, PICKLE_SUFFIXES, AdapterManifest, manifest_if_readable
+from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, PICKLE_SUFFIXES, AdapterManifest, manifest_if_readable
 from studio.lora.formats import components_of, detect_kind, lora_format, rank_of
 from studio.models.kinds import ModelKind, read_safetensors_header
 
