@@ -34,13 +34,7 @@ def train_steps(run: Run, start: int, should_stop: Callable[[], bool]) -> bool:
     for step in range(start, run.total):
         step_started = time.perf_counter()
         if stop_requested(should_stop, run.accelerator):
-            path = save(run, step)
-            message = f"Stopped at step {step}; resume continues from there."
-            run.emit(
-                TrainingEvent(
-                    "stopped", step=step, total_steps=run.total, path=str(path) if path else None, message=message
-                )
-            )
+            stop_at(run, step)
             return False
         loss = optimizer_step(run, step)
         done = step + 1
@@ -51,11 +45,24 @@ def train_steps(run: Run, start: int, should_stop: Callable[[], bool]) -> bool:
         lr = run.lr_scheduler.get_last_lr()[0]
         eta = pace * (run.total - done)
         run.emit(TrainingEvent("step", step=done, total_steps=run.total, loss=loss, lr=lr, sec_per_step=pace, eta=eta))
-        if done < run.total and request.validation_every and done % request.validation_every == 0 and run.main:
+        if done < run.total and due(done, request.validation_every) and run.main:  # the last one comes at finish
             run.state["samples"].append(sample(run, done))
-        if done < run.total and request.checkpoint_every and done % request.checkpoint_every == 0:
+        if done < run.total and due(done, request.checkpoint_every):  # the adapter itself follows the last step
             save(run, done)
     return True
+
+
+def due(step: int, every: int) -> bool:
+    """Whether something done every `every` steps (0: never) is due after `step` steps."""
+    return bool(every) and step % every == 0
+
+
+def stop_at(run: Run, step: int) -> None:
+    """Stop pressed before `step`: checkpoint the steps done so far, so Resume continues from there."""
+    path = save(run, step)  # None on the processes that do not write it
+    message = f"Stopped at step {step}; resume continues from there."
+    kept = str(path) if path else None
+    run.emit(TrainingEvent("stopped", step=step, total_steps=run.total, path=kept, message=message))
 
 
 def optimizer_step(run: Run, step: int) -> float:
