@@ -65,6 +65,14 @@ def stop_at(run: Run, step: int) -> None:
     run.emit(TrainingEvent("stopped", step=step, total_steps=run.total, path=kept, message=message))
 
 
+def stop_requested(should_stop: Callable[[], bool], accelerator) -> bool:
+    stop = bool(should_stop())
+    if accelerator.num_processes > 1:  # every process must stop at the same step
+        flag = torch.tensor(float(stop), device=accelerator.device)
+        stop = bool(accelerator.reduce(flag, "max").item())
+    return stop
+
+
 def optimizer_step(run: Run, step: int) -> float:
     """One optimizer step: accumulate the gradients of its micro-batches, clip, update; returns the mean loss."""
     accelerator, accumulation = run.accelerator, run.request.gradient_accumulation
@@ -84,14 +92,6 @@ def optimizer_step(run: Run, step: int) -> float:
     run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return accelerator.reduce(step_loss, "mean").item() if world > 1 else step_loss.item()
-
-
-def stop_requested(should_stop: Callable[[], bool], accelerator) -> bool:
-    stop = bool(should_stop())
-    if accelerator.num_processes > 1:  # every process must stop at the same step
-        flag = torch.tensor(float(stop), device=accelerator.device)
-        stop = bool(accelerator.reduce(flag, "max").item())
-    return stop
 
 
 def noise_generator(seed: int, micro_batch: int) -> torch.Generator:

@@ -209,6 +209,8 @@ def cache_data(
     should_stop: Callable[[], bool],
 ) -> TrainingData | None:
     """Pick buckets, fill the caches, and move the frozen encoders off the accelerator (None: stopped)."""
+    from diffusers.training_utils import free_memory
+
     pipe, kind = model.pipe, model.kind
     for component in text_encoders(pipe, kind) + [pipe.vae, pipe.unet]:
         component.requires_grad_(False)
@@ -229,9 +231,7 @@ def cache_data(
     else:
         texts = caching.Cache(run_dir / "cache" / f"texts-{identity}.safetensors")
         encode_captions(texts, pipe, kind, [s.caption for s in samples], device, emit)
-    from diffusers.training_utils import free_memory
-
-    free_memory()
+    free_memory()  # what the encoders held on the accelerator goes back before the UNet arrives
     pipe.unet.to(device)
     return TrainingData(
         samples=samples,
