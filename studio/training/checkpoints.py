@@ -6,7 +6,7 @@
         state.json              step, settings fingerprint, optimizer scalars and param groups, fp16 loss scaler,
                                 LR scheduler state, loss history and the samples made so far
 
-With the data order and the noise derived from (seed, step) (see trainer.py), these files are all a
+With the data order and the noise derived from (seed, step) (see order.py, loop.py), these files are all a
 run needs to continue exactly where it stopped. Each checkpoint is written under a temporary name and
 renamed, so a crash mid-save leaves the previous one intact; older checkpoints are then deleted.
 """

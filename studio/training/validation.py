@@ -1,0 +1,81 @@
+"""Validation samples: one image from the same prompt and seed every N steps, so the user sees the LoRA learn."""
+
+from __future__ import annotations
+
+import torch
+
+from studio.generation import outputs
+from studio.generation.infotext import build_infotext
+from studio.training.events import TrainingEvent
+from studio.training.setup import Run, text_encoders
+
+VALIDATION_SAMPLER = "Euler"
+VALIDATION_CFG = 7.0
+
+
+@torch.no_grad()
+def sample(run: Run, step: int) -> dict:
+    """Draw the validation image with the model as trained so far; saved with A1111 infotext.
+
+    Returns the sample's entry for the run state (and the adapter manifest)."""
+    from diffusers.training_utils import free_memory
+
+    from studio.generation.schedulers import make_scheduler
+
+    request, pipe = run.request, run.pipe
+    prompt = request.validation_prompt or run.data.samples[0].caption
+    size = request.resolution
+    # The VAE and the frozen text encoders wait in CPU RAM during training; they visit the accelerator for this.
+    offloaded = [m for m in [pipe.vae, *text_encoders(pipe, run.kind)] if m.device != run.device]
+    for module in offloaded:
+        module.to(run.device)
+    for module in run.trained.values():
+        module.eval()
+    pipe.scheduler = make_scheduler(VALIDATION_SAMPLER, run.model.base_scheduler_config)
+    generator = torch.Generator("cpu").manual_seed(request.validation_seed)
+    with run.accelerator.autocast():  # fp16/bf16 weights with fp32 LoRA layers: let autocast pick each op's dtype
+        image = pipe(
+            prompt,
+            num_inference_steps=request.validation_steps,
+            guidance_scale=VALIDATION_CFG,
+            height=size,
+            width=size,
+            generator=generator,
+        ).images[0]
+    for module in run.trained.values():
+        module.train()
+    for module in offloaded:
+        module.to("cpu")
+    free_memory()
+
+    path = outputs.save_png(image, _infotext(run, prompt, step), run.run_dir / "samples" / f"step-{step:06d}.png")
+    run.emit(TrainingEvent("sample", step=step, path=str(path), message=prompt))
+    return {
+        "file": f"samples/{path.name}",
+        "prompt": prompt,
+        "negative_prompt": "",
+        "seed": request.validation_seed,
+        "step": step,
+    }
+
+
+def _infotext(run: Run, prompt: str, step: int) -> str:
+    """The A1111 "parameters" text: the settings that redraw the sample with the adapter loaded."""
+    from studio.generation.schedulers import a1111_sampler
+
+    request = run.request
+    sampler, schedule = a1111_sampler(VALIDATION_SAMPLER)
+    return build_infotext(
+        prompt=prompt,
+        negative_prompt="",
+        params={
+            "Steps": request.validation_steps,
+            "Sampler": sampler,
+            "Schedule type": schedule,
+            "CFG scale": VALIDATION_CFG,
+            "Seed": request.validation_seed,
+            "Size": f"{request.resolution}x{request.resolution}",
+            "Model": run.model.name,
+            "Lora": f"{request.name} (training step {step})",
+        },
+    )
