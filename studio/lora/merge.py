@@ -11,10 +11,8 @@ adapters touch get zero rows/columns so every layer of a component has the same 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -22,45 +20,13 @@ import torch
 
 import studio
 from studio.atomic import make_readable, staging_folder
-from studio.errors import InvalidRequestError, LoraError, UnsafePathError
+from studio.errors import LoraError, UnsafePathError
 from studio.lora.blend import BlendEntry, resolve_blend
 from studio.lora.files import LoraWeights, read_lora, save_diffusers_lora, save_kohya_lora
+from studio.lora.requests import SaveBlendRequest
 from studio.models.kinds import ModelKind
-from studio.validation import check_range
 
 KOHYA_BASE_VERSION = {ModelKind.SD15: "sd_v1", ModelKind.SDXL: "sdxl_base_v1-0"}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-@dataclasses.dataclass(frozen=True)
-class SaveBlendRequest:
-    name: str
-    """Folder name of the new adapter in `loras/` (letters, digits, `_`, `-`, `.`)."""
-
-    loras: tuple = ()
-    """(name, weight) or (name, weight, text-encoder weight) of each adapter in the blend."""
-
-    kind: ModelKind = ModelKind.SD15
-    """Base kind of the blend (the loaded model's); every adapter must match it."""
-
-    base_model: str = ""
-    """What the user picked as the base (for the manifest and model card)."""
-
-    text_encoder_scale: float = 1.0
-    """Text-encoder weight of adapters without their own: weight times this."""
-
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        if not _NAME.fullmatch(self.name or "") or ".." in self.name:
-            raise UnsafePathError(
-                f"Adapter name {self.name!r} is not allowed; "
-                "use up to 64 letters, digits, '_', '-' or '.', e.g. my_blend."
-            )
-        if not self.loras:
-            raise InvalidRequestError("The blend is empty; add at least one LoRA before saving it.")
-        for item in self.loras:
-            check_range(f"LoRA {item[0]!r} weight", float(item[1]), -4.0, 4.0)
 
 
 def merge_weights(parts: list[tuple[LoraWeights, dict[str, float]]], kind: ModelKind) -> LoraWeights:

@@ -18,7 +18,7 @@ from studio.training.events import TrainingEvent
 from studio.training.plot import loss_curve
 from studio.training.presets import PRESETS, detected_vram_bytes, estimate_vram, pick_preset, presets_for
 from studio.training.request import LR_SCHEDULERS, MIXED_PRECISIONS, OPTIMIZERS, TrainingRequest, check_dataset
-from studio.ui.common import GPU_QUEUE, user_errors
+from studio.ui.common import GPU_QUEUE, stopper, user_errors
 
 # Request fields set by the form, in the order of the handlers' parameters (and of the /train API).
 FIELDS = [
@@ -223,7 +223,7 @@ def build_train_tab(studio: Studio) -> dict:
     outputs = [status, curve, gallery]
     trained = start_button.click(train, inputs=form, outputs=outputs, api_name="train", **GPU_QUEUE)
     resumed = resume_button.click(resume, inputs=form, outputs=outputs, api_name="resume_training", **GPU_QUEUE)
-    stop_button.click(studio.stop_training, api_name="stop_training", queue=False)
+    stop_button.click(stopper(studio, "training"), api_name="stop_training", queue=False)
 
     @user_errors
     @_form_parameters
