@@ -199,7 +199,7 @@ class Studio:
 
         def work(job: Job) -> Path:
             def on_progress(fraction: float, message: str) -> None:
-                if job.cancel.is_set():  # the page closed: stop at the next chunk, nothing lands in loras/
+                if job.cancel.is_set() and fraction < 1.0:  # the page closed: stop, nothing lands in loras/
                     raise CancelledError(f"Import of {repo_id} stopped; loras/ is unchanged.")
                 job.emit(LoadProgress(fraction, message))
 
