@@ -67,6 +67,7 @@ CASES = {
         "{root}/no/such/folder",
     ),
     "export-no-prompt": (["export-dataset", "--model", "demo-sd15", "--out", "{root}/out"], "prompt"),
+    "push-missing-adapter": (["push", "nope", "--repo", "alice/nope", "--loras-dir", "{root}/loras"], "'nope'"),
 }
 
 
