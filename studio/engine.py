@@ -93,6 +93,12 @@ class Studio:
         job = training_job(self.manager, self.config, request)  # checks the request and the folder first
         return self.jobs.follow("training", job, latest_only=False, with_result=False, cancel_on_close=False)
 
+    def training_preset(self, kind):
+        """The largest training preset for a model kind that fits this machine's GPU (the smallest without one)."""
+        from studio.training.presets import detected_vram_bytes, pick_preset
+
+        return pick_preset(kind, detected_vram_bytes())  # asks CUDA: imports torch
+
     def stop_training(self) -> None:
         """Stop the training run at its next step; it saves a checkpoint that Resume continues from."""
         self.stop("training")
