@@ -64,8 +64,9 @@ class Studio:
             raise ValueError(f"Unknown job slot {slot!r}; one of {', '.join(SLOTS)}.")
         self.jobs.stop(slot)
 
-    def _follow(self, slot: str, work, **options) -> Iterator:
-        return self.jobs.follow(slot, Job(work, name=slot), **options)
+    def _follow(self, slot: str, work) -> Iterator:
+        """Run `work(job)` in a background thread as the job of `slot`: its events, then its result."""
+        return self.jobs.follow(slot, Job(work, name=slot))
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[StepInfo | LoadProgress | Finished]:
         """Generate in a background thread, yielding progress, then `Finished` with the saved paths."""
