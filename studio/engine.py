@@ -1,22 +1,36 @@
-"""The engine the front ends talk to: one object that holds the config and the model manager.
+"""The engine the front ends talk to: one object that holds the config, the model manager and the jobs.
 
 The Gradio UI must not import torch or diffusers, so everything it needs goes through `Studio`
-methods that take request dataclasses and return plain data and PIL images.
+methods that take request dataclasses (from torch-free modules) and return plain data and PIL images.
+This module imports the heavy modules inside the methods that use them, so importing it stays light.
+
+Every background job lives in `self.jobs` under a slot, and each Stop button stops its own slot:
+
+    "generate"  Generate tab          "evaluate"  Evaluate tab          "export"   data set export
+    "compare"   LoRA comparison grid  "import"    LoRA import from Hub  "push"     Share tab upload
+    "training"  Train tab
+
+Closing a stream (a closed page, a cancelled API call) cancels its job, except training: a run of hours
+survives a closed browser tab, and the Train tab's Stop still reaches it from a reloaded page.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from studio.config import StudioConfig
+from studio.errors import CancelledError
 from studio.generation import infotext, outputs
 from studio.generation.request import GenerationRequest, GenerationResult, StepInfo
-from studio.generation.run import generate
-from studio.jobs import Job
-from studio.models.manager import ModelManager
+from studio.jobs import Job, JobBoard
 from studio.models.sources import ModelSource, list_models
+
+if TYPE_CHECKING:
+    from studio.models.manager import ModelManager
+
+SLOTS = ("generate", "evaluate", "export", "compare", "import", "push", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,15 +47,31 @@ class Finished:
 
 class Studio:
     def __init__(self, config: StudioConfig, manager: ModelManager | None = None):
+        if manager is None:
+            from studio.models.manager import ModelManager
+
+            manager = ModelManager(config)
         self.config = config
-        self.manager = manager or ModelManager(config)
-        self._current_job: Job | None = None
+        self.manager = manager
+        self.jobs = JobBoard()
 
     def models(self) -> list[ModelSource]:
         return list_models(self.config)
 
+    def stop(self, slot: str = "generate") -> None:
+        """Stop the running job(s) of one slot (default: the generation, within one sampling step)."""
+        if slot not in SLOTS:
+            raise ValueError(f"Unknown job slot {slot!r}; one of {', '.join(SLOTS)}.")
+        self.jobs.stop(slot)
+
+    def _follow(self, slot: str, work) -> Iterator:
+        """Run `work(job)` in a background thread as the job of `slot`: its events, then its result."""
+        return self.jobs.follow(slot, Job(work, name=slot))
+
     def generate_stream(self, request: GenerationRequest) -> Iterator[StepInfo | LoadProgress | Finished]:
         """Generate in a background thread, yielding progress, then `Finished` with the saved paths."""
+        from studio.generation.run import generate
+
         request.validate()  # fail fast, before a thread or a model is involved
 
         def work(job: Job) -> Finished:
@@ -55,35 +85,24 @@ class Studio:
             paths = outputs.save_images(result.images, result.infotexts, result.seeds, self.config.outputs_dir)
             return Finished(result, paths)
 
-        job = Job(work, name="generate")
-        self._current_job = job
-        job.start()
-        try:
-            yield from job.events()
-            yield job.result
-        finally:
-            # A closed page or a cancelled API call closes this generator: stop the work too, so it does not
-            # hold the GPU for a result nobody will see. Harmless when the work has already finished.
-            job.cancel.set()
-
-    def stop(self) -> None:
-        """Stop the running generation within one sampling step."""
-        if self._current_job is not None:
-            self._current_job.cancel.set()
+        return self._follow("generate", work)
 
     def train_stream(self, request) -> Iterator:
         """Train a LoRA in a child process (GPU released first); yields `TrainingEvent`s, last "done" or "stopped"."""
-        from studio.training.session import train_in_background
+        from studio.training.session import training_job
 
-        job = train_in_background(self.manager, self.config, request)
-        self._training_job = job
-        yield from job.events(latest_only=False)
+        job = training_job(self.manager, self.config, request)  # checks the request and the folder first
+        return self.jobs.follow("training", job, latest_only=False, with_result=False, cancel_on_close=False)
+
+    def training_preset(self, kind):
+        """The largest training preset for a model kind that fits this machine's GPU (the smallest without one)."""
+        from studio.training.presets import detected_vram_bytes, pick_preset
+
+        return pick_preset(kind, detected_vram_bytes())  # asks CUDA: imports torch
 
     def stop_training(self) -> None:
         """Stop the training run at its next step; it saves a checkpoint that Resume continues from."""
-        job = getattr(self, "_training_job", None)
-        if job is not None:
-            job.cancel.set()
+        self.stop("training")
 
     def history(self, limit: int = 60) -> list[Path]:
         return outputs.history(self.config.outputs_dir, limit=limit)
@@ -93,9 +112,12 @@ class Studio:
         from studio.evaluation.runner import evaluate
 
         request.validate()  # fail fast, before a thread or a model is involved
-        kwargs = dict(outputs_dir=self.config.outputs_dir)
-        return self._stream(
-            "evaluate", lambda job: evaluate(self.manager, request, **kwargs, on_progress=job.emit, cancel=job.cancel)
+        outputs_dir = self.config.outputs_dir
+        return self._follow(
+            "evaluate",
+            lambda job: evaluate(
+                self.manager, request, outputs_dir=outputs_dir, on_progress=job.emit, cancel=job.cancel
+            ),
         )
 
     def export_dataset_stream(self, request) -> Iterator:
@@ -103,16 +125,9 @@ class Studio:
         from studio.evaluation.synthetic import export_dataset
 
         request.validate()
-        return self._stream(
+        return self._follow(
             "export", lambda job: export_dataset(self.manager, request, on_progress=job.emit, cancel=job.cancel)
         )
-
-    def _stream(self, name: str, work) -> Iterator:
-        job = Job(work, name=name)
-        self._current_job = job  # the Stop button stops it
-        job.start()
-        yield from job.events()
-        yield job.result
 
     def shareable_adapters(self) -> list[str]:
         """Adapter folders in loras/ that Studio wrote (with adapter.json), for the Share tab's picker."""
@@ -125,14 +140,10 @@ class Studio:
         from studio.hub.adapters import push_adapter
 
         request.validate()
-        job = Job(
+        return self._follow(
+            "push",
             lambda job: push_adapter(request, on_progress=lambda f, m: job.emit(LoadProgress(f, m)), cancel=job.cancel),
-            name="push",
         )
-        self._push_job = job  # not `_current_job`: Generate's Stop must not cancel an upload
-        job.start()
-        yield from job.events()
-        yield job.result
 
     def model_card_preview(self, request) -> str:
         """The README.md model card a push of `request` would upload; nothing is sent."""
@@ -142,9 +153,7 @@ class Studio:
 
     def stop_push(self) -> None:
         """Stop an upload between chunks; the Hub repo keeps its previous commit."""
-        job = getattr(self, "_push_job", None)
-        if job is not None:
-            job.cancel.set()
+        self.stop("push")
 
     # --- LoRA library, blending, comparison grids (studio.lora, studio.lora.compare) ---
 
@@ -177,7 +186,7 @@ class Studio:
         from studio.lora.compare import compare
 
         request.validate()
-        return self._stream(
+        return self._follow(
             "compare",
             lambda job: compare(
                 self.manager,
@@ -189,18 +198,24 @@ class Studio:
         )
 
     def import_lora_stream(self, repo_id: str, token: str | None = None) -> Iterator:
-        """Download a LoRA repo from the Hub into loras/: `LoadProgress` events, then the folder (Path)."""
+        """Download a LoRA repo from the Hub into loras/: `LoadProgress` events, then the folder (Path).
+
+        Its own slot: an import runs beside a generation (it needs no GPU) and Generate's Stop leaves it alone.
+        """
         from studio.hub.adapters import download_adapter
 
-        return self._stream(
-            "import",
-            lambda job: download_adapter(
-                repo_id=repo_id,
-                loras_dir=self.config.loras_dir,
-                token=token,
-                on_progress=lambda fraction, message: job.emit(LoadProgress(fraction, message)),
-            ),
-        )
+        def work(job: Job) -> Path:
+            def on_progress(fraction: float, message: str) -> None:
+                if job.cancel.is_set() and fraction < 1.0:  # the page closed: stop, nothing lands in loras/
+                    raise CancelledError(f"Import of {repo_id} stopped; loras/ is unchanged.")
+                job.emit(LoadProgress(fraction, message))
+
+            on_progress(0.0, f"Importing {repo_id}")
+            return download_adapter(
+                repo_id=repo_id, loras_dir=self.config.loras_dir, token=token, on_progress=on_progress
+            )
+
+        return self._follow("import", work)
 
     @staticmethod
     def read_png_info(path) -> dict:

@@ -16,9 +16,16 @@ from studio.config import StudioConfig
 from studio.errors import DatasetError, InvalidRequestError, ModelNotFoundError, UnsafePathError
 from studio.evaluation import metrics
 from studio.evaluation.features import load_feature_model
-from studio.evaluation.requests import Candidate, EvaluationRequest, ExportRequest, SamplingSettings, parse_candidate
+from studio.evaluation.requests import (
+    Candidate,
+    EvaluationRequest,
+    ExportRequest,
+    SamplingSettings,
+    export_folder,
+    parse_candidate,
+)
 from studio.evaluation.runner import evaluate
-from studio.evaluation.synthetic import export_dataset, export_folder
+from studio.evaluation.synthetic import export_dataset
 from studio.generation.infotext import parse_infotext, read_infotext
 from studio.generation.outputs import save_png
 from studio.generation.request import GenerationRequest

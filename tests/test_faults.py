@@ -109,7 +109,8 @@ def test_png_info_tab_refuses_hostile_uploads_and_keeps_serving(client, tmp_path
 
 def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(tmp_path):
     from studio.hub.adapters import PushRequest, push_adapter
-    from studio.lora.merge import SaveBlendRequest, save_blend
+    from studio.lora.merge import save_blend
+    from studio.lora.requests import SaveBlendRequest
     from tests.test_training import quick_request
 
     loras = tmp_path / "loras"

@@ -9,7 +9,8 @@ from PIL import Image
 from studio.engine import LoadProgress, Studio
 from studio.errors import InvalidRequestError
 from studio.generation.infotext import parse_infotext
-from studio.lora.compare import CompareRequest, CompareRow, draw_grid, read_grid_cells
+from studio.lora.compare import draw_grid, read_grid_cells
+from studio.lora.requests import CompareRequest, CompareRow
 from tests.helpers import pixels
 from tests.test_lora_blend import add_lora
 

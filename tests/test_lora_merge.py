@@ -11,7 +11,8 @@ from studio.generation.request import GenerationRequest
 from studio.generation.run import generate
 from studio.lora.blend import apply_blend
 from studio.lora.library import find_lora
-from studio.lora.merge import SaveBlendRequest, save_blend
+from studio.lora.merge import save_blend
+from studio.lora.requests import SaveBlendRequest
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager
 from tests.helpers import pixels

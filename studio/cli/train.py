@@ -92,18 +92,45 @@ def register(subparsers) -> None:
 
 
 def build_request(args, config):
+    """The request, its data set report and the note shown with it (preset, VRAM estimate).
+
+    Everything that needs no torch is checked first (the name, the numbers, the preset name, the model, the data
+    set, a taken adapter name), so a typo is reported in moments; only then may the auto preset probe the GPU."""
     from studio.models.sources import resolve_model
     from studio.training.presets import detected_vram_bytes, estimate_vram, get_preset, pick_preset
-    from studio.training.request import TrainingRequest
+    from studio.training.request import TrainingRequest, check_dataset, check_name_free
 
-    settings, preset = {}, None
-    if args.preset != "none":
-        kind = resolve_model(args.model, config).kind
-        if args.preset == "auto" and kind is not None:
-            preset = pick_preset(kind, detected_vram_bytes())
-        elif args.preset != "auto":
-            preset = get_preset(args.preset)
-        settings.update(preset.settings if preset else {})
+    fields = dict(
+        data=args.data,
+        model=args.model,
+        name=args.name,
+        caption=args.caption,
+        caption_column=args.caption_column,
+        trigger=args.trigger,
+        resume=args.resume,
+    )
+    explicit = _explicit_settings(args)
+    draft = TrainingRequest(**fields, **explicit)
+    draft.validate()  # the name, the folder and the numbers the user typed (preset values are valid)
+    preset = get_preset(args.preset) if args.preset not in ("auto", "none") else None
+    kind = resolve_model(args.model, config).kind
+    report = check_dataset(draft)
+    if not args.check:
+        check_name_free(draft, config.loras_dir)
+    if args.preset == "auto" and kind is not None:
+        preset = pick_preset(kind, detected_vram_bytes())  # imports torch to ask CUDA
+    request = TrainingRequest(**fields, **{**(preset.settings if preset else {}), **explicit})
+    request.validate()
+    note = f"Preset {preset.name}. " if preset else ""
+    kind = preset.kind if preset else kind
+    if kind is not None:
+        note += estimate_vram(request, kind).summary() + " (full-size model, on a GPU)."
+    return request, report, note
+
+
+def _explicit_settings(args) -> dict:
+    """Request fields set on the command line (they override the preset's)."""
+    settings = {}
     for option in OVERRIDES:
         if getattr(args, option) is not None:
             settings[FIELD_NAMES.get(option, option)] = getattr(args, option)
@@ -119,31 +146,14 @@ def build_request(args, config):
     ):
         if getattr(args, option) is not None:
             settings[field] = getattr(args, option)
-    request = TrainingRequest(
-        data=args.data,
-        model=args.model,
-        name=args.name,
-        caption=args.caption,
-        caption_column=args.caption_column,
-        trigger=args.trigger,
-        resume=args.resume,
-        **settings,
-    )
-    request.validate()
-    note = f"Preset {preset.name}. " if preset else ""
-    kind = preset.kind if preset else resolve_model(args.model, config).kind
-    if kind is not None:
-        note += estimate_vram(request, kind).summary() + " (full-size model, on a GPU)."
-    return request, note
+    return settings
 
 
 def run(args) -> int:
-    from studio.training.request import check_dataset
-
     config = config_from_args(args)
-    request, note = build_request(args, config)
+    request, report, note = build_request(args, config)
     if args.check:
-        print(check_dataset(request).summary() + "\n" + note, file=sys.stderr)
+        print(report.summary() + "\n" + note, file=sys.stderr)
         return 0
     quiet_libraries(verbose=args.verbose)
     from tqdm import tqdm

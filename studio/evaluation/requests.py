@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from studio.errors import DatasetError, InvalidRequestError
+from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
 from studio.generation.infotext import parse_lora_weight
 from studio.generation.request import MAX_SEED, GenerationRequest
 from studio.generation.schedulers import DEFAULT_SCHEDULER
@@ -140,3 +140,12 @@ class ExportRequest:
         folder = Path(self.folder).expanduser()
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise InvalidRequestError(f"Export folder {folder} already exists and is not empty; pick a new folder.")
+
+
+def export_folder(outputs_dir: Path, name: str) -> Path:
+    """outputs/datasets/<name> for a name typed in the UI, which must stay inside that folder."""
+    root = (Path(outputs_dir) / "datasets").resolve()
+    folder = (root / (name or "").strip()).resolve()
+    if not (name or "").strip() or folder == root or not folder.is_relative_to(root):
+        raise UnsafePathError(f"Data set name {name!r} must be a plain folder name like 'synthetic-mountains'.")
+    return folder

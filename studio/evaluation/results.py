@@ -1,12 +1,27 @@
-"""What an evaluation found, as plain data: scores per candidate, the floor, nearest neighbours, files."""
+"""What an evaluation or a data set export found, as plain data (torch-free, for the UI): progress events,
+scores per candidate, the floor, nearest neighbours, files."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
+
+from PIL import Image
 
 from studio.evaluation.metrics import METRICS, Score
 from studio.evaluation.requests import Candidate
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    fraction: float
+    """Of the whole run, 0 to 1."""
+    message: str
+    preview: Image.Image | None = None
+
+
+ProgressFn = Callable[[Progress], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +104,11 @@ class EvaluationResult:
         ]
         floor = self.floor[metric_key].value
         return rows + [{"candidate": "floor: data vs itself", "score": floor, "kind": "floor"}]
+
+
+@dataclasses.dataclass
+class ExportResult:
+    folder: Path
+    metadata: Path
+    images: list[Path]
+    interrupted: bool = False

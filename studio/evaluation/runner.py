@@ -9,35 +9,21 @@ finished candidate, and the running one too if it has at least 2 images.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import threading
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from studio.evaluation import metrics
 from studio.evaluation.features import data_images, embed_files, load_feature_model
 from studio.evaluation.report import neighbour_grid, save_image, write_report
 from studio.evaluation.requests import Candidate, EvaluationRequest
-from studio.evaluation.results import CandidateResult, EvaluationResult, Neighbour
+from studio.evaluation.results import CandidateResult, EvaluationResult, Neighbour, Progress, ProgressFn
 from studio.generation import outputs
 from studio.generation.request import StepInfo
 from studio.generation.run import generate
 from studio.models.manager import ModelManager
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    fraction: float
-    """Of the whole run, 0 to 1."""
-    message: str
-    preview: Image.Image | None = None
-
-
-ProgressFn = Callable[[Progress], None]
 
 
 def new_run_folder(outputs_dir: Path, kind: str = "evaluations") -> Path:

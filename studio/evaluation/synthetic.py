@@ -10,36 +10,17 @@ after every prompt, so a stopped export is still a complete, loadable data set o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from pathlib import Path
 
 from studio.atomic import write_bytes
-from studio.errors import UnsafePathError
 from studio.evaluation.requests import ExportRequest
-from studio.evaluation.runner import Progress, ProgressFn
+from studio.evaluation.results import ExportResult, Progress, ProgressFn
 from studio.generation import outputs
 from studio.generation.request import StepInfo
 from studio.generation.run import generate
 from studio.models.manager import ModelManager
-
-
-@dataclasses.dataclass
-class ExportResult:
-    folder: Path
-    metadata: Path
-    images: list[Path]
-    interrupted: bool = False
-
-
-def export_folder(outputs_dir: Path, name: str) -> Path:
-    """outputs/datasets/<name> for a name typed in the UI, which must stay inside that folder."""
-    root = (Path(outputs_dir) / "datasets").resolve()
-    folder = (root / (name or "").strip()).resolve()
-    if not (name or "").strip() or folder == root or not folder.is_relative_to(root):
-        raise UnsafePathError(f"Data set name {name!r} must be a plain folder name like 'synthetic-mountains'.")
-    return folder
 
 
 def export_dataset(

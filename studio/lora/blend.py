@@ -29,8 +29,8 @@ import torch
 
 from studio.errors import LoraError, StudioError
 from studio.lora.library import LoraEntry, find_lora
+from studio.lora.requests import BlendRequest
 from studio.models.kinds import ModelKind
-from studio.validation import check_range
 
 log = logging.getLogger(__name__)
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -268,23 +268,6 @@ def blend_state(model) -> dict:
         "text_encoder_scale": state.text_encoder_scale,
         "fused": state.fused is not None,
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class BlendRequest:
-    """The LoRA tab's blend, applied to a model right away (a slider move, a new adapter, fuse on/off)."""
-
-    model: str
-    loras: tuple[tuple[str, float], ...] = ()
-    text_encoder_scale: float = 1.0
-    """Text-encoder weight of each adapter = its weight times this (0 = UNet only)."""
-
-    fuse: bool = False
-
-    def validate(self) -> None:
-        for name, weight in self.loras:
-            check_range(f"LoRA {name!r} strength", weight, -2.0, 2.0)
-        check_range("Text-encoder strength", self.text_encoder_scale, -2.0, 2.0)
 
 
 def apply_request(manager, request: BlendRequest) -> list[tuple[str, float, str]]:

@@ -24,69 +24,14 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from studio.atomic import atomic_file
-from studio.errors import CancelledError, InvalidRequestError
+from studio.errors import CancelledError
 from studio.generation.outputs import _next_number
-from studio.generation.request import MAX_SEED, GenerationRequest
+from studio.generation.request import MAX_SEED
 from studio.generation.run import generate
+from studio.lora.requests import CompareRequest
 
-MAX_CELLS = 64
 _LABEL_HEIGHT = 28
 _LABEL_WIDTH = 160
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareRow:
-    label: str
-    loras: tuple[tuple[str, float], ...] = ()
-    """The row's blend at strength 1; empty = the base model ("no LoRA")."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareRequest:
-    model: str
-    prompt: str
-    rows: tuple[CompareRow, ...]
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    negative_prompt: str = ""
-    seed: int = -1
-    """One seed for every cell (-1 picks one at random, recorded in every infotext)."""
-
-    steps: int = 20
-    cfg: float = 7.0
-    width: int | None = None
-    height: int | None = None
-    scheduler: str | None = None
-
-    def validate(self) -> None:
-        if not self.rows:
-            raise InvalidRequestError("A comparison needs at least one row (a LoRA, a blend or 'no LoRA').")
-        if not self.strengths:
-            raise InvalidRequestError("A comparison needs at least one strength column, e.g. 0, 0.5, 1.")
-        if len(self.rows) * len(self.strengths) > MAX_CELLS:
-            raise InvalidRequestError(
-                f"{len(self.rows)} rows x {len(self.strengths)} strengths = {len(self.rows) * len(self.strengths)} "
-                f"images; use at most {MAX_CELLS}."
-            )
-        for strength in self.strengths:
-            if not -2.0 <= strength <= 2.0:
-                raise InvalidRequestError(f"Strength {strength} is out of range; use -2 to 2.")
-        for row in self.rows:
-            self.cell(row, 1.0).validate()
-
-    def cell(self, row: CompareRow, strength: float) -> GenerationRequest:
-        extra = {"scheduler": self.scheduler} if self.scheduler else {}
-        return GenerationRequest(
-            model=self.model,
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            steps=self.steps,
-            cfg=self.cfg,
-            seed=self.seed,
-            width=self.width,
-            height=self.height,
-            loras=tuple((name, weight * strength) for name, weight in row.loras),
-            **extra,
-        )
 
 
 @dataclasses.dataclass(frozen=True)

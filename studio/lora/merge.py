@@ -11,7 +11,6 @@ adapters touch get zero rows/columns so every layer of a component has the same 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import shutil
 from pathlib import Path
@@ -20,39 +19,12 @@ import torch
 
 import studio
 from studio.atomic import make_readable, replace_folder, restore_replaced, staging_folder
-from studio.errors import InvalidRequestError, LoraError, UnsafePathError
+from studio.errors import LoraError, UnsafePathError
 from studio.lora.blend import BlendEntry, resolve_blend
 from studio.lora.files import LoraWeights, read_lora
-from studio.lora.folder import AdapterManifest, check_adapter_name, kohya_metadata, save_adapter_files
+from studio.lora.folder import AdapterManifest, kohya_metadata, save_adapter_files
+from studio.lora.requests import SaveBlendRequest
 from studio.models.kinds import ModelKind
-from studio.validation import check_range
-
-
-@dataclasses.dataclass(frozen=True)
-class SaveBlendRequest:
-    name: str
-    """Folder name of the new adapter in `loras/` (see `studio.lora.folder.check_adapter_name`)."""
-
-    loras: tuple = ()
-    """(name, weight) or (name, weight, text-encoder weight) of each adapter in the blend."""
-
-    kind: ModelKind = ModelKind.SD15
-    """Base kind of the blend (the loaded model's); every adapter must match it."""
-
-    base_model: str = ""
-    """What the user picked as the base (for the manifest and model card)."""
-
-    text_encoder_scale: float = 1.0
-    """Text-encoder weight of adapters without their own: weight times this."""
-
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        check_adapter_name(self.name)
-        if not self.loras:
-            raise InvalidRequestError("The blend is empty; add at least one LoRA before saving it.")
-        for item in self.loras:
-            check_range(f"LoRA {item[0]!r} weight", float(item[1]), -4.0, 4.0)
 
 
 def merge_weights(parts: list[tuple[LoraWeights, dict[str, float]]], kind: ModelKind) -> LoraWeights:

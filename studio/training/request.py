@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
+from studio.errors import DatasetError, InvalidRequestError, TrainingError, UnsafePathError
 from studio.lora.folder import check_adapter_name
 from studio.training.dataset import DatasetReport, DatasetRequest, scan_dataset
 from studio.validation import check_range
@@ -177,6 +177,15 @@ def check_dataset(request: TrainingRequest) -> DatasetReport:
             trigger=request.trigger,
         )
     )
+
+
+def check_name_free(request: TrainingRequest, loras_dir: Path) -> None:
+    """A run must not overwrite a finished adapter; checked before the heavy imports (the trainer checks again)."""
+    output_dir = request.output_dir(loras_dir)
+    if output_dir.exists():
+        raise TrainingError(
+            f"An adapter named {request.name!r} already exists in {output_dir.parent}; pick another name or delete it."
+        )
 
 
 def _inside(folder: Path, name: str) -> Path:

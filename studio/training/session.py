@@ -1,6 +1,6 @@
 """A training run as the app sees it: hold the GPU, release the generation pipeline, run the child.
 
-`Studio.train_stream` calls `train_in_background` and reads the job's events. The GPU lock is taken
+`Studio.train_stream` gets its job from `training_job`, starts it and reads its events. The GPU lock is taken
 in the job's own thread (a Gradio generator may resume on different threads, and a lock must be
 released by the thread that took it); while it is held, generation is refused with a clear BusyError
 instead of waiting for hours. The pipeline that was active returns to the GPU when the run ends.
@@ -18,7 +18,8 @@ from studio.training.trainer import preflight
 from studio.training.worker import run_in_child
 
 
-def train_in_background(manager: ModelManager, config: StudioConfig, request: TrainingRequest) -> Job:
+def training_job(manager: ModelManager, config: StudioConfig, request: TrainingRequest) -> Job:
+    """The run as a `Job` (not started yet); raises at once for a bad request, folder, name or resume."""
     # A bad folder, a taken name, nothing to resume: fail now, before a thread, a process or a model is involved.
     preflight(request, config)
 
@@ -34,4 +35,4 @@ def train_in_background(manager: ModelManager, config: StudioConfig, request: Tr
                 with manager.acquire(previous):
                     pass
 
-    return Job(work, name="training").start()
+    return Job(work, name="training")

@@ -29,7 +29,7 @@ from studio.training.checkpoints import list_checkpoints
 from studio.training.dataset import DatasetReport
 from studio.training.events import TrainingEvent
 from studio.training.loop import train_steps
-from studio.training.request import TrainingRequest, check_dataset
+from studio.training.request import TrainingRequest, check_dataset, check_name_free
 from studio.training.resume import grad_scaler_state, restore, restore_grad_scaler, resume_point
 from studio.training.setup import UNET_TARGETS, EventFn, Run, setup
 from studio.training.validation import sample
@@ -62,11 +62,7 @@ def preflight(request: TrainingRequest, config: StudioConfig) -> DatasetReport:
     the UI runs them before it starts the training process (whose imports alone take seconds)."""
     request.validate()
     report = check_dataset(request)
-    output_dir = request.output_dir(config.loras_dir)
-    if output_dir.exists():
-        raise TrainingError(
-            f"An adapter named {request.name!r} already exists in {output_dir.parent}; pick another name or delete it."
-        )
+    check_name_free(request, config.loras_dir)
     run_dir = request.run_dir(config.outputs_dir)
     if request.resume and not list_checkpoints(run_dir / "checkpoints"):
         raise TrainingError(f"Nothing to resume: {run_dir} has no checkpoint for {request.name!r}; press Train.")

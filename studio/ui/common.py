@@ -36,6 +36,16 @@ def user_errors(fn):
     return wrapper
 
 
+def stopper(studio, slot: str):
+    """The click handler of a Stop button: stops the jobs of its own slot (see studio.engine), nothing else."""
+
+    def stop() -> None:
+        studio.stop(slot)
+
+    stop.__name__ = f"stop_{slot}"
+    return stop
+
+
 def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -5,6 +5,8 @@ Handlers only build requests and show what the engine streams back; the work is 
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import gradio as gr
 import pandas as pd
 
@@ -14,12 +16,11 @@ from studio.evaluation.requests import (
     EvaluationRequest,
     ExportRequest,
     SamplingSettings,
+    export_folder,
     parse_candidate,
 )
-from studio.evaluation.results import EvaluationResult
-from studio.evaluation.runner import Progress
-from studio.evaluation.synthetic import ExportResult, export_folder
-from studio.ui.common import GPU_QUEUE, user_errors
+from studio.evaluation.results import EvaluationResult, ExportResult, Progress
+from studio.ui.common import GPU_QUEUE, stopper, user_errors
 
 CANDIDATES_HELP = "One per line: a model, optionally with LoRAs, e.g. `demo-sd15` and `demo-sd15 + my-lora:0.8`."
 
@@ -100,12 +101,13 @@ def build_evaluate_tab(studio: Studio) -> dict:
             feature_model=(feature_model or "").strip() or DEFAULT_FEATURE_MODEL,
             kid=bool(kid),
         )
-        for event in studio.evaluate_stream(request):
-            if isinstance(event, Progress):
-                shown = gr.skip() if event.preview is None else event.preview
-                yield {status: f"⏳ {event.message} ({event.fraction:.0%})", preview: shown}
-            elif isinstance(event, EvaluationResult):
-                yield _show(event)
+        with closing(studio.evaluate_stream(request)) as events:  # a closed page stops the work
+            for event in events:
+                if isinstance(event, Progress):
+                    shown = gr.skip() if event.preview is None else event.preview
+                    yield {status: f"⏳ {event.message} ({event.fraction:.0%})", preview: shown}
+                elif isinstance(event, EvaluationResult):
+                    yield _show(event)
 
     def _show(result: EvaluationResult) -> dict:
         done = "Stopped: partial results." if result.interrupted else "Done."
@@ -126,7 +128,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
         api_name="evaluate",
         **GPU_QUEUE,
     )
-    stop_button.click(studio.stop, api_name="stop_evaluation", queue=False)
+    stop_button.click(stopper(studio, "evaluate"), api_name="stop_evaluation", queue=False)
 
     with gr.Accordion("Export a synthetic data set (Hugging Face imagefolder with metadata.jsonl)", open=False):
         with gr.Row():
@@ -159,17 +161,18 @@ def build_evaluate_tab(studio: Studio) -> dict:
             seed=int(seed or 0),
             sampling=_sampling(negative, steps, cfg, width, height, scheduler),
         )
-        for event in studio.export_dataset_stream(request):
-            if isinstance(event, Progress):
-                yield {export_status: f"⏳ {event.message} ({event.fraction:.0%})"}
-            elif isinstance(event, ExportResult):
-                note = "Stopped early; kept" if event.interrupted else "Done:"
-                yield {
-                    export_status: f"{note} {len(event.images)} images with metadata.jsonl. Load with "
-                    f'`datasets.load_dataset("imagefolder", data_dir=...)` or train on the folder.',
-                    export_gallery: [str(p) for p in event.images],
-                    export_path: str(event.folder),
-                }
+        with closing(studio.export_dataset_stream(request)) as events:  # a closed page stops the work
+            for event in events:
+                if isinstance(event, Progress):
+                    yield {export_status: f"⏳ {event.message} ({event.fraction:.0%})"}
+                elif isinstance(event, ExportResult):
+                    note = "Stopped early; kept" if event.interrupted else "Done:"
+                    yield {
+                        export_status: f"{note} {len(event.images)} images with metadata.jsonl. Load with "
+                        f'`datasets.load_dataset("imagefolder", data_dir=...)` or train on the folder.',
+                        export_gallery: [str(p) for p in event.images],
+                        export_path: str(event.folder),
+                    }
 
     export_button.click(
         run_export,
@@ -178,5 +181,5 @@ def build_evaluate_tab(studio: Studio) -> dict:
         api_name="export_dataset",
         **GPU_QUEUE,
     )
-    export_stop.click(studio.stop, api_visibility="private", queue=False)
+    export_stop.click(stopper(studio, "export"), api_visibility="private", queue=False)
     return {"candidates": candidates, "data": data, "prompt": prompt}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import gradio as gr
 
 from studio.engine import Finished, LoadProgress, Studio, form_from_png_info, scheduler_names, size_presets
 from studio.generation.request import GenerationRequest, StepInfo
-from studio.ui.common import GPU_QUEUE, format_seconds, user_errors
+from studio.ui.common import GPU_QUEUE, format_seconds, stopper, user_errors
 
 FORM_FIELDS = [
     "model",
@@ -125,30 +127,31 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
             loras=tuple((name, float(weight)) for name, weight in (loras or [])),
         )
         total = request.batch_count
-        for event in studio.generate_stream(request):
-            if isinstance(event, LoadProgress):
-                yield {status: f"⏳ {event.message} ({event.fraction:.0%})"}
-            elif isinstance(event, StepInfo):
-                yield {
-                    status: f"Image {event.image_index + 1}/{total} · step {event.step}/{event.total_steps} · "
-                    f"ETA {format_seconds(event.eta)}",
-                    preview: event.preview,
-                }
-            elif isinstance(event, Finished):
-                paths = [str(p) for p in event.paths]
-                session = paths[::-1] + list(session)
-                result = event.result
-                note = "Stopped." if result.interrupted else "Done."
-                first_seed = result.seeds[0] if result.seeds else "-"
-                yield {
-                    status: f"{note} {len(paths)} image(s) in {result.seconds:.1f}s, seed {first_seed}.",
-                    # The last step's preview is a small latent sketch; show the finished image instead.
-                    preview: paths[0] if paths else None,
-                    gallery: session,
-                    session_images: session,
-                    infotext: result.infotexts[0] if result.infotexts else "",
-                    last_seed: result.seeds[0] if result.seeds else None,
-                }
+        with closing(studio.generate_stream(request)) as events:  # a closed page stops the work
+            for event in events:
+                if isinstance(event, LoadProgress):
+                    yield {status: f"⏳ {event.message} ({event.fraction:.0%})"}
+                elif isinstance(event, StepInfo):
+                    yield {
+                        status: f"Image {event.image_index + 1}/{total} · step {event.step}/{event.total_steps} · "
+                        f"ETA {format_seconds(event.eta)}",
+                        preview: event.preview,
+                    }
+                elif isinstance(event, Finished):
+                    paths = [str(p) for p in event.paths]
+                    session = paths[::-1] + list(session)
+                    result = event.result
+                    note = "Stopped." if result.interrupted else "Done."
+                    first_seed = result.seeds[0] if result.seeds else "-"
+                    yield {
+                        status: f"{note} {len(paths)} image(s) in {result.seconds:.1f}s, seed {first_seed}.",
+                        # The last step's preview is a small latent sketch; show the finished image instead.
+                        preview: paths[0] if paths else None,
+                        gallery: session,
+                        session_images: session,
+                        infotext: result.infotexts[0] if result.infotexts else "",
+                        last_seed: result.seeds[0] if result.seeds else None,
+                    }
 
     generate_button.click(
         run_generation,
@@ -157,7 +160,7 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         api_name="generate",
         **GPU_QUEUE,
     )
-    stop_button.click(studio.stop, api_name="stop", queue=False)
+    stop_button.click(stopper(studio, "generate"), api_name="stop", queue=False)
 
     def refresh_models():
         return gr.Dropdown(choices=model_choices(studio))

@@ -8,16 +8,15 @@ is shared with the Generate tab through `lora_picks`, so the next generation use
 from __future__ import annotations
 
 import html
+from contextlib import closing
 
 import gradio as gr
 from PIL import Image
 
 from studio.engine import LoadProgress, Studio
 from studio.errors import InvalidRequestError, StudioError
-from studio.lora.blend import BlendRequest
-from studio.lora.compare import CompareRequest, CompareRow
-from studio.lora.merge import SaveBlendRequest
-from studio.ui.common import GPU_QUEUE, user_errors
+from studio.lora.requests import BlendRequest, CompareRequest, CompareRow, SaveBlendRequest
+from studio.ui.common import GPU_QUEUE, stopper, user_errors
 
 SLOTS = 4
 ROW_MODES = ["each LoRA", "the blend", "each LoRA and the blend"]
@@ -218,11 +217,12 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
             seed=int(seed_value if seed_value is not None else -1),
             steps=int(steps_value),
         )
-        for event in studio.compare_stream(request):
-            if isinstance(event, LoadProgress):
-                yield f"⏳ {event.message} ({event.fraction:.0%})", gr.update()
-            else:
-                yield f"Done: seed {event.seed}, saved {event.path.name}.", str(event.path)
+        with closing(studio.compare_stream(request)) as events:  # a closed page stops the work
+            for event in events:
+                if isinstance(event, LoadProgress):
+                    yield f"⏳ {event.message} ({event.fraction:.0%})", gr.update()
+                else:
+                    yield f"Done: seed {event.seed}, saved {event.path.name}.", str(event.path)
 
     compare_inputs = [model, prompt, seed, steps, strengths, mode, include_base, *picks, *weights]
 
@@ -240,15 +240,16 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
     ab_run = ab_button.click(
         compare_ab, inputs=compare_inputs, outputs=[compare_status, grid], api_name="compare_ab", **GPU_QUEUE
     )
-    stop_button.click(studio.stop, cancels=[grid_run, ab_run], api_visibility="private")
+    stop_button.click(stopper(studio, "compare"), cancels=[grid_run, ab_run], api_visibility="private")
 
     @user_errors
     def import_lora(repo, token_value, *refresh_args):
-        for event in studio.import_lora_stream((repo or "").strip(), token_value or None):
-            if isinstance(event, LoadProgress):
-                yield [f"⏳ {event.message} ({event.fraction:.0%})"] + [gr.update()] * len(refresh_outputs)
-            else:
-                yield [f"Imported into loras/{event.name}."] + refresh(*refresh_args)
+        with closing(studio.import_lora_stream((repo or "").strip(), token_value or None)) as events:
+            for event in events:
+                if isinstance(event, LoadProgress):
+                    yield [f"⏳ {event.message} ({event.fraction:.0%})"] + [gr.update()] * len(refresh_outputs)
+                else:
+                    yield [f"Imported into loras/{event.name}."] + refresh(*refresh_args)
 
     # Not a GPU event: a download must not wait behind a generation, nor block one.
     import_button.click(

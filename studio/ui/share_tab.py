@@ -5,13 +5,14 @@ The token field is a password box used for this push only: it is cleared when th
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import gradio as gr
 
 from studio.engine import LoadProgress, Studio
 from studio.hub.adapters import PushRequest
-from studio.ui.common import user_errors
+from studio.ui.common import stopper, user_errors
 
 
 def build_share_tab(studio: Studio) -> dict:
@@ -62,11 +63,12 @@ def build_share_tab(studio: Studio) -> dict:
     def push(adapter, repo_id, private, tags, license, message, token):
         # Named parameters become the keyword names of the /push API for gradio_client.
         request = request_from(adapter, repo_id, private, tags, license, message, token)
-        for event in studio.push_stream(request):
-            if isinstance(event, LoadProgress):
-                yield {status: f"⏳ {event.fraction:.0%} · {event.message}"}
-            else:
-                yield {status: f"Done: pushed **{adapter}** to [{event}]({event})", url: event, token_field: ""}
+        with closing(studio.push_stream(request)) as events:  # a closed page stops the work
+            for event in events:
+                if isinstance(event, LoadProgress):
+                    yield {status: f"⏳ {event.fraction:.0%} · {event.message}"}
+                else:
+                    yield {status: f"Done: pushed **{adapter}** to [{event}]({event})", url: event, token_field: ""}
 
     push_button.click(
         push,
@@ -84,6 +86,6 @@ def build_share_tab(studio: Studio) -> dict:
     preview_button.click(
         preview_card, inputs=[adapter, repo_id, private, tags, license, message], outputs=card, api_name="preview_card"
     )
-    stop_button.click(studio.stop_push, api_name="stop_push", queue=False)
+    stop_button.click(stopper(studio, "push"), api_name="stop_push", queue=False)
     refresh.click(lambda: gr.Dropdown(choices=studio.shareable_adapters()), outputs=adapter, api_name="list_adapters")
     return {"adapter": adapter, "repo_id": repo_id, "status": status, "url": url}

@@ -16,9 +16,9 @@ from studio.errors import StudioError
 from studio.models.kinds import ModelKind
 from studio.training.events import TrainingEvent
 from studio.training.plot import loss_curve
-from studio.training.presets import PRESETS, detected_vram_bytes, estimate_vram, pick_preset, presets_for
+from studio.training.presets import PRESETS, estimate_vram, presets_for
 from studio.training.request import LR_SCHEDULERS, MIXED_PRECISIONS, OPTIMIZERS, TrainingRequest, check_dataset
-from studio.ui.common import GPU_QUEUE, user_errors
+from studio.ui.common import GPU_QUEUE, stopper, user_errors
 
 # Request fields set by the form, in the order of the handlers' parameters (and of the /train API).
 FIELDS = [
@@ -93,7 +93,7 @@ def _request(values: dict, *, resume: bool) -> TrainingRequest:
 def build_train_tab(studio: Studio) -> dict:
     kinds = {source.name: source.kind for source in studio.models()}
     default_kind = kinds.get(studio.config.default_model) or ModelKind.SD15
-    preset = pick_preset(default_kind, detected_vram_bytes())
+    preset = studio.training_preset(default_kind)
     settings = preset.settings
 
     with gr.Row():
@@ -223,7 +223,7 @@ def build_train_tab(studio: Studio) -> dict:
     outputs = [status, curve, gallery]
     trained = start_button.click(train, inputs=form, outputs=outputs, api_name="train", **GPU_QUEUE)
     resumed = resume_button.click(resume, inputs=form, outputs=outputs, api_name="resume_training", **GPU_QUEUE)
-    stop_button.click(studio.stop_training, api_name="stop_training", queue=False)
+    stop_button.click(stopper(studio, "training"), api_name="stop_training", queue=False)
 
     @user_errors
     @_form_parameters
@@ -262,7 +262,7 @@ def build_train_tab(studio: Studio) -> dict:
 
     def follow_model(model_name):
         kind = {s.name: s.kind for s in studio.models()}.get(model_name) or ModelKind.SD15
-        chosen = pick_preset(kind, detected_vram_bytes())
+        chosen = studio.training_preset(kind)
         return gr.Dropdown(choices=_preset_choices(kind), value=chosen.name)
 
     model.input(follow_model, inputs=model, outputs=preset_box, api_visibility="private")
