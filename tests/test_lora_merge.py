@@ -14,8 +14,7 @@ from studio.lora.library import find_lora
 from studio.lora.merge import SaveBlendRequest, save_blend
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager
-from tests.helpers import pixels
-from tests.test_lora_blend import add_lora
+from tests.helpers import add_lora, pixels
 
 
 def image(manager, model, *loras):
