@@ -10,6 +10,7 @@ broken metadata.jsonl lines in a training folder (test_dataset), `../` in save-b
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,9 +133,9 @@ def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(t
     for name in hostile:
         with pytest.raises(UnsafePathError, match="outside the LoRA folder"):
             push_adapter(PushRequest(name=name, repo_id="alice/x", loras_dir=loras, token="hf_unused_token_000"))
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(name)}'"):
             quick_request(tmp_path, name=name).validate()
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(name)}'"):
             save_blend(SaveBlendRequest(name=name, loras=(("alps", 1.0),)), loras_dir=loras)
     assert sorted(p.name for p in loras.iterdir()) == ["alps"] and sorted(p.name for p in outside.iterdir()) == [
         "secret"

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -178,7 +179,7 @@ def test_find_lora_by_name_stays_in_the_folder(library):
     loras, _full, _entries = library
     assert find_lora(loras, "xl-kohya").kind is ModelKind.SDXL
     for bad in ("../alps", "alps/../../etc", "/etc/passwd", ".."):
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(bad)}' is not a plain name"):
             find_lora(loras, bad)
     with pytest.raises(ModelNotFoundError, match="No LoRA named 'nope'.*Available: alps"):
         find_lora(loras, "nope")

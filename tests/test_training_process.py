@@ -17,7 +17,7 @@ from studio.engine import Studio
 from studio.errors import BusyError, DatasetError, ModelNotFoundError, TrainingError
 from studio.generation.request import GenerationRequest
 from tests.app_server import free_port
-from tests.helpers import ROOT, cli_command, cli_env, make_config, make_photo_folder, quick_request, run_cli
+from tests.helpers import ROOT, cli_command, cli_env, folders, make_config, make_photo_folder, quick_request, run_cli
 
 pytestmark = pytest.mark.slow  # every test trains in a child process (the app's training child, the CLI, torchrun)
 
@@ -121,16 +121,7 @@ def cli(*args, cwd):
 
 def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
     config = make_config(tmp_path)
-    folders = [
-        "--models-dir",
-        str(config.models_dir),
-        "--loras-dir",
-        str(config.loras_dir),
-        "--outputs-dir",
-        str(config.outputs_dir),
-        "--device",
-        "cpu",
-    ]
+    places = [*folders(tmp_path), "--device", "cpu"]
     result = cli(
         "--data",
         str(photos),
@@ -150,7 +141,7 @@ def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
         "4",
         "--alpha",
         "2",
-        *folders,
+        *places,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -159,7 +150,7 @@ def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
     assert (config.loras_dir / "cli-alps" / "cli-alps.safetensors").is_file()
 
     (tmp_path / "empty").mkdir()
-    result = cli("--data", str(tmp_path / "empty"), "--model", "demo-sd15", "--name", "x", *folders, cwd=tmp_path)
+    result = cli("--data", str(tmp_path / "empty"), "--model", "demo-sd15", "--name", "x", *places, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().startswith("error: Dataset folder") and len(result.stderr.strip().splitlines()) == 1
 
@@ -187,12 +178,7 @@ def test_two_processes_train_the_same_adapter_as_one_process_accumulating_two_ba
         "1e-2",
         "--validation-every",
         "0",
-        "--models-dir",
-        str(config.models_dir),
-        "--loras-dir",
-        str(config.loras_dir),
-        "--outputs-dir",
-        str(config.outputs_dir),
+        *folders(tmp_path),
         "--device",
         "cpu",
     ]
