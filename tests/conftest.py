@@ -75,8 +75,8 @@ def client(studio_app):
     return app_client(studio_app)
 
 
-# Fixtures that start a process (the app, Chromium): a test that uses one is slow.
-SLOW_FIXTURES = {"studio_running_app", "studio_app", "client", "browser_context"}
+# Fixtures that start a process (the app, Chromium): a test that uses one, even through another fixture, is slow.
+SLOW_FIXTURES = {"studio_running_app", "browser_context"}
 
 
 def pytest_collection_modifyitems(items):
