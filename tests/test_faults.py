@@ -227,8 +227,10 @@ def test_generations_fired_during_a_training_run_wait_for_it_and_stay_unmixed(
     jobs = {"none": submit(clients["none"], seed=77), "lora": submit(clients["lora"], seed=77)}
 
     def training_done_and_no_generation_overtook_it():
+        if training.done():
+            return True
         assert not any(job.done() for job in jobs.values()), "a generation ran while the training run held the GPU"
-        return training.done()
+        return False
 
     # One GPU queue: the generations wait for the run (a 1-second generation never overtakes it) ...
     wait_until(training_done_and_no_generation_overtook_it, 180, "the training run ended")
