@@ -32,16 +32,13 @@ from pathlib import Path
 
 from common import ROOT, Row, main_for, ratio_row
 
-sys.path.insert(0, str(ROOT / "tests"))
-
 SETTINGS = dict(rank=16, alpha=16.0, learning_rate=1e-4, batch_size=1, seed=0, random_flip=True, buckets=False)
 
 
 def run(quick: bool) -> list[Row]:
-    from test_training_photos import make_photo_folder
-
     from studio.training.presets import GB, PRESETS, estimate_vram
     from studio.training.request import TrainingRequest
+    from tests.helpers import make_photo_folder
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:

@@ -2,8 +2,8 @@
 that drives the app in a real browser (Debian's Chromium through Playwright; `playwright install` cannot download
 browsers here).
 
-A module of browser tests starts with `playwright_api = require_browser()`; it takes the `browser_context` fixture
-by importing it from here (module scope: one Chromium per module).
+A module of browser tests starts with `expect = require_browser().expect`; it takes the `browser_context` fixture
+by importing it from here (module scope: one Chromium per module). `fill_form` fills the Generate tab's form.
 """
 
 from __future__ import annotations
@@ -86,3 +86,20 @@ def chromium_context(profile_dir: Path, *, viewport: dict | None = None) -> Iter
 def browser_context(tmp_path_factory):
     with chromium_context(tmp_path_factory.mktemp("chromium-profile")) as context:
         yield context
+
+
+# --- the Generate form, for every test that draws an image in the browser ------------------------------------
+
+
+def set_number(page, label: str, value) -> None:
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def fill_form(page, *, prompt="snowy mountains", seed=42, steps=2, width=64, height=64) -> None:
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_label("Seed (-1 = random)").fill(str(seed))
+    set_number(page, "Steps", steps)
+    set_number(page, "Width", width)
+    set_number(page, "Height", height)

@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny real pipelines saved to disk, and a StudioConfig with its own folders.
+"""Shared fixtures: tiny real pipelines saved to disk, a StudioConfig with its own folders, the launched app and a
+gradio_client `client` on it. Shared helper functions live in tests/helpers.py.
 
 Everything runs offline on the CPU: no test may download anything.
+
+The `slow` marker (pyproject.toml) is for process-heavy tests: `python -m pytest -m "not slow"` is the fast inner
+loop. Tests that use the launched app or a browser are marked here automatically; tests that run the CLI or training
+in a child process, or full-size models, are marked in their modules.
 """
 
 import os
@@ -60,3 +65,21 @@ def studio_running_app(tmp_path_factory):
 def studio_app(studio_running_app):
     """The URL ("http://127.0.0.1:<port>/") of the shared running app, for gradio_client or a browser."""
     return studio_running_app.url
+
+
+@pytest.fixture(scope="module")
+def client(studio_app):
+    """A gradio_client Client on the shared launched app, one per test module (one Gradio session)."""
+    from tests.helpers import app_client
+
+    return app_client(studio_app)
+
+
+# Fixtures that start a process (the app, Chromium): a test that uses one, even through another fixture, is slow.
+SLOW_FIXTURES = {"studio_running_app", "browser_context"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -10,21 +10,19 @@ import re
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from studio.lora.compare import read_grid_cells
-from tests.test_lora_blend import add_lora
+from tests.helpers import add_lora
 
 TESTS = Path(__file__).resolve().parent
 NO_SLOTS = (None, None, None)
 ONE = (1.0, 1.0, 1.0)
 
 
-@pytest.fixture(scope="module")
-def client(studio_running_app):
+@pytest.fixture(scope="module", autouse=True)
+def api_alps(studio_running_app):
     add_lora(studio_running_app.loras_dir, "api-alps", seed=4)
-    return Client(studio_running_app.url, verbose=False)
 
 
 def test_every_public_api_name_is_called_by_some_test(client):

@@ -16,14 +16,9 @@ from PIL import Image
 
 from studio.generation.infotext import parse_infotext, read_infotext
 from studio.models.kinds import ModelKind
-from tests.helpers import pixels
+from tests.helpers import pixels, wait_until
 
 SMALL = dict(steps=2, cfg=7.0, width=64, height=64, scheduler="Euler", batch_size=1, batch_count=1, clip_skip=1)
-
-
-@pytest.fixture(scope="module")
-def client(studio_app):
-    return Client(studio_app, verbose=False)
 
 
 def generate(client: Client, *, model="demo-sd15", prompt="snowy mountains", seed=42, **overrides):
@@ -159,6 +154,10 @@ def test_two_concurrent_generations_queue_and_both_get_their_seed(client):
         assert np.array_equal(pixels(Image.open(gallery[0]["image"])), alone[seed])
 
 
+def reported_a_step(job) -> bool:
+    return any("step" in str(out[0]) for out in job.outputs())
+
+
 def test_stop_ends_a_long_generation_within_moments(client):
     job = client.submit(
         model="demo-sd15",
@@ -168,10 +167,7 @@ def test_stop_ends_a_long_generation_within_moments(client):
         api_name="/generate",
         **{**SMALL, "steps": 150, "width": 256, "height": 256},
     )
-    deadline = time.monotonic() + 60
-    while not any("step" in str(out[0]) for out in job.outputs()):
-        assert time.monotonic() < deadline, "no progress was reported"
-        time.sleep(0.05)
+    wait_until(lambda: reported_a_step(job), 60, "the generation reported progress")
     stopped_at = time.monotonic()
     client.predict(api_name="/stop")
     status, *_ = job.result(timeout=60)
@@ -195,10 +191,7 @@ def test_cancelling_an_api_call_stops_its_generation(client, studio_running_app)
         api_name="/generate",
         **{**SMALL, "steps": 150, "width": 256, "height": 256},
     )
-    deadline = time.monotonic() + 60
-    while not any("step" in str(out[0]) for out in job.outputs()):
-        assert time.monotonic() < deadline, "no progress was reported"
-        time.sleep(0.05)
+    wait_until(lambda: reported_a_step(job), 60, "the generation reported progress")
     job.cancel()
     # The next call queues behind the cancelled one; once it is done, the cancelled run has ended too.
     assert generate(client, seed=4243)[0].startswith("Done.")

@@ -11,7 +11,13 @@ import shutil
 import pytest
 
 from studio.generation.infotext import parse_infotext, read_infotext
-from tests.browser import SCREENSHOTS, browser_context, require_browser  # noqa: F401  (browser_context: fixture)
+from tests.browser import (  # noqa: F401  (browser_context: fixture)
+    SCREENSHOTS,
+    browser_context,
+    fill_form,
+    require_browser,
+    set_number,
+)
 
 expect = require_browser().expect
 
@@ -23,20 +29,6 @@ def page(browser_context, studio_app):  # noqa: F811  (the fixture, not the impo
     page.get_by_label("Prompt", exact=True).wait_for()
     yield page
     page.close()
-
-
-def set_number(page, label: str, value) -> None:
-    box = page.get_by_label(f"number input for {label}")
-    box.fill(str(value))
-    box.press("Enter")
-
-
-def fill_form(page, *, prompt="snowy mountains", seed=42, steps=2, width=64, height=64) -> None:
-    page.get_by_label("Prompt", exact=True).fill(prompt)
-    page.get_by_label("Seed (-1 = random)").fill(str(seed))
-    set_number(page, "Steps", steps)
-    set_number(page, "Width", width)
-    set_number(page, "Height", height)
 
 
 def status(page):

@@ -1,34 +1,15 @@
 """`python -m studio` as a user runs it: a separate process, paths on stdout, one-line errors."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from studio.generation import infotext
+from tests.helpers import folders, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args, cwd=ROOT):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
-    )
-
-
-def folders(tmp_path):
-    return [
-        "--models-dir",
-        tmp_path / "models",
-        "--loras-dir",
-        tmp_path / "loras",
-        "--outputs-dir",
-        tmp_path / "outputs",
-    ]
+pytestmark = pytest.mark.slow  # every test runs `python -m studio` in a child process
 
 
 def test_generate_writes_pngs_with_infotext_and_prints_their_paths(tmp_path, tiny_sd15_dir):

@@ -1,8 +1,6 @@
 """Dataset scan, image loading and aspect-ratio buckets, on real files written by Pillow in a temp folder."""
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from studio.training.dataset import (
     scan_dataset,
     to_rgb,
 )
+from tests.helpers import png_header_only
 
 RNG = np.random.default_rng(0)
 
@@ -45,17 +44,6 @@ def save(folder: Path, name: str, image: Image.Image, **params) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **params)
     return path
-
-
-def png_header_only(path: Path, width: int, height: int) -> None:
-    """A ~60-byte PNG that declares width x height: what a decompression bomb looks like to a header parser."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(data)
 
 
 def exif_rotated_jpeg(path: Path) -> None:

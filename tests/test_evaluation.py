@@ -5,6 +5,7 @@ code as the real one; the candidates are the demo models. Everything runs offlin
 """
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -345,7 +346,7 @@ def test_export_refuses_a_folder_in_use_and_names_that_escape(manager, tmp_path,
         export(manager, tmp_path / "new", prompts=("ok", " "))
     assert export_folder(config.outputs_dir, "mine").parent.name == "datasets"
     for name in ("../escape", "/etc", "", "a/../.."):
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(name)}' must be a plain folder name"):
             export_folder(config.outputs_dir, name)
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.builders import save_tiny_feature_model
-from tests.test_cli import folders, run_cli
+from tests.helpers import folders, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,7 @@ def data_dir(tmp_path):
     return folder
 
 
+@pytest.mark.slow  # `python -m studio` in a child process
 def test_evaluate_compares_candidates_and_prints_a_ranked_table(tmp_path, clip_dir, data_dir):
     result = run_cli(
         "evaluate",
@@ -65,6 +66,7 @@ def test_evaluate_compares_candidates_and_prints_a_ranked_table(tmp_path, clip_d
     assert sorted(p.name for p in folder.glob("*/nearest.png")) == ["nearest.png", "nearest.png"]
 
 
+@pytest.mark.slow  # `python -m studio` in a child process
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -101,6 +103,7 @@ def test_strengths_and_compare_become_candidates_with_one_set_of_seeds():
         candidates("--model", "m", "--lora", "a:1", "--lora", "b:1", "--strengths", "0,1")
 
 
+@pytest.mark.slow  # `python -m studio` in a child process
 def test_export_dataset_writes_an_imagefolder_and_prints_it(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a glacier\n\nsnowy peaks\n")
@@ -133,13 +136,9 @@ def test_export_dataset_writes_an_imagefolder_and_prints_it(tmp_path):
     assert [(r["text"], r["seed"]) for r in rows] == [("a ridge", 3), ("a glacier", 4), ("snowy peaks", 5)]
 
 
+@pytest.mark.slow  # `python -m studio` in a child process
 def test_feature_model_downloads_once_from_the_hub_then_works_offline(tmp_path, clip_dir, data_dir):
-    import os
-    import subprocess
-    import sys
-
     from tests.hub_server import HubServer
-    from tests.test_cli import ROOT
 
     files = {path.name: path.read_bytes() for path in clip_dir.iterdir()}
     files["pytorch_model.bin"] = b"a pickle copy of the weights: never downloaded"
@@ -167,16 +166,7 @@ def test_feature_model_downloads_once_from_the_hub_then_works_offline(tmp_path, 
     ]
 
     def run(**env):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf-home"), **env}
-        env.pop("HF_HUB_CACHE", None)
-        return subprocess.run(
-            [sys.executable, "-m", "studio", *map(str, args)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=300,
-        )
+        return run_cli(*args, env={"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": None, **env})
 
     with HubServer({}) as hub:
         hub.add_repo("clip-test/tiny-clip", "clip-test", files)

@@ -4,18 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tests.builders import save_tiny_feature_model
 
 SAMPLING = dict(negative="", steps=2, cfg=7.0, width=64, height=64, scheduler="Euler")
-
-
-@pytest.fixture(scope="module")
-def client(studio_app):
-    return Client(studio_app, verbose=False)
 
 
 @pytest.fixture(scope="module")

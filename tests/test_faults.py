@@ -10,6 +10,7 @@ broken metadata.jsonl lines in a training folder (test_dataset), `../` in save-b
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,11 +26,23 @@ from PIL import Image
 from studio.errors import UnreadableImageError, UnsafePathError
 from studio.generation.infotext import read_infotext
 from studio.models.kinds import ModelKind
-from tests.helpers import pixels
-from tests.test_dataset import png_header_only
-from tests.test_lora_blend import add_lora
+from tests.helpers import (
+    ROOT,
+    TRAIN_FORM,
+    add_lora,
+    app_client,
+    cli_env,
+    folders,
+    make_config,
+    make_photo_folder,
+    pixels,
+    png_header_only,
+    quick_request,
+    run_cli,
+    run_training,
+    wait_until,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(steps=3, cfg=7.0, width=64, height=64, scheduler="Euler", batch_size=1, batch_count=1, clip_skip=1)
 NO_SLOTS = (None, None, None)
 ONE = (1.0, 1.0, 1.0)
@@ -57,14 +70,14 @@ def submit(client: Client, *, model="demo-sd15", seed=42, **overrides):
     )
 
 
+def started(job) -> bool:
+    """The app took the job off its queue (it runs, or already ran)."""
+    return job.status().code.name in ("PROCESSING", "ITERATING", "FINISHED")
+
+
 def image_of(result) -> np.ndarray:
     _status, _preview, gallery, _infotext, _seed = result
     return pixels(Image.open(gallery[0]["image"]))
-
-
-@pytest.fixture(scope="module")
-def client(studio_app):
-    return Client(studio_app, verbose=False)
 
 
 # --- hostile files into the PNG-info reader ---------------------------------------------------------
@@ -111,7 +124,6 @@ def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(t
     from studio.hub.adapters import PushRequest, push_adapter
     from studio.lora.merge import save_blend
     from studio.lora.requests import SaveBlendRequest
-    from tests.test_training import quick_request
 
     loras = tmp_path / "loras"
     add_lora(loras, "alps", seed=1)
@@ -122,9 +134,9 @@ def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(t
     for name in hostile:
         with pytest.raises(UnsafePathError, match="outside the LoRA folder"):
             push_adapter(PushRequest(name=name, repo_id="alice/x", loras_dir=loras, token="hf_unused_token_000"))
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(name)}'"):
             quick_request(tmp_path, name=name).validate()
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(name)}'"):
             save_blend(SaveBlendRequest(name=name, loras=(("alps", 1.0),)), loras_dir=loras)
     assert sorted(p.name for p in loras.iterdir()) == ["alps"] and sorted(p.name for p in outside.iterdir()) == [
         "secret"
@@ -132,12 +144,10 @@ def test_absolute_and_climbing_names_are_refused_for_push_train_and_save_blend(t
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_TOKEN": "hf_unused_token_0"}
-    return subprocess.run(
-        [sys.executable, "-m", "studio", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
-    )
+    return run_cli(*args, cwd=cwd, env={"HF_TOKEN": "hf_unused_token_0"}, timeout=120)
 
 
+@pytest.mark.slow  # `python -m studio` in child processes
 def test_cli_push_and_train_refuse_escaping_names_in_one_line(tmp_path):
     loras = tmp_path / "loras"
     add_lora(tmp_path / "outside", "secret", seed=2)
@@ -183,7 +193,7 @@ def test_cli_push_and_train_refuse_escaping_names_in_one_line(tmp_path):
 def two_sessions(studio_running_app):
     """Two browser-like sessions of the launched app, one with a LoRA blend applied, and their run-alone images."""
     add_lora(studio_running_app.loras_dir, "faults-alps", seed=11)
-    with_lora, without = Client(studio_running_app.url, verbose=False), Client(studio_running_app.url, verbose=False)
+    with_lora, without = app_client(studio_running_app.url), app_client(studio_running_app.url)
     status = with_lora.predict("demo-sd15", 1.0, False, "faults-alps", *NO_SLOTS, 1.0, *ONE, api_name="/apply_blend")
     assert status.startswith("Blend on demo-sd15: faults-alps 1 (")
     alone = {"lora": image_of(generate(with_lora, seed=77)), "none": image_of(generate(without, seed=77))}
@@ -208,25 +218,23 @@ def test_concurrent_requests_with_and_without_a_lora_each_draw_their_run_alone_p
 def test_generations_fired_during_a_training_run_wait_for_it_and_stay_unmixed(
     two_sessions, studio_running_app, tmp_path
 ):
-    from tests.test_training_photos import make_photo_folder
-    from tests.test_training_ui import SMALL as TRAIN
-
     clients, alone = two_sessions
     photos = make_photo_folder(tmp_path / "photos")
-    trainer = Client(studio_running_app.url, verbose=False)
+    trainer = app_client(studio_running_app.url)
     training = trainer.submit(
-        data=str(photos), name="faults-during-train", api_name="/train", **{**TRAIN, "validation_every": 0}
+        data=str(photos), name="faults-during-train", api_name="/train", **{**TRAIN_FORM, "validation_every": 0}
     )
-    deadline = time.monotonic() + 60
-    while training.status().code.name not in ("PROCESSING", "ITERATING", "FINISHED"):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: started(training), 60, "the training run started")
     jobs = {"none": submit(clients["none"], seed=77), "lora": submit(clients["lora"], seed=77)}
-    # One GPU queue: the generations wait for the run (a 1-second generation never overtakes it) ...
-    while not training.done():
+
+    def training_done_and_no_generation_overtook_it():
+        if training.done():
+            return True
         assert not any(job.done() for job in jobs.values()), "a generation ran while the training run held the GPU"
-        assert time.monotonic() < deadline + 120
-        time.sleep(0.02)
+        return False
+
+    # One GPU queue: the generations wait for the run (a 1-second generation never overtakes it) ...
+    wait_until(training_done_and_no_generation_overtook_it, 180, "the training run ended")
     status, _curve, _gallery = training.result(timeout=10)
     assert "Done" in status and (studio_running_app.loras_dir / "faults-during-train" / "adapter.json").is_file()
     # ... then each draws exactly its run-alone image: no LoRA state leaked from the run or from the other session.
@@ -236,70 +244,64 @@ def test_generations_fired_during_a_training_run_wait_for_it_and_stay_unmixed(
 # --- the training process killed while it writes the adapter ----------------------------------------
 
 
-def test_training_killed_mid_export_leaves_no_half_written_adapter(tmp_path):
+@pytest.mark.slow  # trains in a child process
+def test_training_killed_mid_export_leaves_no_half_written_adapter_and_the_next_export_works(tmp_path):
+    from studio.lora.files import read_lora
     from studio.lora.library import scan_loras
-    from tests.test_training_photos import make_photo_folder
 
     photos = make_photo_folder(tmp_path / "photos")
     loras = tmp_path / "loras"
-    loras.mkdir()
+    paused = tmp_path / "paused"
+    settings = dict(name="killed", caption="mountains", steps=1, rank=4, validation_every=0, checkpoint_every=0)
+    train_args = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
     command = [
         sys.executable,
-        "-m",
-        "studio",
+        str(ROOT / "tests" / "studio_paused_in_export.py"),  # `python -m studio`, paused halfway through the export
         "train",
         "--data",
-        str(photos),
+        photos,
         "--model",
         "demo-sd15",
-        "--name",
-        "killed",
-        "--caption",
-        "mountains",
-        "--steps",
-        "1",
-        "--resolution",
-        "64",
-        "--rank",
-        "4",
-        "--validation-every",
-        "0",
-        "--checkpoint-every",
-        "0",
-        "--preset",
-        "none",
-        "--loras-dir",
-        str(loras),
-        "--outputs-dir",
-        str(tmp_path / "out"),
-        "--models-dir",
-        str(tmp_path),
-        "--device",
-        "cpu",
+        *train_args,
+        "--resolution=64",
+        "--preset=none",
+        "--device=cpu",
+        *folders(tmp_path),
     ]
-    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    child = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = cli_env({"STUDIO_TEST_PAUSE_IN": str(loras), "STUDIO_TEST_PAUSED": str(paused)})
+    child = subprocess.Popen(
+        list(map(str, command)), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
-        deadline = time.monotonic() + 120
-        # The export starts by creating its hidden staging folder beside loras/killed: kill at that moment.
-        while not any(name.startswith(".killed") for name in os.listdir(loras)):
-            assert child.poll() is None, child.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the export never started"
-            time.sleep(0.001)
+
+        def paused_in_export():
+            assert child.poll() is None, "the export ended without pausing:\n" + child.stdout.read().decode()[-3000:]
+            return paused.exists()
+
+        wait_until(paused_in_export, 180, "the training child paused halfway through writing the adapter")
+        # The moment that matters: one weights file of the adapter is complete on disk, the adapter is not.
+        assert len(list(loras.rglob("*.safetensors"))) == 1
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
         child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL
 
+    # What a user sees: no adapter named `killed`, nothing broken in the library, nothing but hidden names.
     target = loras / "killed"
-    if target.exists():  # the rename is the last step: if it happened, the folder is whole
-        expected = {"pytorch_lora_weights.safetensors", "killed.safetensors", "adapter.json", "README.md"}
-        assert expected <= {p.name for p in target.iterdir()}
-    # Whatever was half written stays hidden: the library lists nothing broken and nothing named like a dot folder.
-    listed = scan_loras(loras)
-    assert all(not entry.name.startswith(".") for entry in listed)
-    assert [entry.name for entry in listed] == (["killed"] if target.exists() else [])
+    assert not target.exists()
+    assert scan_loras(loras) == []
+    assert [p.name for p in loras.iterdir() if not p.name.startswith(".")] == []
+
+    # The next export of the same name works: a complete adapter that loads, and the only one listed.
+    folder, _events = run_training(quick_request(photos, **settings), make_config(tmp_path))
+    assert folder == target.resolve()
+    assert {"pytorch_lora_weights.safetensors", "killed.safetensors", "adapter.json", "README.md"} <= {
+        p.name for p in target.iterdir()
+    }
+    assert [entry.name for entry in scan_loras(loras)] == ["killed"]
+    for weights in (target, target / "killed.safetensors"):
+        assert read_lora(weights).layers["unet"], weights
 
 
 # --- Stop pressed while the model loads -------------------------------------------------------------
@@ -310,10 +312,7 @@ def test_stop_during_model_loading_then_the_next_request_is_served(client, studi
 
     save_tiny(ModelKind.SD15, studio_running_app.models_dir / "faults-stop-load")
     job = submit(client, model="faults-stop-load", seed=808)
-    deadline = time.monotonic() + 30
-    while job.status().code.name not in ("PROCESSING", "ITERATING", "FINISHED"):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: started(job), 30, "the generation started")
     client.predict(api_name="/stop")
     status = job.result(timeout=120)[0]
     assert status.startswith("Stopped. 0 image(s)"), status  # stopped before its first step: no image saved

@@ -23,9 +23,9 @@ from studio.errors import InvalidRequestError, UnsafePathError
 from studio.generation.infotext import png_info
 from studio.hub.adapters import PushRequest, files_to_upload
 from tests import browser
+from tests.helpers import ROOT, app_client, cli_env, live_adapter, render, run_cli
 from tests.hub_server import HubServer
 
-ROOT = Path(__file__).resolve().parent.parent
 ALICE = "hf_alice_T0k3n_4c1d2f9e8b7a"
 BOB = "hf_bob_T0k3n_0f1e2d3c4b5a"
 READ_ONLY = "hf_alice_read_5e6f7a8b9c0d"
@@ -85,15 +85,16 @@ def loras(tmp_path):
 
 
 def child_env(tmp_path, hub_url, token=None):
+    """What a child process changes in the CLI environment (tests.helpers.cli_env): online against `hub_url`, with
+    its own HOME and no other HF_ settings of ours."""
     home = tmp_path / "home"
     (home / "hf").mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env = {k: None for k in os.environ if k.startswith(("HF_", "HUGGING"))}
     env.update(
         HOME=str(home),
         HF_HOME=str(home / "hf"),
         HF_HUB_OFFLINE="0",
         HF_HUB_DISABLE_TELEMETRY="1",
-        PYTHONPATH=str(ROOT),
         HF_ENDPOINT=hub_url,
     )
     if token:
@@ -102,14 +103,8 @@ def child_env(tmp_path, hub_url, token=None):
 
 
 def push_cli(tmp_path, hub_url, *args, token=ALICE):
-    return subprocess.run(
-        [sys.executable, "-m", "studio", "push", *map(str, args), "--loras-dir", tmp_path / "loras"],
-        capture_output=True,
-        text=True,
-        env=child_env(tmp_path, hub_url, token),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
+    return run_cli(
+        "push", *args, "--loras-dir", tmp_path / "loras", env=child_env(tmp_path, hub_url, token), timeout=120
     )
 
 
@@ -119,7 +114,7 @@ def run_python(tmp_path, hub_url, code, *, token=None):
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
-        env=child_env(tmp_path, hub_url, token),
+        env=cli_env(child_env(tmp_path, hub_url, token)),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         timeout=120,
@@ -164,6 +159,7 @@ def assert_token_nowhere(token: str, folders, *texts):
                 assert token.encode() not in path.read_bytes(), f"token found in {path}"
 
 
+@pytest.mark.slow  # a child process
 def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(tmp_path, hub, loras):
     before = snapshot(loras)
     result = push_cli(
@@ -227,6 +223,7 @@ def test_push_creates_the_repo_with_card_and_files_and_a_second_push_updates_it(
     )
 
 
+@pytest.mark.slow  # a child process
 def test_private_repo_in_an_organization(tmp_path, hub, loras):
     result = push_python(tmp_path, hub.url, repo_id="alps-lab/alps-private", private=True, license="mit")
     assert result.returncode == 0, result.stderr
@@ -234,6 +231,7 @@ def test_private_repo_in_an_organization(tmp_path, hub, loras):
     assert repo.private and front_matter(repo.files["README.md"])["license"] == "mit"
 
 
+@pytest.mark.slow  # a child process
 @pytest.mark.parametrize(
     "token, repo_id, message",
     [
@@ -252,6 +250,7 @@ def test_refused_push_is_one_clear_line_and_changes_nothing(tmp_path, hub, loras
     assert_token_nowhere(token, [tmp_path], result.stdout, result.stderr)
 
 
+@pytest.mark.slow  # a child process
 def test_repo_the_token_cannot_write_is_refused_by_the_server_and_left_as_it_was(tmp_path, hub, loras):
     """Past our own namespace check (alice is in alps-lab) the Hub still decides: this repo is not hers to write."""
     card = b"---\nlicense: mit\n---\nbob's\n"
@@ -262,6 +261,7 @@ def test_repo_the_token_cannot_write_is_refused_by_the_server_and_left_as_it_was
     assert hub.repos["alps-lab/bobs-alps"].files == {"README.md": card}
 
 
+@pytest.mark.slow  # a child process
 def test_unreachable_hub_names_the_endpoint(tmp_path, loras):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -271,6 +271,7 @@ def test_unreachable_hub_names_the_endpoint(tmp_path, loras):
     assert f"HubError: Cannot reach {dead}" in result.stdout and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a child process
 def test_token_typed_for_this_push_wins_over_hf_token_and_stored_login_is_used(tmp_path, hub, loras):
     typed = push_python(tmp_path, hub.url, repo_id="alice/typed", token=ALICE, env_token=BOB)  # HF_TOKEN: bob's
     assert typed.returncode == 0, typed.stderr
@@ -283,6 +284,7 @@ def test_token_typed_for_this_push_wins_over_hf_token_and_stored_login_is_used(t
     assert ALICE not in typed.stdout + typed.stderr + stored.stdout + stored.stderr
 
 
+@pytest.mark.slow  # a child process
 def test_no_token_anywhere_says_how_to_get_one(tmp_path, hub, loras):
     result = push_python(tmp_path, hub.url, repo_id="alice/alps", env_token=None)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -299,6 +301,7 @@ print(folder)
 """
 
 
+@pytest.mark.slow  # a child process
 def test_download_adapter_round_trip_into_the_lora_folder(tmp_path, hub, loras):
     assert push_python(tmp_path, hub.url, repo_id="alice/alps-v2").returncode == 0
     hub.repos["alice/alps-v2"].files["train.ckpt"] = b"pickle"  # never downloaded
@@ -324,6 +327,7 @@ def test_download_adapter_round_trip_into_the_lora_folder(tmp_path, hub, loras):
     assert [p.name for p in imported.iterdir()] == ["alps-v2"]
 
 
+@pytest.mark.slow  # a child process
 def test_download_of_a_repo_without_weights_or_missing_leaves_the_folder_alone(tmp_path, hub, loras):
     hub.add_repo("carol/empty", "carol", {"README.md": b"---\nlicense: mit\n---\nnotes\n"})
     imported = tmp_path / "imported"
@@ -369,23 +373,28 @@ def test_only_adapter_files_are_uploaded_and_symlinks_cannot_leak_other_files(tm
     assert names == ADAPTER_FILES - {"README.md"}
 
 
-def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, loras):
-    """The launched app's /push (what the Push button calls), driven with gradio_client."""
-    from gradio_client import Client
-
-    from tests.app_server import running_app
-
+def share_app_env(tmp_path, hub_url) -> dict[str, str]:
+    """The launched app online against `hub_url`, with its own HOME and no Hub login."""
     home = tmp_path / "home"
     (home / "hf").mkdir(parents=True)
-    env = {
+    return {
         "HF_HUB_OFFLINE": "0",
-        "HF_ENDPOINT": hub.url,
+        "HF_ENDPOINT": hub_url,
         "HOME": str(home),
         "HF_HOME": str(home / "hf"),
         "HF_TOKEN": "",
     }
-    with running_app(tmp_path, env=env) as app:
-        client = Client(app.url, verbose=False)
+
+
+@pytest.mark.slow  # launches the app
+def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, loras):
+    """The launched app's /push (what the Push button calls), driven with gradio_client."""
+    from gradio_client.exceptions import AppError
+
+    from tests.app_server import running_app
+
+    with running_app(tmp_path, env=share_app_env(tmp_path, hub.url)) as app:
+        client = app_client(app.url)
         status, url, token_left = client.predict(
             "alps", "alice/from-ui", False, "remote-sensing, alps", "", "via UI", ALICE, api_name="/push"
         )
@@ -393,18 +402,29 @@ def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, lo
         assert "pushed **alps**" in status and token_left == ""
         card = client.predict("alps", "alice/from-ui", False, "remote-sensing", "mit", "", api_name="/preview_card")
         assert front_matter(card.encode())["license"] == "mit" and 'load_lora_weights("alice/from-ui"' in card
-        with pytest.raises(Exception, match=r"rejected the Hub token \(401\)"):
+        with pytest.raises(AppError, match=r"rejected the Hub token \(401\)"):
             client.predict("alps", "alice/other", False, "", "", "", "hf_wrong_token_1", api_name="/push")
-        with pytest.raises(Exception, match="not in the list of choices"):  # names cannot escape loras/
+        with pytest.raises(
+            AppError, match=r"Value: \.\./loras is not in the list of choices: \['alps'\]"
+        ):  # names cannot escape loras/
             client.predict("../loras", "alice/other", False, "", "", "", ALICE, api_name="/push")
-        if browser.available():
-            push_in_browser(app.url, f"{hub.url}/alice/from-browser")
-            assert "alice/from-browser" in hub.repos
         log = app.output()
     repo = hub.repos["alice/from-ui"]
     assert repo.commits[-1]["summary"] == "via UI"
     assert {"remote-sensing", "alps"} <= set(front_matter(repo.files["README.md"])["tags"])
     assert "alice/other" not in hub.repos
+    assert_token_nowhere(ALICE, [tmp_path], log)
+
+
+@pytest.mark.slow  # launches the app and a browser
+def test_share_tab_pushes_from_a_real_browser_and_clears_the_token(tmp_path, hub, loras):
+    browser.require_browser()  # skips without Chromium, fails under STUDIO_REQUIRE_BROWSER=1 (tests/browser.py)
+    from tests.app_server import running_app
+
+    with running_app(tmp_path, env=share_app_env(tmp_path, hub.url)) as app:
+        push_in_browser(app.url, f"{hub.url}/alice/from-browser")
+        log = app.output()
+    assert "alice/from-browser" in hub.repos
     assert_token_nowhere(ALICE, [tmp_path], log)
 
 
@@ -446,6 +466,7 @@ except CancelledError as e:
 """
 
 
+@pytest.mark.slow  # a child process
 def test_stop_during_upload_leaves_no_commit(tmp_path, hub, loras):
     result = run_python(tmp_path, hub.url, CANCEL_CODE.format(loras=str(loras)), token=ALICE)
     assert result.returncode == 0, result.stderr
@@ -454,6 +475,7 @@ def test_stop_during_upload_leaves_no_commit(tmp_path, hub, loras):
     assert hub.lfs_objects == {}
 
 
+@pytest.mark.slow  # a child process
 def test_a_real_adapter_pulled_from_the_hub_draws_what_the_trained_one_drew(tmp_path, hub):
     """Push a live peft LoRA's files, pull them into another loras/, load both formats in diffusers: same image."""
     import numpy as np
@@ -461,7 +483,6 @@ def test_a_real_adapter_pulled_from_the_hub_draws_what_the_trained_one_drew(tmp_
     from studio.lora.files import save_diffusers_lora, save_kohya_lora
     from studio.models.kinds import ModelKind
     from studio.models.tiny import build_tiny
-    from tests.test_lora_files import live_adapter, render
 
     pipe, weights = live_adapter(ModelKind.SD15)
     expected = render(pipe)
@@ -495,6 +516,7 @@ def test_namespace_check_ignores_case_and_knows_organizations():
         check_namespace(me, "bob/x")
 
 
+@pytest.mark.slow  # a child process
 def test_a_minimal_hub_without_whoami_still_gets_the_push_and_decides_the_namespace(tmp_path, loras):
     with HubServer({ALICE: "alice", BOB: "bob"}, without=("whoami",)) as hub:
         assert push_python(tmp_path, hub.url, repo_id="alice/alps").returncode == 0

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from studio.generation.infotext import parse_infotext, read_infotext
-from tests.app_server import ROOT, app_env
+from tests.helpers import ROOT, cli_env, run_cli
 from tests.hub_server import HubServer
+
+pytestmark = pytest.mark.slow  # every test runs Studio in a child process, online against a local Hub server
 
 REPO = "alice/tiny-sd15"
 # Files a real SD1.5 repo also carries that a download must skip: pickles, a non-EMA copy, a single-file checkpoint.
@@ -36,22 +38,23 @@ def hub(tiny_sd15_dir):
         yield server
 
 
-def run_child(tmp_path: Path, args: list[str], *, online: bool, hub_url: str) -> subprocess.CompletedProcess:
+def hub_env(tmp_path: Path, *, online: bool, hub_url: str) -> dict[str, str]:
     home = tmp_path / "home"
-    env = app_env(
-        {
-            "HOME": str(home),
-            "HF_HOME": str(home / "hf"),
-            "HF_ENDPOINT": hub_url,
-            "HF_HUB_OFFLINE": "0" if online else "1",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
+    return {
+        "HOME": str(home),
+        "HF_HOME": str(home / "hf"),
+        "HF_ENDPOINT": hub_url,
+        "HF_HUB_OFFLINE": "0" if online else "1",
+    }
+
+
+def run_child(tmp_path: Path, code: str, *, online: bool, hub_url: str) -> subprocess.CompletedProcess:
+    """`python -c code`, with its own HOME and Hub cache."""
     return subprocess.run(
-        [sys.executable, *args],
+        [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(hub_env(tmp_path, online=online, hub_url=hub_url)),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         timeout=180,
@@ -69,7 +72,7 @@ print(json.dumps({{"files": files, "events": events}}))
 
 
 def test_download_reports_progress_and_skips_files_a_pipeline_does_not_need(tmp_path, hub, tiny_sd15_dir):
-    result = run_child(tmp_path, ["-c", textwrap.dedent(DOWNLOAD.format(repo=REPO))], online=True, hub_url=hub.url)
+    result = run_child(tmp_path, DOWNLOAD.format(repo=REPO), online=True, hub_url=hub.url)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     expected = sorted(p.relative_to(tiny_sd15_dir).as_posix() for p in tiny_sd15_dir.rglob("*") if p.is_file())
@@ -85,8 +88,6 @@ def test_download_reports_progress_and_skips_files_a_pipeline_does_not_need(tmp_
 
 def test_generate_with_a_hub_id_then_again_offline_from_the_cache(tmp_path, hub):
     args = [
-        "-m",
-        "studio",
         "generate",
         "--model",
         REPO,
@@ -103,12 +104,13 @@ def test_generate_with_a_hub_id_then_again_offline_from_the_cache(tmp_path, hub)
         "--out",
         str(tmp_path / "out"),
     ]
-    online = run_child(tmp_path, args, online=True, hub_url=hub.url)
+    online = run_cli(*args, env=hub_env(tmp_path, online=True, hub_url=hub.url), timeout=180)
     assert online.returncode == 0, online.stderr
     image = Path(online.stdout.strip().splitlines()[-1])
     assert parse_infotext(read_infotext(image))["Model"] == REPO
 
-    offline = run_child(tmp_path, args, online=False, hub_url="http://127.0.0.1:9")  # nothing listens there
+    nowhere = "http://127.0.0.1:9"  # nothing listens there
+    offline = run_cli(*args, env=hub_env(tmp_path, online=False, hub_url=nowhere), timeout=180)
     assert offline.returncode == 0, offline.stderr
     assert Path(offline.stdout.strip().splitlines()[-1]).read_bytes() == image.read_bytes()
 
@@ -122,7 +124,7 @@ def test_unknown_hub_repo_is_a_clear_error(tmp_path, hub):
         except ModelNotFoundError as e:
             print(e)
     """)
-    result = run_child(tmp_path, ["-c", code], online=True, hub_url=hub.url)
+    result = run_child(tmp_path, code, online=True, hub_url=hub.url)
     assert result.returncode == 0, result.stderr
     assert "'alice/no-such-model' does not exist or is private" in result.stdout
 
@@ -138,7 +140,7 @@ def test_unknown_feature_model_repo_is_named_with_the_local_way_out(tmp_path, hu
         except ModelNotFoundError as e:
             print(e)
     """)
-    result = run_child(tmp_path, ["-c", code], online=True, hub_url=hub.url)
+    result = run_child(tmp_path, code, online=True, hub_url=hub.url)
     assert result.returncode == 0, result.stderr
     message = result.stdout.strip()
     assert message.startswith("Feature model 'alice/no-such-clip' does not exist or is private;"), message

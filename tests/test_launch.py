@@ -10,9 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
+from gradio_client.exceptions import AuthenticationError
 
 from tests.app_server import run_launch, running_app
+from tests.helpers import app_client
+
+pytestmark = pytest.mark.slow  # every test starts launch.py in a child process
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -78,9 +81,9 @@ def test_malformed_auth_is_refused(auth):
 
 def test_studio_auth_from_the_environment_allows_a_network_host_and_requires_the_login(tmp_path):
     with running_app(tmp_path, args=("--host", "0.0.0.0"), env={"STUDIO_AUTH": "alice:s3cret"}) as app:
-        with pytest.raises(Exception):
-            Client(app.url, verbose=False)  # no login: the API is closed
-        client = Client(app.url, auth=("alice", "s3cret"), verbose=False)
+        with pytest.raises(AuthenticationError, match="credentials were not provided. Please login"):
+            app_client(app.url)  # no login: the API is closed
+        client = app_client(app.url, auth=("alice", "s3cret"))
         assert "demo-sd15" in str(client.predict(api_name="/list_models"))
 
         # Guessing is throttled: parallel wrong passwords take turns, one per second; the owner is not held up.

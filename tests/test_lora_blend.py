@@ -9,20 +9,9 @@ from studio.generation.infotext import parse_infotext
 from studio.generation.request import GenerationRequest
 from studio.generation.run import generate
 from studio.lora.blend import apply_blend, blend_state
-from studio.lora.files import save_diffusers_lora, save_kohya_lora
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager
-from tests.helpers import pixels
-from tests.test_lora_files import live_adapter
-
-
-def add_lora(loras_dir, name, kind=ModelKind.SD15, seed=1, kohya=False):
-    _pipe, weights = live_adapter(kind, seed=seed)
-    if kohya:
-        save_kohya_lora(weights, loras_dir / f"{name}.safetensors", metadata={})
-    else:
-        save_diffusers_lora(weights, loras_dir / name)
-    return weights
+from tests.helpers import add_lora, mean_abs_diff, pixels
 
 
 @pytest.fixture
@@ -41,16 +30,12 @@ def image(manager, *loras, prompt="mountains"):
     return result.images[0], result.infotexts[0]
 
 
-def diff(a, b) -> float:
-    return float(np.abs(pixels(a) - pixels(b)).mean())
-
-
 def test_strength_zero_is_the_base_image_and_the_effect_grows_with_strength(setup):
     manager, _loras = setup
     base, _ = image(manager)
     zero, _ = image(manager, ("alps", 0.0))
     assert np.array_equal(pixels(zero), pixels(base))
-    diffs = [diff(image(manager, ("alps", w))[0], base) for w in (0.5, 1.0, 2.0)]
+    diffs = [mean_abs_diff(image(manager, ("alps", w))[0], base) for w in (0.5, 1.0, 2.0)]
     assert diffs[0] > 0
     assert diffs == sorted(diffs), diffs
     back_to_base, _ = image(manager)  # leaving the blend removes the adapter entirely
@@ -69,7 +54,7 @@ def test_slider_changes_reuse_loaded_adapters_and_unused_ones_are_deleted(setup)
     second, info = image(manager, ("alps", 1.0), ("sketch", 0.5))
     assert manager.active.pipe is pipe
     assert sorted(pipe.get_list_adapters()["unet"]) == sorted(a for a in adapters if not a.startswith("dunes"))
-    assert diff(first, second) > 0
+    assert mean_abs_diff(first, second) > 0
     # The adapters that stayed are the same modules: a slider change loads nothing again.
     assert all(layer.lora_A[name] is module for name, module in lora_modules.items() if name in layer.lora_A)
     assert len(layer.lora_A) == 2
@@ -79,7 +64,7 @@ def test_slider_changes_reuse_loaded_adapters_and_unused_ones_are_deleted(setup)
     moved, _ = image(manager, ("alps", -0.7), ("sketch", 1.3))
     fresh, _ = image(ModelManager(manager.config), ("alps", -0.7), ("sketch", 1.3))
     assert np.array_equal(pixels(moved), pixels(fresh))
-    assert diff(moved, second) > 0
+    assert mean_abs_diff(moved, second) > 0
 
 
 def test_sdxl_adapter_is_refused_for_sd15_and_the_blend_is_unchanged(setup):
@@ -120,7 +105,7 @@ def test_text_encoder_strength_is_separate(setup):
     no_te = _render(model)
     apply_blend(model, [("alps", 1.0, 1.0)], loras_dir=loras)
     assert np.array_equal(pixels(_render(model)), pixels(full))
-    assert diff(no_te, full) > 0
+    assert mean_abs_diff(no_te, full) > 0
     # A blend-wide text-encoder scale is remembered for later generations that pass names and weights only.
     apply_blend(model, [("alps", 1.0)], loras_dir=loras, text_encoder_scale=0.0)
     again, _ = image(manager, ("alps", 1.0))
@@ -148,7 +133,7 @@ def test_fused_blend_matches_unfused_and_is_undone_when_the_blend_changes(setup)
     apply_blend(model, [("alps", 0.8), ("sketch", 0.5)], loras_dir=loras, fuse=True)
     assert blend_state(model)["fused"]
     fused, _ = image(manager, ("alps", 0.8), ("sketch", 0.5))
-    assert diff(fused, unfused) < 0.5  # the same image up to float rounding of the folded weights
+    assert mean_abs_diff(fused, unfused) < 0.5  # the same image up to float rounding of the folded weights
     # A new blend unfuses first (the original weights are put back, not recomputed), then applies and fuses it.
     changed, _ = image(manager, ("alps", 0.0))
     assert np.array_equal(pixels(changed), pixels(base))

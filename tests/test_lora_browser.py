@@ -8,8 +8,8 @@ import re
 import pytest
 
 from studio.models.kinds import ModelKind
-from tests.browser import SCREENSHOTS, browser_context, require_browser  # noqa: F401  (browser_context: fixture)
-from tests.test_lora_blend import add_lora
+from tests.browser import SCREENSHOTS, browser_context, fill_form, require_browser  # noqa: F401  (browser_context: fixture)
+from tests.helpers import add_lora
 
 expect = require_browser().expect
 
@@ -50,8 +50,6 @@ def test_picking_an_adapter_and_releasing_a_slider_applies_the_blend(page):
 
 
 def test_two_adapters_a_slider_move_then_generate_draws_with_the_blend(page, studio_running_app):
-    from tests.test_browser_generate import fill_form
-
     add_lora(studio_running_app.loras_dir, "br-snow", seed=3)
     page.locator("#lora-rescan").click()
     for slot, name in ((0, "br-alps"), (1, "br-snow")):

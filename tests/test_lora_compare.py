@@ -11,8 +11,7 @@ from studio.errors import InvalidRequestError
 from studio.generation.infotext import parse_infotext
 from studio.lora.compare import draw_grid, read_grid_cells
 from studio.lora.requests import CompareRequest, CompareRow
-from tests.helpers import pixels
-from tests.test_lora_blend import add_lora
+from tests.helpers import add_lora, pixels
 
 
 def test_grid_rows_columns_labels_and_infotexts(studio_config):

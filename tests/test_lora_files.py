@@ -6,52 +6,13 @@ alpha (8) differs from the rank (4), so a file that lost alpha would reload at a
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors import safe_open
 
 from studio.errors import LoraError
 from studio.lora.files import LoraWeights, read_lora, save_diffusers_lora, save_kohya_lora
 from studio.models.kinds import ModelKind
 from studio.models.tiny import build_tiny
-
-RANK, ALPHA = 4, 8.0
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2"]
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1"]
-
-
-def render(pipe) -> np.ndarray:
-    return pipe(
-        "satellite image of mountains",
-        num_inference_steps=2,
-        width=32,
-        height=32,
-        generator=torch.Generator("cpu").manual_seed(7),
-        output_type="np",
-    ).images[0]
-
-
-def text_encoders(kind):
-    return ["text_encoder", "text_encoder_2"] if kind is ModelKind.SDXL else ["text_encoder"]
-
-
-def live_adapter(kind, seed=1, rank=RANK, alpha=ALPHA):
-    """A tiny pipeline with a random (non-zero) peft LoRA on the UNet and the text encoders.
-
-    Also the factory of LoRA files for the other LoRA tests (`weights` of the returned pair).
-    """
-    pipe = build_tiny(kind)
-    pipe.set_progress_bar_config(disable=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=UNET_TARGETS, init_lora_weights=False)
-        pipe.unet.add_adapter(config)
-        for name in text_encoders(kind):
-            config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=TEXT_TARGETS, init_lora_weights=False)
-            # transformers' own add_adapter wants a newer peft; inject the adapter with peft directly.
-            inject_adapter_in_model(config, getattr(pipe, name))
-    layers = {name: get_peft_model_state_dict(getattr(pipe, name)) for name in ["unet", *text_encoders(kind)]}
-    weights = LoraWeights(kind=kind, layers=layers, alphas={name: alpha for name in layers})
-    return pipe, weights
+from tests.helpers import RANK, live_adapter, render
 
 
 @pytest.fixture(scope="module", params=[ModelKind.SD15, ModelKind.SDXL], ids=["sd15", "sdxl"])

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from studio.errors import ModelNotFoundError, UnsafePathError
 from studio.lora.files import kohya_name, module_from_kohya, save_diffusers_lora, save_kohya_lora
 from studio.lora.library import find_lora, scan_loras
 from studio.models.kinds import ModelKind
-from tests.test_lora_files import live_adapter
+from tests.helpers import live_adapter
 
 CONFIGS = Path(__file__).resolve().parent.parent / "studio" / "models" / "configs"
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -178,7 +179,7 @@ def test_find_lora_by_name_stays_in_the_folder(library):
     loras, _full, _entries = library
     assert find_lora(loras, "xl-kohya").kind is ModelKind.SDXL
     for bad in ("../alps", "alps/../../etc", "/etc/passwd", ".."):
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(bad)}' is not a plain name"):
             find_lora(loras, bad)
     with pytest.raises(ModelNotFoundError, match="No LoRA named 'nope'.*Available: alps"):
         find_lora(loras, "nope")
@@ -216,6 +217,7 @@ print(events[-1])
 """
 
 
+@pytest.mark.slow  # a child process
 def test_import_from_the_hub_then_rescan_lists_it(tmp_path):
     """The engine's import (the LoRA tab's button) in a child process, online against a local Hub server."""
     import os

@@ -1,6 +1,7 @@
 """ "Save blend as new LoRA": the merged adapter alone at strength 1 draws the blend's image."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,8 +16,7 @@ from studio.lora.merge import save_blend
 from studio.lora.requests import SaveBlendRequest
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager
-from tests.helpers import pixels
-from tests.test_lora_blend import add_lora
+from tests.helpers import add_lora, pixels
 
 
 def image(manager, model, *loras):
@@ -90,7 +90,7 @@ def test_bad_names_and_blends_are_refused(studio_config):
     add_lora(loras, "alps", seed=1)
     add_lora(loras, "xl", kind=ModelKind.SDXL, seed=2)
     for name in ("../escape", "a/b", "", ".hidden"):
-        with pytest.raises(UnsafePathError):
+        with pytest.raises(UnsafePathError, match=f"name '{re.escape(name)}' is not allowed"):
             save_blend(SaveBlendRequest(name=name, loras=(("alps", 1.0),)), loras_dir=loras)
     with pytest.raises(LoraError, match="already exists"):
         save_blend(SaveBlendRequest(name="alps", loras=(("alps", 1.0),)), loras_dir=loras)

@@ -5,26 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from studio.generation.infotext import parse_infotext
 from studio.lora.compare import read_grid_cells
 from studio.models.kinds import ModelKind
-from tests.test_lora_blend import add_lora
+from tests.helpers import add_lora
 
 NO_SLOTS = (None, None, None)
 ONE = (1.0, 1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
-def app(studio_running_app):
+def app(studio_running_app, client):
     loras = studio_running_app.loras_dir
     add_lora(loras, "ui-alps", seed=1)
     add_lora(loras, "ui-xl", kind=ModelKind.SDXL, seed=2)
     (loras / "ui-broken.safetensors").write_bytes(b"\x00" * 4)
-    return studio_running_app, Client(studio_running_app.url, verbose=False)
+    return studio_running_app, client
 
 
 def test_library_greys_out_what_the_model_cannot_use(app):

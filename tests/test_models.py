@@ -67,7 +67,7 @@ def test_names_cannot_climb_out_of_the_models_folder(studio_config, tmp_path):
     (outside / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     config = StudioConfig(models_dir=studio_config.models_dir / "sub")
     config.models_dir.mkdir()
-    with pytest.raises(ModelNotFoundError):
+    with pytest.raises(ModelNotFoundError, match="'../../secret-model' was not found"):
         resolve_model("../../secret-model", config)  # not an entry of the models folder, not a path from here
 
 

@@ -14,17 +14,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from test_training_photos import make_photo_folder
 
-from studio.config import StudioConfig
 from studio.errors import DatasetError, TrainingError, UnsafePathError
 from studio.generation.infotext import parse_infotext, read_infotext
-from studio.generation.schedulers import make_scheduler
 from studio.models.kinds import ModelKind
 from studio.models.tiny import build_tiny, save_tiny
 from studio.training.checkpoints import list_checkpoints, load_checkpoint
-from studio.training.request import TrainingRequest
-from studio.training.trainer import train
+from tests.helpers import draw, make_config, make_photo_folder, pixels, quick_request, run_training
 
 
 @pytest.fixture(scope="module")
@@ -32,70 +28,11 @@ def photos(tmp_path_factory):
     return make_photo_folder(tmp_path_factory.mktemp("data") / "photos")
 
 
-def make_config(root: Path) -> StudioConfig:
-    for name in ("models", "loras", "outputs"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    return StudioConfig(
-        models_dir=root / "models", loras_dir=root / "loras", outputs_dir=root / "outputs", device="cpu"
-    )
-
-
-def quick_request(photos, **changes) -> TrainingRequest:
-    values = dict(
-        data=photos,
-        model="demo-sd15",
-        name="alps",
-        caption="mountains",
-        trigger="mtn",
-        steps=4,
-        rank=4,
-        alpha=2.0,
-        learning_rate=5e-2,
-        resolution=64,
-        batch_size=2,
-        validation_steps=2,
-        checkpoint_every=0,
-        validation_prompt="mtn, satellite image of mountains",
-    )
-    return TrainingRequest(**{**values, **changes})
-
-
-def run(request, config, stop_after_steps=None):
-    """Train in-process; with `stop_after_steps`, press Stop once that many steps were reported (0: at once)."""
-    events = []
-
-    def should_stop():
-        return stop_after_steps is not None and sum(e.kind == "step" for e in events) >= stop_after_steps
-
-    folder = train(request, config, on_event=events.append, should_stop=should_stop)
-    return folder, events
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.float32)
-
-
-def draw(pipe, sample_png: Path) -> Image.Image:
-    """Redraw a validation image from the settings in its infotext, on `pipe`."""
-    info = parse_infotext(read_infotext(sample_png))
-    size = int(info["Size"].split("x")[0])
-    pipe.scheduler = make_scheduler("Euler", dict(pipe.scheduler.config))
-    generator = torch.Generator("cpu").manual_seed(int(info["Seed"]))
-    return pipe(
-        info["Prompt"],
-        num_inference_steps=int(info["Steps"]),
-        guidance_scale=float(info["CFG scale"]),
-        height=size,
-        width=size,
-        generator=generator,
-    ).images[0]
-
-
 @pytest.fixture(scope="module")
 def sd15_run(photos, tmp_path_factory):
     config = make_config(tmp_path_factory.mktemp("sd15"))
     request = quick_request(photos, steps=4, validation_every=2, min_snr_gamma=5.0, noise_offset=0.05)
-    folder, events = run(request, config)
+    folder, events = run_training(request, config)
     return config, request, folder, events
 
 
@@ -169,7 +106,7 @@ def test_sdxl_with_text_encoders_trains_reloads_and_exports_kohya(photos, tmp_pa
     request = quick_request(
         photos, model="demo-sdxl", name="alps-xl", steps=3, train_text_encoder=True, gradient_checkpointing=True
     )
-    folder, _ = run(request, config)
+    folder, _ = run_training(request, config)
     with safe_open(str(folder / "alps-xl.safetensors"), "pt") as f:
         prefixes = {k.split("_")[1] for k in f.keys()}
     assert prefixes == {"unet", "te1", "te2"}
@@ -196,15 +133,15 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
         lr_scheduler="cosine",
         warmup_steps=2,
     )
-    whole, _ = run(quick_request(photos, name="whole", **settings), config)
+    whole, _ = run_training(quick_request(photos, name="whole", **settings), config)
 
-    stopped, events = run(quick_request(photos, name="split", **settings), config, stop_after_steps=2)
+    stopped, events = run_training(quick_request(photos, name="split", **settings), config, stop_after_steps=2)
     assert stopped is None and events[-1].kind == "stopped" and events[-1].step == 2
     checkpoints = list_checkpoints(config.outputs_dir / "training" / "split" / "checkpoints")
     assert [p.name for p in checkpoints] == ["step-000002"] and load_checkpoint(checkpoints[0]).step == 2
     assert not (config.loras_dir / "split").exists()
 
-    resumed, events = run(quick_request(photos, name="split", resume=True, **settings), config)
+    resumed, events = run_training(quick_request(photos, name="split", resume=True, **settings), config)
     assert not any("Caching latents" in e.message for e in events)  # the caches were kept on disk
     assert [e.step for e in events if e.kind == "step"] == [3, 4]
     resumed_at = next(e for e in events if e.message.startswith("Resumed at step 2"))
@@ -221,15 +158,15 @@ def test_stop_then_resume_gives_the_same_weights_as_one_run(photos, tmp_path):
 def test_resume_refuses_changed_settings_and_missing_checkpoints(photos, tmp_path):
     config = make_config(tmp_path)
     with pytest.raises(TrainingError, match="Nothing to resume"):
-        run(quick_request(photos, resume=True), config)
-    run(quick_request(photos, steps=3), config, stop_after_steps=1)
+        run_training(quick_request(photos, resume=True), config)
+    run_training(quick_request(photos, steps=3), config, stop_after_steps=1)
     with pytest.raises(TrainingError, match="other settings"):
-        run(quick_request(photos, steps=3, rank=8, resume=True), config)
+        run_training(quick_request(photos, steps=3, rank=8, resume=True), config)
 
 
 def test_stop_while_caching_ends_cleanly_without_a_checkpoint(photos, tmp_path):
     config = make_config(tmp_path)
-    folder, events = run(quick_request(photos), config, stop_after_steps=0)
+    folder, events = run_training(quick_request(photos), config, stop_after_steps=0)
     assert folder is None and events[-1].kind == "stopped" and "caching" in events[-1].message
     assert not any(e.kind == "step" for e in events)
     assert list_checkpoints(config.outputs_dir / "training" / "alps" / "checkpoints") == []
@@ -239,9 +176,9 @@ def test_user_errors_come_before_any_model_loads(photos, tmp_path):
     config = make_config(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="empty"):
-        run(quick_request(tmp_path / "empty", model="no-such-model"), config)
+        run_training(quick_request(tmp_path / "empty", model="no-such-model"), config)
     with pytest.raises(UnsafePathError, match="alps-v1"):
-        run(quick_request(photos, name="../escape"), config)
+        run_training(quick_request(photos, name="../escape"), config)
     (config.loras_dir / "alps").mkdir()
     with pytest.raises(TrainingError, match="already exists"):
-        run(quick_request(photos, model="no-such-model"), config)
+        run_training(quick_request(photos, model="no-such-model"), config)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_browser_generate import SCREENSHOTS, browser_context, expect  # noqa: F401  (browser_context: fixture)
-from test_training_photos import make_photo_folder
+
+from tests.browser import SCREENSHOTS, browser_context, require_browser  # noqa: F401  (browser_context: fixture)
+from tests.helpers import make_photo_folder
+
+expect = require_browser().expect
 
 
 @pytest.fixture

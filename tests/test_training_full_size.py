@@ -12,11 +12,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors import safe_open
-from test_training import draw, make_config, pixels, quick_request, run
-from test_training_photos import make_photo_folder
 
 from studio.models.kinds import ModelKind
 from tests.builders import build_random_pipeline
+from tests.helpers import draw, make_config, make_photo_folder, pixels, quick_request, run_training
+
+pytestmark = pytest.mark.slow  # trains the full-size SD1.5 architecture
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_full_size_sd15_adapter_reloads_in_both_formats_to_the_trained_image(ful
         learning_rate=1e-2,
         validation_steps=2,
     )
-    folder, events = run(request, config)
+    folder, events = run_training(request, config)
     assert all(np.isfinite(e.loss) for e in events if e.kind == "step")
     with safe_open(str(folder / "alps-full.safetensors"), "pt") as f:
         kohya_keys = list(f.keys())

@@ -11,13 +11,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from test_training import draw, make_config, pixels, quick_request, run
-from test_training_photos import make_photo_folder
 
 from studio.models.kinds import ModelKind
 from studio.models.tiny import build_tiny
 from studio.training.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from studio.training.trainer import grad_scaler_state, restore_grad_scaler
+from tests.helpers import draw, make_config, make_photo_folder, pixels, quick_request, run_training
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +27,13 @@ def photos(tmp_path_factory):
 def test_bf16_run_resumes_exactly_saves_fp32_and_the_adapter_redraws_its_sample(photos, tmp_path):
     config = make_config(tmp_path)
     settings = dict(steps=4, mixed_precision="bf16", validation_every=0)
-    whole, events = run(quick_request(photos, name="whole", **settings), config)
+    whole, events = run_training(quick_request(photos, name="whole", **settings), config)
     losses = [e.loss for e in events if e.kind == "step"]
     assert len(losses) == 4 and all(np.isfinite(losses))
 
-    stopped, _ = run(quick_request(photos, name="split", **settings), config, stop_after_steps=2)
+    stopped, _ = run_training(quick_request(photos, name="split", **settings), config, stop_after_steps=2)
     assert stopped is None
-    resumed, _ = run(quick_request(photos, name="split", resume=True, **settings), config)
+    resumed, _ = run_training(quick_request(photos, name="split", resume=True, **settings), config)
     with (
         safe_open(str(whole / "pytorch_lora_weights.safetensors"), "pt") as a,
         safe_open(str(resumed / "pytorch_lora_weights.safetensors"), "pt") as b,

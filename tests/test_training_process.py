@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,14 +12,14 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import make_config, quick_request
-from test_training_photos import make_photo_folder
 
 from studio.engine import Studio
 from studio.errors import BusyError, DatasetError, ModelNotFoundError, TrainingError
 from studio.generation.request import GenerationRequest
+from tests.app_server import free_port
+from tests.helpers import ROOT, cli_command, cli_env, folders, make_config, make_photo_folder, quick_request, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every test trains in a child process (the app's training child, the CLI, torchrun)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +74,8 @@ def test_user_errors_come_before_the_child_or_from_it_as_the_same_class(photos, 
 APP_THAT_DIES = textwrap.dedent("""
     import sys, threading
     from pathlib import Path
-    sys.path[:0] = [{root!r}, {tests!r}]
-    from test_training import make_config, quick_request
+    sys.path[:0] = [{root!r}]
+    from tests.helpers import make_config, quick_request
     from studio.training.worker import run_in_child
 
     def report(event):
@@ -89,12 +88,12 @@ APP_THAT_DIES = textwrap.dedent("""
 
 
 def test_training_child_stops_and_keeps_a_checkpoint_when_the_app_is_killed(photos, tmp_path):
-    script = APP_THAT_DIES.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    script = APP_THAT_DIES.format(root=str(ROOT))
     app = subprocess.Popen(
         [sys.executable, "-c", script, str(tmp_path), str(photos)],
         stdout=subprocess.PIPE,
         text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        env=cli_env(),
     )
     children = []
     try:
@@ -117,28 +116,12 @@ def test_training_child_stops_and_keeps_a_checkpoint_when_the_app_is_killed(phot
 
 
 def cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "studio", "train", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
+    return run_cli("train", *args, cwd=cwd)
 
 
 def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
     config = make_config(tmp_path)
-    folders = [
-        "--models-dir",
-        str(config.models_dir),
-        "--loras-dir",
-        str(config.loras_dir),
-        "--outputs-dir",
-        str(config.outputs_dir),
-        "--device",
-        "cpu",
-    ]
+    places = [*folders(tmp_path), "--device", "cpu"]
     result = cli(
         "--data",
         str(photos),
@@ -158,7 +141,7 @@ def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
         "4",
         "--alpha",
         "2",
-        *folders,
+        *places,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -167,7 +150,7 @@ def test_cli_trains_and_prints_the_adapter_folder(photos, tmp_path):
     assert (config.loras_dir / "cli-alps" / "cli-alps.safetensors").is_file()
 
     (tmp_path / "empty").mkdir()
-    result = cli("--data", str(tmp_path / "empty"), "--model", "demo-sd15", "--name", "x", *folders, cwd=tmp_path)
+    result = cli("--data", str(tmp_path / "empty"), "--model", "demo-sd15", "--name", "x", *places, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().startswith("error: Dataset folder") and len(result.stderr.strip().splitlines()) == 1
 
@@ -195,18 +178,11 @@ def test_two_processes_train_the_same_adapter_as_one_process_accumulating_two_ba
         "1e-2",
         "--validation-every",
         "0",
-        "--models-dir",
-        str(config.models_dir),
-        "--loras-dir",
-        str(config.loras_dir),
-        "--outputs-dir",
-        str(config.outputs_dir),
+        *folders(tmp_path),
         "--device",
         "cpu",
     ]
-    with socket.socket() as probe:  # a free port for the processes to meet on
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_port())  # for the processes to meet on
     torchrun = subprocess.Popen(
         [
             sys.executable,
@@ -218,19 +194,14 @@ def test_two_processes_train_the_same_adapter_as_one_process_accumulating_two_ba
             "127.0.0.1",
             "--master_port",
             port,
-            "-m",
-            "studio",
-            "train",
-            "--name",
-            "two",
-            *settings,
+            *cli_command("train", "--name", "two", *settings)[1:],  # `-m studio train ...` without the interpreter
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
         start_new_session=True,
-        env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        env=cli_env({"OMP_NUM_THREADS": "1"}),
     )
     try:
         stdout, stderr = torchrun.communicate(timeout=300)

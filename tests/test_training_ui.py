@@ -5,54 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
-from test_training_photos import make_photo_folder
 
-SMALL = dict(
-    model="demo-sd15",
-    caption="mountains",
-    caption_column="text",
-    trigger="mtn",
-    steps=3,
-    rank=4,
-    alpha=2,
-    learning_rate=1e-3,
-    resolution=64,
-    batch_size=2,
-    epochs=0,
-    gradient_accumulation=1,
-    lr_scheduler="constant_with_warmup",
-    warmup_steps=0,
-    train_text_encoder=False,
-    gradient_checkpointing=False,
-    mixed_precision="auto",
-    optimizer="auto",
-    buckets=True,
-    random_flip=True,
-    seed=42,
-    min_snr_gamma=0,
-    noise_offset=0,
-    validation_prompt="",
-    validation_every=2,
-    checkpoint_every=0,
-)
-
-
-@pytest.fixture(scope="module")
-def client(studio_app):
-    return Client(studio_app, verbose=False)
+from tests.helpers import TRAIN_FORM, make_photo_folder
 
 
 def test_check_data_lists_usable_and_skipped_files(client, tmp_path):
     photos = make_photo_folder(tmp_path / "photos")
-    report = client.predict(data=str(photos), name="", api_name="/check_training_data", **SMALL)
+    report = client.predict(data=str(photos), name="", api_name="/check_training_data", **TRAIN_FORM)
     assert "8 usable of 11 images" in report and "corrupt.jpg" in report and "empty.png" in report
 
 
 def test_train_writes_the_adapter_to_loras_and_says_so(client, studio_running_app, tmp_path):
     photos = make_photo_folder(tmp_path / "photos")
-    status, curve, gallery = client.predict(data=str(photos), name="ui-trained-alps", api_name="/train", **SMALL)
+    status, curve, gallery = client.predict(data=str(photos), name="ui-trained-alps", api_name="/train", **TRAIN_FORM)
     folder = studio_running_app.loras_dir / "ui-trained-alps"
     assert "Done" in status and "ui-trained-alps" in status
     manifest = json.loads((folder / "adapter.json").read_text())
@@ -61,12 +27,12 @@ def test_train_writes_the_adapter_to_loras_and_says_so(client, studio_running_ap
     assert len(gallery) == 2 and curve is not None
     # Training the same name again is refused with the reason, and nothing is overwritten.
     with pytest.raises(AppError, match="already exists"):
-        client.predict(data=str(photos), name="ui-trained-alps", api_name="/train", **SMALL)
+        client.predict(data=str(photos), name="ui-trained-alps", api_name="/train", **TRAIN_FORM)
 
 
 def test_bad_folder_and_resume_without_checkpoint_are_clear_errors(client, tmp_path):
     with pytest.raises(AppError, match="does not exist"):
-        client.predict(data=str(tmp_path / "missing"), name="x", api_name="/train", **SMALL)
+        client.predict(data=str(tmp_path / "missing"), name="x", api_name="/train", **TRAIN_FORM)
     photos = make_photo_folder(tmp_path / "photos")
     with pytest.raises(AppError, match="Nothing to resume"):
-        client.predict(data=str(photos), name="never-ran", api_name="/resume_training", **SMALL)
+        client.predict(data=str(photos), name="never-ran", api_name="/resume_training", **TRAIN_FORM)
