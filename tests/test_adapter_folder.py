@@ -200,7 +200,7 @@ def test_trained_and_blended_adapters_carry_the_same_kohya_keys(studio_config, t
     from studio.lora.merge import SaveBlendRequest, save_blend
     from studio.training.export import export_adapter
     from studio.training.request import TrainingRequest
-    from tests.test_lora_files import live_adapter
+    from tests.helpers import live_adapter
 
     loras = studio_config.loras_dir
     pipe, _weights = live_adapter(ModelKind.SD15)
@@ -359,7 +359,7 @@ def test_the_old_version_of_a_running_swap_is_left_alone(tmp_path):
 
 def test_the_library_puts_back_an_adapter_a_killed_overwrite_left_aside(studio_config):
     from studio.lora.merge import SaveBlendRequest, save_blend
-    from tests.test_lora_blend import add_lora
+    from tests.helpers import add_lora
 
     loras = studio_config.loras_dir
     add_lora(loras, "alps", seed=1)
@@ -377,7 +377,7 @@ def test_the_library_puts_back_an_adapter_a_killed_overwrite_left_aside(studio_c
 
 def test_save_blend_overwrite_swaps_the_whole_folder(studio_config):
     from studio.lora.merge import SaveBlendRequest, save_blend
-    from tests.test_lora_blend import add_lora
+    from tests.helpers import add_lora
 
     loras = studio_config.loras_dir
     add_lora(loras, "alps", seed=1)

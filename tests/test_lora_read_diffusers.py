@@ -27,7 +27,7 @@ from studio.lora import files
 from studio.lora.files import DIFFUSERS_WEIGHTS, LoraWeights, read_lora, save_diffusers_lora, save_kohya_lora
 from studio.models.kinds import ModelKind
 from studio.models.tiny import BOS_ID, EOS_ID, build_tiny
-from tests.test_lora_files import live_adapter, render, text_encoders
+from tests.helpers import live_adapter, render, text_encoders
 
 KINDS = {"sd15": ModelKind.SD15, "sdxl": ModelKind.SDXL}
 RANK = 4
