@@ -38,7 +38,12 @@ def tiny_sdxl_dir(tmp_path_factory):
 
 @pytest.fixture
 def studio_config(tmp_path):
-    """A config whose models/loras/outputs folders are empty temporary folders."""
+    """A config whose models/loras/outputs folders are empty temporary folders.
+
+    fp32, whatever the CPU: in-process tests compare two computations of the same image (fused vs unfused, merged
+    vs live) to float rounding. The automatic precision (bf16 on CPUs with native bf16) is what the launched app
+    and the CLI tests run, and `test_models` checks the choice itself.
+    """
     for name in ("models", "loras", "outputs"):
         (tmp_path / name).mkdir()
     return StudioConfig(
@@ -46,6 +51,7 @@ def studio_config(tmp_path):
         loras_dir=tmp_path / "loras",
         outputs_dir=tmp_path / "outputs",
         device="cpu",
+        dtype="float32",
     )
 
 

@@ -1,5 +1,6 @@
 """Model sources, kinds, loading from disk, the RAM cache and the memory plan."""
 
+import dataclasses
 import gc
 import weakref
 
@@ -129,7 +130,8 @@ def test_released_accelerator_keeps_the_model_in_ram(studio_config):
 
 def test_loaded_model_uses_the_cpus_precision(studio_config):
     expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    with ModelManager(studio_config).acquire("demo-sdxl") as model:
+    auto = dataclasses.replace(studio_config, dtype="auto")
+    with ModelManager(auto).acquire("demo-sdxl") as model:
         assert model.pipe.unet.dtype == expected
         assert model.plan.mode == "none"
 
