@@ -69,10 +69,13 @@ MODELS = ["demo-sd15", "demo-sdxl"]
         ("a break b", [("a break b", 1.0)]),
         ("", [("", 1.0)]),
         ("(a:1.2.3)", [("a:1.2.3)", 1.1)]),  # A1111 raises here; we keep the text, weighted by the open `(`
+        ("(a:-1) BREAK (b:-1.)", [("a", -1.0), ("", 1.0), BREAK, ("", 1.0), ("b", -1.0)]),  # -1 is a weight
+        ("(BREAK:-1)", [("", -1.0), BREAK, ("", -1.0)]),  # inside brackets still a break (A1111: the word)
     ],
 )
 def test_attention_is_parsed_as_a1111_does(prompt, expected):
     parsed = parse_attention(prompt)
+    assert [piece is BREAK for piece in parsed] == [piece is BREAK for piece in expected]
     assert [text for text, _ in parsed] == [text for text, _ in expected]
     assert [weight for _, weight in parsed] == pytest.approx([weight for _, weight in expected])
 
