@@ -335,3 +335,38 @@ def test_prompt_editing_works_in_batches_and_without_guidance(manager, model):
     _img, unguided = recorder.run(manager, model, "a [cat:dog:1]", steps=3, cfg=1.0)
     assert [embeds.shape[0] for embeds, _ in unguided] == [1, 1, 1]
     assert torch.equal(unguided[0][0][0], unguided[1][0][0]) and not torch.equal(unguided[1][0][0], unguided[2][0][0])
+
+
+def test_prompt_editing_counts_model_calls_with_every_scheduler(manager):
+    """Like A1111's samplers, the step counter counts model calls: Heun's extra calls move the switch earlier."""
+    from studio.generation.schedulers import SCHEDULER_NAMES
+
+    recorder = UnetInputs(manager, "demo-sd15")
+    _img, [(cat, _), *_] = recorder.run(manager, "demo-sd15", "a cat", steps=4)
+    _img, [(dog, _), *_] = recorder.run(manager, "demo-sd15", "a dog", steps=4)
+    for scheduler in SCHEDULER_NAMES:
+        _img, calls = recorder.run(manager, "demo-sd15", "a [cat:dog:0.5]", steps=4, scheduler=scheduler)
+        used = ["cat" if torch.equal(e, cat) else "dog" if torch.equal(e, dog) else "?" for e, _pooled in calls]
+        assert used == ["cat"] * 3 + ["dog"] * (len(calls) - 3), scheduler
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_long_negative_prompt_pads_the_prompt_to_its_length(manager, model):
+    recorder = UnetInputs(manager, model)
+    _img, calls = recorder.run(manager, model, "a cat", negative_prompt=" ".join(["blurry"] * 20))  # 120 tokens
+    assert calls[0][0].shape[1] == 154
+
+
+def test_counting_tokens_does_not_import_torch():
+    """The UI counts tokens as the user types, and the UI never imports torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from studio.generation.prompts import count_tokens\n"
+        "from studio.models.clip_tokenizer import clip_tokenizer\n"
+        "assert count_tokens('a (photo:1.2), [lake]', clip_tokenizer()) == (4, 75)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
