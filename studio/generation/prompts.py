@@ -1,7 +1,8 @@
 """Prompts read the way AUTOMATIC1111 reads them ("Original" emphasis), for SD1.5 and SDXL.
 
-    conditioning = encode_prompts(pipe, kind, "a (red:1.3) barn", "blurry", steps=30, clip_skip=1)
+    conditioning = encode_prompts(pipe, sdxl=False, prompt="a (red:1.3) barn", negative_prompt="blurry", steps=30)
     positive, negative = conditioning.at_step(0)        # PromptEmbeds: .embeds (1, 77*n, dim), .pooled (SDXL)
+    count_tokens("a (red:1.3) barn", pipe.tokenizer)    # (3, 75), for a token counter; needs no torch
 
 The rules (as in A1111's `modules/prompt_parser.py` and `modules/sd_hijack_clip.py`):
 
@@ -30,8 +31,9 @@ Chunks, `split_chunks`:
 Prompt editing and alternation, `prompt_schedule`:
 - `[from:to:when]` uses `from` until sampling step `when`, then `to`; `[to:when]` adds `to`, `[from::when]`
   removes `from`. `when` with a decimal point is a fraction of the steps (`0.5`, `.25`, `1.0`), otherwise a step
-  number. The sampler step counter starts at 0 and `from` is used while `step <= when` (so `[a:b:2]` uses `a`
-  for steps 0, 1 and 2), exactly as A1111's samplers count.
+  number. The step counter starts at 0 and `from` is used while `step <= when` (so `[a:b:2]` uses `a` for
+  steps 0, 1 and 2), exactly as A1111's samplers count. Like A1111's, the counter counts model calls: Heun
+  calls the model twice per step, so its switch comes earlier (diffusers' loop index is that same count).
 - `[a|b|c]` alternates every step: a, b, c, a, ... (A1111's list starts at step 1, so step 0 also uses `a`).
 - Editing can be nested and combined with emphasis: `[(a:1.2):b:0.5]`.
 - A prompt A1111's parser rejects (a `|` outside `[...]`, a lone trailing backslash) is used as written.
@@ -53,8 +55,10 @@ Where this differs from A1111, on purpose:
 - `(text:1.2.3)` is kept as text (A1111 raises an error).
 - When a weighted chunk's mean is ~0 (an encoder whose outputs average to zero, like the tiny test models'
   bias-free final layer norm), the mean is not restored: A1111 would divide by ~0 and produce NaNs.
-- Past the last scheduled step (samplers such as Heun call the model more often than `steps`), the last
-  entry of the schedule is used.
+- Past the last scheduled step (Heun's extra calls), the last entry of the schedule is used (A1111: the first).
+- SDXL with an empty negative prompt: A1111 uses zeros; we encode "" as diffusers did before this module, so
+  plain prompts keep their pixels. SDXL clip skip follows diffusers' layer choice (A1111 ignores clip skip for
+  SDXL by default) and applies to the negative prompt too (diffusers applied it to the prompt only).
 
 Only the functions that encode import torch, so `count_tokens` and the parsers are cheap to import.
 """
@@ -94,7 +98,7 @@ _BREAK_SPLIT = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 def parse_attention(text: str) -> list[tuple[str, float]]:
     """`"a (b:1.3) c"` -> `[("a ", 1.0), ("b", 1.3), (" c", 1.0)]`; runs of equal weight merged, `BREAK` as `BREAK`."""
-    pieces: list[list] = []  # [text, weight]; lists so that closing brackets can multiply in place
+    pieces: list = []  # [text, weight] lists (closing brackets multiply them in place) and BREAK markers
     open_round: list[int] = []  # index in `pieces` where each open bracket starts
     open_square: list[int] = []
 
@@ -122,7 +126,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
                 if i > 0:
                     pieces.append(BREAK)
                 pieces.append([part, 1.0])
-    # Unclosed brackets act as if closed at the end, innermost last (A1111's order).
+    # Unclosed brackets act as if closed at the end (outermost first, as A1111: the order sets the last float bit).
     for start in open_round:
         multiply_from(start, 1.1)
     for start in open_square:
