@@ -370,3 +370,21 @@ def test_counting_tokens_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("negative", ["", "blurry, low quality"])
+def test_plain_prompts_encode_bit_for_bit_as_diffusers_does(manager, model, negative):
+    """So plain prompts under 75 tokens keep the pixels they had when diffusers encoded the strings."""
+    from studio.generation.prompts import encode_prompts
+
+    with manager.acquire(model) as loaded:
+        pipe = loaded.pipe
+        sdxl = model == "demo-sdxl"
+        ours = encode_prompts(pipe, sdxl=sdxl, prompt=PROMPT, negative_prompt=negative, steps=2)
+        guided = dict(device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+        theirs = pipe.encode_prompt([PROMPT], negative_prompt=[negative], **guided)
+    positive, negative_embeds = ours.at_step(0)
+    assert torch.equal(positive.embeds, theirs[0]) and torch.equal(negative_embeds.embeds, theirs[1])
+    if sdxl:
+        assert torch.equal(positive.pooled, theirs[2]) and torch.equal(negative_embeds.pooled, theirs[3])
