@@ -318,7 +318,8 @@ def split_chunks(prompt: str, tokenizer) -> tuple[list[Chunk], int]:
     parsed = parse_attention(prompt)
     texts = ["" if piece is BREAK else piece[0] for piece in parsed]
     ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # not get_vocab(): it copies 49408 entries on every call
+    comma = None if comma == tokenizer.unk_token_id else comma
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     chunks: list[Chunk] = []
