@@ -4,6 +4,8 @@
 
 The request is validated before any model loads. Each image i of a run uses seed + i on its own CPU
 generator, so any image can be reproduced alone, on any device, from the seed in its infotext.
+Prompts are read the A1111 way (`studio.generation.prompts`: weights, long prompts, BREAK, prompt editing) and
+reach the pipeline as embeddings; edits and alternations swap them between steps in the step callback.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PIL import Image
 
 from studio.errors import OutOfMemoryError
 from studio.generation import infotext
+from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
 from studio.generation.schedulers import a1111_sampler, make_scheduler
 from studio.models.kinds import ModelKind
@@ -106,6 +109,18 @@ def generate(
         loras = _apply_loras(model, request.loras, manager.config.loras_dir)
         pipe = model.pipe
         pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
+        try:
+            # After the LoRAs: adapters on the text encoders change the embeddings.
+            conditioning = encode_prompts(
+                pipe,
+                sdxl=model.kind is ModelKind.SDXL,
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                steps=request.steps,
+                clip_skip=request.clip_skip,
+            )
+        except torch.OutOfMemoryError as e:
+            raise _out_of_memory(model, width, height, request.batch_size) from e
         first_seed = _pick_seed(request.seed)
         result = GenerationResult([], [], [], model.name, 0.0)
         for call in range(request.batch_count):
@@ -114,7 +129,7 @@ def generate(
                 break
             seeds = [(first_seed + call * request.batch_size + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
             try:
-                images = _run_pipeline(model, request, seeds, width, height, call, on_step, cancel)
+                images = _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel)
             except _Stopped:
                 result.interrupted = True
                 break
@@ -125,7 +140,7 @@ def generate(
         return result
 
 
-def _run_pipeline(model, request, seeds, width, height, call, on_step, cancel) -> list[Image.Image]:
+def _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel) -> list[Image.Image]:
     pipe = model.pipe
     call_started = time.perf_counter()
     last_latents = {}
@@ -137,27 +152,20 @@ def _run_pipeline(model, request, seeds, width, height, call, on_step, cancel) -
         if on_step is not None:
             preview = latent_preview(tensors["latents"], model.kind)
             on_step(StepInfo(call, step + 1, request.steps, time.perf_counter() - call_started, preview))
+        if conditioning.changes_after(step):
+            return _next_conditioning(pipe_, conditioning.at_step(step + 1), len(seeds), tensors)
         return {}
 
-    prompts = {"prompt": [request.prompt] * len(seeds), "negative_prompt": [request.negative_prompt] * len(seeds)}
-    skip = request.clip_skip - 1 or None
-    if skip and model.kind is ModelKind.SD15:
-        # diffusers 0.42's SD1.5 clip_skip reads `text_encoder.text_model`, which transformers 5 removed.
-        prompts = {
-            "prompt_embeds": _clip_skip_embeds(pipe, prompts["prompt"], skip),
-            "negative_prompt_embeds": _clip_skip_embeds(pipe, prompts["negative_prompt"], skip),
-        }
-        skip = None
+    positive, negative = conditioning.at_step(0)
     kwargs = dict(
-        **prompts,
+        **_embeds_kwargs(positive, negative, len(seeds)),
         num_inference_steps=request.steps,
         guidance_scale=request.cfg,
         width=width,
         height=height,
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-        clip_skip=skip,
         callback_on_step_end=step_end,
-        callback_on_step_end_tensor_inputs=["latents"],
+        callback_on_step_end_tensor_inputs=["latents", *(_EDITED_TENSORS[model.kind] if conditioning.changes else [])],
     )
     try:
         return pipe(**kwargs).images
@@ -167,23 +175,52 @@ def _run_pipeline(model, request, seeds, width, height, call, on_step, cancel) -
         if denoised and not pipe.vae.use_tiling:
             # Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
             return _decode_with_tiling(model, last_latents["latents"])
-        next_mode = NEXT_MODE.get(model.plan.mode if model.plan else "none")
-        hint = f"start Studio with --memory-mode {next_mode}" if next_mode else "use a smaller size or batch"
-        raise OutOfMemoryError(
-            f"Out of GPU memory at {width}x{height}, batch {len(seeds)} ({model.plan.mode if model.plan else 'none'}). "
-            f"Try a smaller size or batch, or {hint}."
-        ) from e
+        raise _out_of_memory(model, width, height, len(seeds)) from e
 
 
-@torch.no_grad()
-def _clip_skip_embeds(pipe, prompts: list[str], skip: int) -> torch.Tensor:
-    """SD1.5 text embeddings from the layer `skip` before the last, through the final layer norm (as A1111)."""
-    tokens = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+def _out_of_memory(model: LoadedModel, width: int, height: int, batch: int) -> OutOfMemoryError:
+    next_mode = NEXT_MODE.get(model.plan.mode if model.plan else "none")
+    hint = f"start Studio with --memory-mode {next_mode}" if next_mode else "use a smaller size or batch"
+    return OutOfMemoryError(
+        f"Out of GPU memory at {width}x{height}, batch {batch} ({model.plan.mode if model.plan else 'none'}). "
+        f"Try a smaller size or batch, or {hint}."
     )
-    encoder = pipe.text_encoder
-    hidden = encoder(tokens.input_ids.to(pipe._execution_device), output_hidden_states=True).hidden_states
-    return encoder.final_layer_norm(hidden[-(skip + 1)])
+
+
+# What the step callback replaces when the prompt changes between steps: the token embeddings, and for SDXL
+# the pooled embedding the pipeline calls `add_text_embeds`.
+_EDITED_TENSORS = {ModelKind.SD15: ["prompt_embeds"], ModelKind.SDXL: ["prompt_embeds", "add_text_embeds"]}
+
+
+def _embeds_kwargs(positive: PromptEmbeds, negative: PromptEmbeds, batch: int) -> dict:
+    kwargs = {
+        "prompt_embeds": positive.embeds.repeat(batch, 1, 1),
+        "negative_prompt_embeds": negative.embeds.repeat(batch, 1, 1),
+    }
+    if positive.pooled is not None:
+        kwargs["pooled_prompt_embeds"] = positive.pooled.repeat(batch, 1)
+        kwargs["negative_pooled_prompt_embeds"] = negative.pooled.repeat(batch, 1)
+    return kwargs
+
+
+def _next_conditioning(pipe, embeds: tuple[PromptEmbeds, PromptEmbeds], batch: int, tensors: dict) -> dict:
+    """The callback's replacement tensors for the next step (prompt editing `[a:b:when]`, alternation `[a|b]`).
+
+    Inside the denoising loop diffusers holds the embeddings with classifier-free guidance already applied:
+    `cat([negative, positive])` along the batch, or the positive ones alone when guidance is off (cfg <= 1).
+    """
+    kwargs = _embeds_kwargs(*embeds, batch)
+    current = tensors["prompt_embeds"]
+    pairs = [("prompt_embeds", "negative_prompt_embeds")]
+    if "add_text_embeds" in tensors:
+        pairs.append(("pooled_prompt_embeds", "negative_pooled_prompt_embeds"))
+    out = {}
+    for (positive_key, negative_key), name in zip(pairs, ["prompt_embeds", "add_text_embeds"]):
+        tensor = kwargs[positive_key]
+        if pipe.do_classifier_free_guidance:
+            tensor = torch.cat([kwargs[negative_key], tensor])
+        out[name] = tensor.to(device=current.device, dtype=tensors[name].dtype)
+    return out
 
 
 def _decode_with_tiling(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
