@@ -11,7 +11,9 @@ load, a full checkpoint put here by mistake, a pickle file.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import datetime
 import functools
 import hashlib
 import json
@@ -19,7 +21,15 @@ from pathlib import Path
 
 from studio.atomic import restore_replaced, restore_replaced_in
 from studio.errors import LoraError, ModelNotFoundError, StudioError, UnsafePathError
-from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, PICKLE_SUFFIXES, AdapterManifest, manifest_if_readable
+from studio.lora.folder import (
+    DIFFUSERS_WEIGHTS,
+    MANIFEST,
+    PICKLE_SUFFIXES,
+    AdapterManifest,
+    manifest_if_readable,
+    public_name,
+    public_text,
+)
 from studio.lora.formats import components_of, detect_kind, lora_format, rank_of
 from studio.models.kinds import ModelKind, read_safetensors_header
 
@@ -234,3 +244,109 @@ def _addnet_hash(path: str, _size: int, _mtime_ns: int) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()[:12]
+
+
+# kohya training values worth a row in the model card of an adapter made elsewhere (setting -> ss_* key).
+KOHYA_SETTINGS = {
+    "network": "ss_network_module",
+    "steps": "ss_max_train_steps",
+    "epochs": "ss_num_epochs",
+    "num_images": "ss_num_train_images",
+    "resolution": "ss_resolution",
+    "learning_rate": "ss_learning_rate",
+    "unet_lr": "ss_unet_lr",
+    "text_encoder_lr": "ss_text_encoder_lr",
+    "lr_scheduler": "ss_lr_scheduler",
+    "optimizer": "ss_optimizer",
+    "batch_size": "ss_batch_size_per_device",
+    "mixed_precision": "ss_mixed_precision",
+    "seed": "ss_seed",
+}
+
+
+def header_manifest(entry: LoraEntry) -> AdapterManifest:
+    """What an adapter made elsewhere says about itself, as a manifest without local paths (for its card and a push).
+
+    The base kind, rank and trigger words as the library read them; alpha from the `.alpha` tensors (kohya) or the
+    diffusers adapter metadata, else `ss_network_alpha`; the base model from `ss_sd_model_name` (a name or Hub id);
+    kohya's training values as settings.
+    """
+    if entry.weights_file is None or entry.kind is None:
+        raise LoraError(f"{entry.name}: {entry.problem or 'the base model (SD1.5 or SDXL) cannot be read.'}")
+    header = read_safetensors_header(entry.weights_file)
+    metadata = {str(k): str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}
+    rank = entry.rank or _number(metadata.get("ss_network_dim"), int)
+    settings = {
+        name: public_text(metadata[key]) for name, key in KOHYA_SETTINGS.items() if metadata.get(key) not in (None, "")
+    }
+    return AdapterManifest(
+        name=entry.name,
+        base_model=public_name(metadata.get("ss_sd_model_name") or ""),
+        base_kind=entry.kind,
+        trigger_words=[public_text(w) for w in entry.trigger_words],
+        rank=rank,
+        alpha=_alpha_of(entry.weights_file, header, metadata),
+        text_encoder=any(c != "unet" for c in entry.components),
+        settings=settings or None,
+        created=_created(metadata),
+    )
+
+
+def _number(value, kind):
+    try:
+        number = kind(float(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # not NaN
+
+
+def _alpha_of(path: Path, header: dict, metadata: dict[str, str]) -> float | None:
+    """The most common alpha of the layers: `.alpha` scalars, diffusers' `lora_alpha`, else `ss_network_alpha`."""
+    alphas = [_scalar(path, header, key) for key in header if key.endswith(".alpha")]
+    alphas = [a for a in alphas if a is not None]
+    if not alphas:
+        try:
+            adapter = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+            alphas = [float(v) for k, v in adapter.items() if k.endswith("lora_alpha")]
+        except (ValueError, TypeError, AttributeError):
+            alphas = []
+    if alphas:
+        return collections.Counter(alphas).most_common(1)[0][0]
+    return _number(metadata.get("ss_network_alpha"), float)
+
+
+_SCALAR_FORMATS = {"F32": "<f", "F64": "<d", "F16": "<e"}
+
+
+def _scalar(path: Path, header: dict, key: str) -> float | None:
+    """One scalar tensor read from its byte range (no torch): F32/F64/F16 as is, BF16 as the top half of an F32."""
+    import struct
+
+    info = header.get(key) or {}
+    dtype, offsets = info.get("dtype"), info.get("data_offsets") or [0, 0]
+    length = offsets[1] - offsets[0]
+    size = {"F32": 4, "F64": 8, "F16": 2, "BF16": 2}.get(dtype)
+    if size is None or length != size:
+        return None
+    with path.open("rb") as f:
+        header_length = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header_length + offsets[0])
+        raw = f.read(size)
+    if len(raw) != size:
+        return None
+    if dtype == "BF16":
+        return round(struct.unpack("<f", b"\0\0" + raw)[0], 4)
+    return round(struct.unpack(_SCALAR_FORMATS[dtype], raw)[0], 6)
+
+
+def _created(metadata: dict[str, str]) -> str:
+    if metadata.get("modelspec.date"):
+        return public_text(metadata["modelspec.date"])
+    finished = _number(metadata.get("ss_training_finished_at"), float)
+    if finished is None:
+        return ""
+    try:
+        when = datetime.datetime.fromtimestamp(finished, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return ""
+    return when.replace(microsecond=0).isoformat()
