@@ -42,7 +42,6 @@ from studio.hub.download import error_chain, hub_failure, progress_bar_class
 from studio.hub.model_card import CardFile, build_model_card
 from studio.hub.public import public_file, sha256_of
 from studio.lora.folder import (
-    DIFFUSERS_WEIGHTS,
     MANIFEST,
     PICKLE_SUFFIXES,
     AdapterManifest,
@@ -247,7 +246,7 @@ def prepare_upload(request: PushRequest, workdir: Path) -> Upload:
         files[path.relative_to(base).as_posix()] = public_file(path, workdir)
     manifest = shareable.manifest.public()
     files[MANIFEST] = json.dumps(manifest.to_json(), indent=2).encode()
-    card_files = [_card_file(repo_path, source, manifest) for repo_path, source in files.items()]
+    card_files = [_card_file(repo_path, source) for repo_path, source in files.items()]
     card_files = [f for f in card_files if f is not None]
     order = {"diffusers": 0, "kohya": 1, "lycoris": 2, "manifest": 9}
     card_files.sort(key=lambda f: (order.get(f.format.split(":")[0], 5), f.name))
@@ -262,20 +261,15 @@ def prepare_upload(request: PushRequest, workdir: Path) -> Upload:
     return Upload({"README.md": str(card).encode(), **files}, str(card))
 
 
-def _card_file(repo_path: str, source: Path | bytes, manifest: AdapterManifest) -> CardFile | None:
+def _card_file(repo_path: str, source: Path | bytes) -> CardFile | None:
+    """How the card lists a file of the repo: the weights by their format (read from the header), with hashes."""
     from studio.lora.library import addnet_hash
 
     if repo_path == MANIFEST:
         return CardFile(MANIFEST, "manifest")
     if "/" in repo_path or not repo_path.endswith(".safetensors") or isinstance(source, bytes):
         return None
-    if repo_path == DIFFUSERS_WEIGHTS:
-        fmt = "diffusers"
-    elif repo_path == f"{manifest.name}.safetensors":
-        fmt = "kohya"
-    else:
-        fmt = _lora_format(source)
-    return CardFile(repo_path, fmt, sha256_of(source), addnet_hash(source))
+    return CardFile(repo_path, _lora_format(source), sha256_of(source), addnet_hash(source))
 
 
 def push_adapter(

@@ -69,9 +69,30 @@ def _public_safetensors(path: Path, workdir: Path) -> Path:
 
 
 def _public_png(path: Path, workdir: Path) -> Path:
-    data = path.read_bytes()
-    if not data.startswith(PNG_SIGNATURE):
+    public = public_png_bytes(path.read_bytes())
+    if public is None:
         return path
+    target = _copy_target(path, workdir)
+    target.write_bytes(public)
+    return target
+
+
+def copy_public(source: Path, target: Path) -> Path:
+    """Copy a PNG (a validation sample) to `target` with its text chunks reduced; other files as they are."""
+    source, target = Path(source), Path(target)
+    public = public_png_bytes(source.read_bytes()) if source.suffix.lower() == ".png" else None
+    if public is None:
+        shutil.copy2(source, target)
+    else:
+        target.write_bytes(public)
+        shutil.copystat(source, target)
+    return target
+
+
+def public_png_bytes(data: bytes) -> bytes | None:
+    """The PNG `data` with local paths in its text chunks reduced to names; None when nothing needs to change."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
     chunks, changed, at = [PNG_SIGNATURE], False, len(PNG_SIGNATURE)
     while at + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[at : at + 8])
@@ -87,12 +108,8 @@ def _public_png(path: Path, workdir: Path) -> Path:
         else:
             chunks.append(data[at:end])
         at = end
-    if not changed:
-        return path
     chunks.append(data[at:])
-    target = _copy_target(path, workdir)
-    target.write_bytes(b"".join(chunks))
-    return target
+    return b"".join(chunks) if changed else None
 
 
 def _public_text_chunk(kind: bytes, body: bytes) -> bytes | None:

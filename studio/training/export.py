@@ -22,6 +22,7 @@ import torch
 import studio
 from studio.atomic import make_readable, replace_folder, staging_folder
 from studio.errors import TrainingError
+from studio.hub.public import copy_public
 from studio.lora.files import LoraWeights
 from studio.lora.folder import AdapterManifest, kohya_metadata, public_name, save_adapter_files
 from studio.models.kinds import ModelKind
@@ -60,8 +61,8 @@ def export_adapter(
         (tmp / "samples").mkdir()
         for sample in state["samples"]:
             source = run_dir / sample["file"]
-            if source.is_file():
-                shutil.copy2(source, tmp / sample["file"])
+            if source.is_file():  # its infotext names the base model: by its name, never by a local path
+                copy_public(source, tmp / sample["file"])
         manifest = AdapterManifest(
             name=request.name,
             # A local base (file or folder) is recorded by its name, as kohya's sd-scripts do; Hub ids stay ids.
