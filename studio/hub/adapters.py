@@ -255,7 +255,7 @@ def prepare_upload(request: PushRequest, workdir: Path) -> Upload:
         repo_id=request.repo_id,
         license=request.license,
         tags=request.tags,
-        manifest=manifest,
+        manifest=None if shareable.made_here else manifest,  # a Studio adapter's card reads its adapter.json
         files=card_files,
     )
     return Upload({"README.md": str(card).encode(), **files}, str(card))

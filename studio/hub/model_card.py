@@ -18,7 +18,7 @@ from typing import Sequence
 from huggingface_hub import ModelCard, ModelCardData
 
 import studio
-from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, AdapterManifest, is_hub_id, read_manifest
+from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, AdapterManifest, is_hub_id, public_text, read_manifest
 
 DEFAULT_LICENSES = {"sd15": "creativeml-openrail-m", "sdxl": "openrail++"}
 BASE_TAGS = {"sd15": "stable-diffusion", "sdxl": "stable-diffusion-xl"}
@@ -109,7 +109,7 @@ def _sample_from_png(path: Path, file: str) -> Sample:
     info = parse_infotext(text) if text else {}
     seed = info.get("Seed")
     seed = int(seed) if str(seed).isdigit() else None
-    return Sample(file, info.get("Prompt", ""), info.get("Negative prompt", ""), seed)
+    return Sample(file, public_text(info.get("Prompt", "")), public_text(info.get("Negative prompt", "")), seed)
 
 
 def card_tags(kind: str, user_tags: Sequence[str]) -> list[str]:
@@ -137,6 +137,7 @@ def build_model_card(
     Files section lists with their hashes (default: the Studio files in the folder, hashed as they are).
     """
     adapter_dir = Path(adapter_dir)
+    made_here = manifest is None  # Studio's adapter.json; else what a file made elsewhere says about itself
     manifest = (manifest or read_manifest(adapter_dir)).public()
     kind = manifest.base_kind.value
     name = manifest.name or (adapter_dir.name if adapter_dir.is_dir() else adapter_dir.stem)
@@ -157,12 +158,12 @@ def build_model_card(
     body = "\n".join(
         part
         for part in (
-            _intro(name, kind, base, manifest),
+            _intro(name, kind, base, manifest, made_here),
             _trigger_section(trigger_words),
             _samples_section(samples),
             _usage_section(name, kind, base, trigger_words, repo_id, adapter_dir, files),
             _training_section(manifest),
-            _files_section(files, made_here=bool(manifest.studio_version)),
+            _files_section(files, made_here=made_here),
         )
         if part
     )
@@ -186,7 +187,7 @@ def _base_description(kind: str, base: str) -> str:
     return f"a {KIND_LABELS[kind]} model"
 
 
-def _intro(name: str, kind: str, base: str, manifest: AdapterManifest) -> str:
+def _intro(name: str, kind: str, base: str, manifest: AdapterManifest, made_here: bool) -> str:
     rank, alpha = manifest.rank, manifest.alpha
     shape = f" with rank {rank} and alpha {alpha}" if rank is not None else ""
     te = " The text encoder was trained too." if manifest.text_encoder else ""
@@ -198,8 +199,8 @@ def _intro(name: str, kind: str, base: str, manifest: AdapterManifest) -> str:
     created = manifest.created
     made = f" on {created}" if created else ""
     version = manifest.studio_version
-    if version:
-        lines += ["", f"Made with Studio {version}{made}.", ""]
+    if made_here:
+        lines += ["", f"Made with Studio{f' {version}' if version else ''}{made}.", ""]
     else:  # described by its file's header: trained elsewhere (kohya's sd-scripts, another UI)
         lines += ["", f"Made outside Studio{made}; shared with Studio {studio.__version__}.", ""]
     return "\n".join(lines)

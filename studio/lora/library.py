@@ -302,8 +302,7 @@ def _number(value, kind):
 
 def _alpha_of(path: Path, header: dict, metadata: dict[str, str]) -> float | None:
     """The most common alpha of the layers: `.alpha` scalars, diffusers' `lora_alpha`, else `ss_network_alpha`."""
-    alphas = [_scalar(path, header, key) for key in header if key.endswith(".alpha")]
-    alphas = [a for a in alphas if a is not None]
+    alphas = _alpha_scalars(path, header)
     if not alphas:
         try:
             adapter = json.loads(metadata.get("lora_adapter_metadata") or "{}")
@@ -315,28 +314,30 @@ def _alpha_of(path: Path, header: dict, metadata: dict[str, str]) -> float | Non
     return _number(metadata.get("ss_network_alpha"), float)
 
 
-_SCALAR_FORMATS = {"F32": "<f", "F64": "<d", "F16": "<e"}
+_SCALAR_FORMATS = {"F32": ("<f", 4), "F64": ("<d", 8), "F16": ("<e", 2), "BF16": ("<f", 2)}
 
 
-def _scalar(path: Path, header: dict, key: str) -> float | None:
-    """One scalar tensor read from its byte range (no torch): F32/F64/F16 as is, BF16 as the top half of an F32."""
+def _alpha_scalars(path: Path, header: dict) -> list[float]:
+    """The `.alpha` scalars read from their byte ranges (no torch); BF16 as the top half of an F32."""
     import struct
 
-    info = header.get(key) or {}
-    dtype, offsets = info.get("dtype"), info.get("data_offsets") or [0, 0]
-    length = offsets[1] - offsets[0]
-    size = {"F32": 4, "F64": 8, "F16": 2, "BF16": 2}.get(dtype)
-    if size is None or length != size:
-        return None
-    with path.open("rb") as f:
-        header_length = int.from_bytes(f.read(8), "little")
-        f.seek(8 + header_length + offsets[0])
-        raw = f.read(size)
-    if len(raw) != size:
-        return None
-    if dtype == "BF16":
-        return round(struct.unpack("<f", b"\0\0" + raw)[0], 4)
-    return round(struct.unpack(_SCALAR_FORMATS[dtype], raw)[0], 6)
+    values = []
+    try:
+        with path.open("rb") as f:
+            data_start = 8 + int.from_bytes(f.read(8), "little")
+            for key, info in header.items():
+                fmt, size = _SCALAR_FORMATS.get(info.get("dtype"), (None, 0)) if key.endswith(".alpha") else (None, 0)
+                begin, end = (info.get("data_offsets") or [0, 0])[:2]
+                if fmt is None or end - begin != size:
+                    continue
+                f.seek(data_start + begin)
+                raw = f.read(size)
+                if len(raw) == size:
+                    value = struct.unpack(fmt, b"\0\0" + raw if info["dtype"] == "BF16" else raw)[0]
+                    values.append(round(value, 4))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+    return values
 
 
 def _created(metadata: dict[str, str]) -> str:
