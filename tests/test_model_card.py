@@ -199,6 +199,7 @@ def test_card_of_an_adapter_made_elsewhere_follows_its_header_and_files(tmp_path
         rank=8,
         alpha=4.0,
         settings={"steps": "800", "network": "networks.lora"},
+        extra={"made_elsewhere": True},  # as studio.lora.library.header_manifest describes a file made elsewhere
     )
     files = [CardFile("peaks.safetensors", "kohya", "ab" * 32, "c" * 12), CardFile("adapter.json", "manifest")]
     card = build_model_card(tmp_path / "peaks.safetensors", manifest=manifest, files=files, repo_id="me/peaks")

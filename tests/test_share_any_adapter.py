@@ -219,6 +219,7 @@ def test_a_kohya_file_made_elsewhere_is_pushed_with_a_card_from_its_header_and_n
     assert manifest["base_kind"] == "sd15" and manifest["rank"] == 8 and manifest["alpha"] == 4.0
     assert manifest["trigger_words"] == ["aid_mountain", "snow", "ridge"]
     assert manifest["base_model"] == "v1-5-pruned-emaonly.safetensors" and manifest["name"] == "mountains"
+    assert manifest["made_elsewhere"] is True  # imported back, its card still says where it came from
 
     assert leaks(hub, [tmp_path / "home", tmp_path / "data", tmp_path / "loras", tmp_path]) == []
 

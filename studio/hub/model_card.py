@@ -137,8 +137,9 @@ def build_model_card(
     Files section lists with their hashes (default: the Studio files in the folder, hashed as they are).
     """
     adapter_dir = Path(adapter_dir)
-    made_here = manifest is None  # Studio's adapter.json; else what a file made elsewhere says about itself
+    # Studio's adapter.json; else what a file made elsewhere says about itself (also once pushed and imported).
     manifest = (manifest or read_manifest(adapter_dir)).public()
+    made_here = not manifest.extra.get("made_elsewhere")
     kind = manifest.base_kind.value
     name = manifest.name or (adapter_dir.name if adapter_dir.is_dir() else adapter_dir.stem)
     files = list(local_files(adapter_dir, name) if files is None else files)

@@ -264,6 +264,9 @@ KOHYA_SETTINGS = {
 }
 
 
+MADE_ELSEWHERE = "made_elsewhere"
+
+
 def header_manifest(entry: LoraEntry) -> AdapterManifest:
     """What an adapter made elsewhere says about itself, as a manifest without local paths (for its card and a push).
 
@@ -289,6 +292,7 @@ def header_manifest(entry: LoraEntry) -> AdapterManifest:
         text_encoder=any(c != "unet" for c in entry.components),
         settings=settings or None,
         created=_created(metadata),
+        extra={MADE_ELSEWHERE: True},  # kept in the adapter.json a push generates: its card says so again
     )
 
 
