@@ -25,7 +25,7 @@ from studio.lora.folder import public_metadata, public_name, public_text
 from studio.lora.library import addnet_hash, find_lora, header_manifest
 from studio.models.kinds import ModelKind, read_safetensors_header
 from tests.hub_server import HubServer
-from tests.test_hub import ALICE, front_matter, push_python, snapshot
+from tests.test_hub import ALICE, DOWNLOAD_CODE, front_matter, push_python, run_python, snapshot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UNET_MODULES = [
@@ -222,6 +222,16 @@ def test_a_kohya_file_made_elsewhere_is_pushed_with_a_card_from_its_header_and_n
     assert manifest["made_elsewhere"] is True  # imported back, its card still says where it came from
 
     assert leaks(hub, [tmp_path / "home", tmp_path / "data", tmp_path / "loras", tmp_path]) == []
+
+    # Imported into another LoRA folder, it is an adapter with its adapter.json, and pushing it again keeps the card.
+    pulled = run_python(tmp_path, hub.url, DOWNLOAD_CODE.format(repo="alice/mountains", loras=str(tmp_path / "loras")))
+    assert pulled.returncode == 0, pulled.stderr
+    assert find_lora(tmp_path / "loras", "mountains").path.is_dir()  # the folder now wins over the single file
+    again = push_python(tmp_path, hub.url, name="mountains", repo_id="alice/mountains-2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert hub.repos["alice/mountains-2"].files["README.md"] == repo.files["README.md"].replace(
+        b'"alice/mountains"', b'"alice/mountains-2"'
+    )
 
 
 @pytest.mark.parametrize("layout", ["folder", "single-file"])
