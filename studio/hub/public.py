@@ -47,6 +47,8 @@ def _public_safetensors(path: Path, workdir: Path) -> Path:
         if len(raw_length) != 8:
             raise LoraError(f"{path.name} is not a safetensors file (it is shorter than its header).")
         length = int.from_bytes(raw_length, "little")
+        if length > 100_000_000:  # safetensors' own limit: a corrupt or hostile length is not read into memory
+            raise LoraError(f"{path.name} has a broken safetensors header (length {length}); re-download it.")
         try:
             header = json.loads(f.read(length))
         except (ValueError, UnicodeDecodeError):

@@ -10,6 +10,10 @@ Writers (training/export.py, lora/merge.py) build the folder in `studio.atomic.s
 `save_adapter_files` and swap it in with `studio.atomic.replace_folder`; so does a Hub import (hub/adapters.py).
 Readers: the LoRA library (`manifest_if_readable`), the model card and a push (`read_manifest`, `public()`).
 
+Nothing written here names a local folder: `save_adapter_files` writes the manifest and the kohya metadata with
+local paths reduced to names (`public_name`, `public_text`, `public_metadata`); a push applies the same rules again
+to whatever the folder holds (studio.hub.public), since files made elsewhere or by an older Studio may not.
+
 Importing this module is cheap (no torch, no huggingface_hub): the model list and the CLI's argument checks use
 its names and rules before any heavy import. The functions that need more import it when called.
 """
