@@ -167,3 +167,51 @@ def test_files_section_lists_only_files_that_exist(tmp_path):
     assert "- `alps.safetensors`" not in text
     (folder / "alps.safetensors").write_bytes(b"")
     assert "- `alps.safetensors`: kohya format" in build_model_card(folder).text
+
+
+def test_files_section_gives_the_sha256_and_a1111_hash_of_each_lora_file(tmp_path):
+    import hashlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.lora.library import addnet_hash
+
+    folder = make_adapter(tmp_path / "alps")
+    kohya = folder / "alps.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.ones(4, 8)}, kohya, metadata={"ss_network_dim": "4"})
+    sha = hashlib.sha256(kohya.read_bytes()).hexdigest()
+    text = build_model_card(folder).text
+    assert f"- `alps.safetensors`: kohya format for AUTOMATIC1111, Forge and ComfyUI. SHA256 `{sha}`" in text
+    assert f"(AutoV2 `{sha[:10].upper()}`), A1111 hash `{addnet_hash(kohya)}`." in text
+
+
+def test_card_of_an_adapter_made_elsewhere_follows_its_header_and_files(tmp_path):
+    from studio.hub.model_card import CardFile
+    from studio.lora.folder import AdapterManifest
+    from studio.models.kinds import ModelKind
+
+    manifest = AdapterManifest(
+        name="peaks",
+        base_model="/home/bob/models/sdxl-base.safetensors",
+        base_kind=ModelKind.SDXL,
+        trigger_words=["pk_style"],
+        rank=8,
+        alpha=4.0,
+        settings={"steps": "800", "network": "networks.lora"},
+        extra={"made_elsewhere": True},  # as studio.lora.library.header_manifest describes a file made elsewhere
+    )
+    files = [CardFile("peaks.safetensors", "kohya", "ab" * 32, "c" * 12), CardFile("adapter.json", "manifest")]
+    card = build_model_card(tmp_path / "peaks.safetensors", manifest=manifest, files=files, repo_id="me/peaks")
+    text = card.text
+    assert card.data.license == "openrail++" and card.data.instance_prompt == "pk_style"
+    assert "rank 8 and alpha 4.0 for a local Stable Diffusion XL model, `sdxl-base.safetensors`" in text
+    assert "Made outside Studio" in text and "/home/bob" not in text
+    assert 'load_lora_weights("me/peaks", weight_name="peaks.safetensors")' in text and "<lora:peaks:1>" in text
+    assert f"SHA256 `{'ab' * 32}` (AutoV2 `ABABABABAB`), A1111 hash `{'c' * 12}`." in text
+    assert "| steps | 800 |" in text
+
+    diffusers_only = [CardFile("pytorch_lora_weights.safetensors", "diffusers", "d" * 64, "e" * 12)]
+    text = build_model_card(tmp_path / "peaks", manifest=manifest, files=diffusers_only).text
+    assert 'weight_name="pytorch_lora_weights.safetensors"' in text and "<lora:" not in text
+    assert "kohya-format LoRA files; this adapter has none" in text

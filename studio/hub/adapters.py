@@ -4,6 +4,14 @@ The token lives only in memory, for one call: it is passed to `HfApi` and never 
 or metadata (`PushRequest` hides it from its repr). `HF_ENDPOINT` (or `endpoint=`) points everything at a
 self-hosted or test Hub.
 
+A push accepts any adapter of the LoRA folder: one Studio wrote (adapter.json beside the weights) or one made
+elsewhere, a single kohya `.safetensors` file or a diffusers file or folder, whose card is built from what its
+header says (`studio.lora.library.header_manifest`), with a generated adapter.json.
+
+Nothing private leaves the machine: adapter.json is published with names instead of local paths, and every
+safetensors header and PNG text chunk is checked and, where it names a local path, sent as a reduced copy
+(`studio.hub.public`); the tensor data and pixels go as they are.
+
 A push never changes the local folder: the model card with the repo id is generated in memory and uploaded
 with the adapter files in one commit. Files are uploaded through the LFS batch API ("basic" transfer), which
 every Hub-compatible server implements, rather than Xet, which only huggingface.co does; huggingface_hub
@@ -19,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,10 +37,18 @@ from huggingface_hub.errors import HfHubHTTPError
 
 import studio
 from studio.atomic import make_readable, replace_folder, restore_replaced, staging_folder
-from studio.errors import CancelledError, HubError, InvalidRequestError, UnsafePathError
+from studio.errors import CancelledError, HubError, InvalidRequestError, StudioError, UnsafePathError
 from studio.hub.download import error_chain, hub_failure, progress_bar_class
-from studio.hub.model_card import build_model_card
-from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, check_adapter_name, check_repo_id, read_manifest
+from studio.hub.model_card import CardFile, build_model_card
+from studio.hub.public import public_file, sha256_of
+from studio.lora.folder import (
+    MANIFEST,
+    PICKLE_SUFFIXES,
+    AdapterManifest,
+    check_adapter_name,
+    check_repo_id,
+    manifest_if_readable,
+)
 
 ProgressFn = Callable[[float, str], None]
 
@@ -72,7 +89,7 @@ class PushRequest:
     """Hub URL; default HF_ENDPOINT, else https://huggingface.co."""
 
     def validate(self) -> None:
-        adapter_folder(self.loras_dir, self.name)
+        find_shareable(self.loras_dir, self.name)
         check_repo_id(self.repo_id)
         for tag in self.tags:
             if not _TAG.match(tag):
@@ -87,32 +104,103 @@ class PushRequest:
         return self.message.strip() or f"Upload {self.name} with Studio {studio.__version__}"
 
 
-def adapter_folder(loras_dir: Path, name: str) -> Path:
-    """The adapter folder `loras_dir/name`, refusing names that escape loras_dir and folders Studio did not write."""
+@dataclasses.dataclass(frozen=True)
+class Shareable:
+    """An adapter of the LoRA folder as a push sees it."""
+
+    name: str
+    path: Path
+    """The adapter folder, or the single `.safetensors` file."""
+
+    manifest: AdapterManifest
+    """Its adapter.json, or what its header says (an adapter made elsewhere)."""
+
+    made_here: bool
+    """Whether Studio wrote it (a readable adapter.json with the base kind)."""
+
+    files: tuple[Path, ...]
+    """Local files to upload: weights and sample images (README.md and adapter.json are generated)."""
+
+
+def find_shareable(loras_dir: Path, name: str) -> Shareable:
+    """The adapter `name` (folder, or file stem, as the LoRA library lists it), or an error that says why not."""
+    from studio.lora.library import header_manifest, read_entry
+
     root = Path(loras_dir).resolve()
     if not name or not name.strip():
         raise InvalidRequestError("Pick an adapter to share.")
-    folder = (root / name).resolve()
-    if not folder.is_relative_to(root) or folder == root:
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
         raise UnsafePathError(f"Adapter name {name!r} points outside the LoRA folder; pick an adapter from the list.")
-    if not folder.is_dir():
-        raise InvalidRequestError(f"There is no adapter folder {name!r} in {root}; pick one from the list.")
-    for required in (MANIFEST, DIFFUSERS_WEIGHTS):
-        if not (folder / required).is_file():
+    if not path.is_dir() and not (path.is_file() and path.suffix.lower() == ".safetensors"):
+        single = (root / f"{name}.safetensors").resolve()
+        if single.is_file() and single.is_relative_to(root):
+            path = single
+        elif any((root / f"{name}{suffix}").is_file() for suffix in PICKLE_SUFFIXES):
             raise InvalidRequestError(
-                f"{folder} has no {required}; only adapters trained or blended by Studio can be pushed."
+                f"{name} is a pickle file, which can run code when loaded; only .safetensors adapters are shared."
             )
-    return folder
+        else:
+            raise InvalidRequestError(f"There is no adapter {name!r} in {root}; pick one from the list.")
+    name = path.name if path.is_dir() else path.stem
+    manifest = manifest_if_readable(path) if path.is_dir() else None
+    if manifest is not None and manifest.base_kind is not None:
+        files = tuple(files_to_upload(path))
+        if not any(p.suffix == ".safetensors" for p in files):
+            raise InvalidRequestError(f"{path} has no .safetensors LoRA file; there is nothing to share.")
+        return Shareable(name, path, manifest, True, files)
+
+    entry = read_entry(path)
+    if entry.weights_file is None:
+        raise InvalidRequestError(
+            f"{path} has no adapter.json and no .safetensors LoRA file; there is nothing to share."
+        )
+    if entry.weights_file.suffix.lower() != ".safetensors":
+        raise InvalidRequestError(
+            f"{entry.weights_file.name} is a pickle file, which can run code; only .safetensors adapters are shared."
+        )
+    if entry.kind is None or entry.format == "unknown":
+        raise InvalidRequestError(f"{name} cannot be shared: {entry.problem or 'it is not an SD1.5/SDXL LoRA.'}")
+    if path.is_dir():
+        files = tuple(p for p in files_to_upload(path) if p.name != MANIFEST and _lora_format(p) != "unknown")
+    else:
+        files = (path,)
+    return Shareable(name, path, header_manifest(entry), False, files)
+
+
+def adapter_folder(loras_dir: Path, name: str) -> Path:
+    """The adapter folder or single file `loras_dir/name`, refusing names that escape loras_dir and non-adapters."""
+    return find_shareable(loras_dir, name).path
 
 
 def shareable_adapters(loras_dir: Path) -> list[str]:
-    """Names of the adapter folders in loras_dir that a push accepts (adapter.json and the diffusers file)."""
+    """Names of every adapter in loras_dir that a push accepts: Studio's own and LoRA files made elsewhere."""
+    from studio.lora.library import scan_loras
+
     root = Path(loras_dir)
     if not root.is_dir():
         return []
-    return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and (p / DIFFUSERS_WEIGHTS).is_file()
-    )
+    names = []
+    for entry in scan_loras(root):
+        try:
+            find_shareable(root, entry.name)
+        except StudioError:
+            continue
+        names.append(entry.name)
+    return sorted(names)
+
+
+def _lora_format(path: Path) -> str:
+    """ "diffusers", "kohya", "lycoris:<type>" from a safetensors header; "unknown" for other files."""
+    from studio.lora.formats import lora_format
+    from studio.models.kinds import read_safetensors_header
+
+    if path.suffix.lower() != ".safetensors":
+        return "unknown"
+    try:
+        return lora_format(read_safetensors_header(path))
+    except StudioError:
+        return "unknown"
 
 
 def resolve_token(explicit: str | None) -> str | None:
@@ -135,13 +223,61 @@ def files_to_upload(folder: Path) -> list[Path]:
     return sorted({p for p in candidates if p.is_file() and p.resolve().is_relative_to(root)})
 
 
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """What one push sends: repo path -> a local file (the adapter's own, or a reduced copy) or generated bytes."""
+
+    files: dict[str, Path | bytes]
+    card: str
+
+
+def prepare_upload(request: PushRequest, workdir: Path) -> Upload:
+    """The files of a push of `request` without local paths (copies that needed reducing go in `workdir`), the card.
+
+    The card lists the weights with the sha256 and A1111 hash of the bytes that are sent.
+    """
+    request.validate()
+    shareable = find_shareable(request.loras_dir, request.name)
+    base = shareable.path if shareable.path.is_dir() else shareable.path.parent
+    files: dict[str, Path | bytes] = {}
+    for path in shareable.files:
+        if path.name == MANIFEST and path.parent == base:
+            continue  # published as generated below, without local paths
+        files[path.relative_to(base).as_posix()] = public_file(path, workdir)
+    manifest = shareable.manifest.public()
+    files[MANIFEST] = json.dumps(manifest.to_json(), indent=2).encode()
+    card_files = [_card_file(repo_path, source) for repo_path, source in files.items()]
+    card_files = [f for f in card_files if f is not None]
+    order = {"diffusers": 0, "kohya": 1, "lycoris": 2, "manifest": 9}
+    card_files.sort(key=lambda f: (order.get(f.format.split(":")[0], 5), f.name))
+    card = build_model_card(
+        shareable.path,
+        repo_id=request.repo_id,
+        license=request.license,
+        tags=request.tags,
+        manifest=None if shareable.made_here else manifest,  # a Studio adapter's card reads its adapter.json
+        files=card_files,
+    )
+    return Upload({"README.md": str(card).encode(), **files}, str(card))
+
+
+def _card_file(repo_path: str, source: Path | bytes) -> CardFile | None:
+    """How the card lists a file of the repo: the weights by their format (read from the header), with hashes."""
+    from studio.lora.library import addnet_hash
+
+    if repo_path == MANIFEST:
+        return CardFile(MANIFEST, "manifest")
+    if "/" in repo_path or not repo_path.endswith(".safetensors") or isinstance(source, bytes):
+        return None
+    return CardFile(repo_path, _lora_format(source), sha256_of(source), addnet_hash(source))
+
+
 def push_adapter(
     request: PushRequest, *, on_progress: ProgressFn | None = None, cancel: threading.Event | None = None
 ) -> str:
     """Create `request.repo_id` if needed and upload the adapter with a fresh model card; returns the repo URL."""
     request.validate()
     report = on_progress or (lambda fraction, message: None)
-    folder = adapter_folder(request.loras_dir, request.name)
     endpoint = resolve_endpoint(request.endpoint)
     token = resolve_token(request.token)
     if not token:
@@ -149,38 +285,34 @@ def push_adapter(
             "No Hub token: paste a write token in the Share tab's token field, set HF_TOKEN, or run `hf auth login`."
         )
     api = HfApi(endpoint=endpoint, token=token, library_name="studio", library_version=studio.__version__)
-    card = model_card_text(request)
-    files = files_to_upload(folder)
-    with hub_errors(endpoint, request.repo_id):
-        report(0.0, f"Checking the token with {endpoint}")
-        me = _whoami(api)
-        if me is not None:
-            check_namespace(me, request.repo_id)
-        report(0.05, f"Creating {request.repo_id} (if needed)")
-        api.create_repo(request.repo_id, private=request.private, exist_ok=True)
-        url = f"{endpoint}/{request.repo_id}"  # the page on the Hub we talk to (HF_ENDPOINT), as models are linked
-        with contextlib.ExitStack() as stack:
-            progress = _UploadProgress(sum(p.stat().st_size for p in files if p.name != MANIFEST), report, cancel)
-            operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
-            for path in files:
-                if path == folder / MANIFEST:  # published without local paths (see AdapterManifest.public)
-                    content = json.dumps(read_manifest(folder).public().to_json(), indent=2).encode()
-                else:
-                    content = stack.enter_context(_CountingReader(path, progress))
-                operations.append(
-                    CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=content)
-                )
-            progress.start()  # reads so far were hashing; count only what is sent from here on
-            api.create_commit(request.repo_id, operations, commit_message=request.commit_message)
+    with tempfile.TemporaryDirectory(prefix="studio-push-") as workdir:
+        upload = prepare_upload(request, Path(workdir))
+        with hub_errors(endpoint, request.repo_id):
+            report(0.0, f"Checking the token with {endpoint}")
+            me = _whoami(api)
+            if me is not None:
+                check_namespace(me, request.repo_id)
+            report(0.05, f"Creating {request.repo_id} (if needed)")
+            api.create_repo(request.repo_id, private=request.private, exist_ok=True)
+            url = f"{endpoint}/{request.repo_id}"  # the page on the Hub we talk to (HF_ENDPOINT), as models are linked
+            with contextlib.ExitStack() as stack:
+                sizes = sum(source.stat().st_size for source in upload.files.values() if isinstance(source, Path))
+                progress = _UploadProgress(sizes, report, cancel)
+                operations = []
+                for path_in_repo, source in upload.files.items():
+                    if isinstance(source, Path):
+                        source = stack.enter_context(_CountingReader(source, progress))
+                    operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=source))
+                progress.start()  # reads so far were hashing; count only what is sent from here on
+                api.create_commit(request.repo_id, operations, commit_message=request.commit_message)
     report(1.0, f"Pushed {request.name} to {url}")
     return url
 
 
 def model_card_text(request: PushRequest) -> str:
     """The README.md a push of `request` uploads: the adapter's card with the repo id, license and tags filled in."""
-    request.validate()
-    folder = adapter_folder(request.loras_dir, request.name)
-    return str(build_model_card(folder, repo_id=request.repo_id, license=request.license, tags=request.tags))
+    with tempfile.TemporaryDirectory(prefix="studio-card-") as workdir:
+        return prepare_upload(request, Path(workdir)).card
 
 
 def _whoami(api: HfApi) -> dict | None:

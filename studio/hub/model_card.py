@@ -1,7 +1,9 @@
-"""The README.md model card of an adapter folder, built from its `adapter.json` and `samples/`.
+"""The README.md model card of an adapter, built from its `adapter.json` and `samples/`.
 
 The same card is written locally by the trainer and the blend merger, and regenerated with the repo id
-when the adapter is pushed to the Hub. Front matter follows the Hub's conventions for LoRA repos (the ones
+when the adapter is pushed to the Hub. An adapter made elsewhere (a kohya file, a diffusers folder) has no
+`adapter.json`: a push passes the manifest its header gives (`studio.lora.library.header_manifest`) and the
+files it uploads with their hashes. Front matter follows the Hub's conventions for LoRA repos (the ones
 diffusers' training scripts write): `base_model`, `license`, `tags`, `instance_prompt` and a `widget` list
 of `{"text": prompt, "output": {"url": "samples/x.png"}}` that the Hub renders as the gallery.
 """
@@ -15,7 +17,8 @@ from typing import Sequence
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, AdapterManifest, is_hub_id, read_manifest
+import studio
+from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, AdapterManifest, is_hub_id, public_text, read_manifest
 
 DEFAULT_LICENSES = {"sd15": "creativeml-openrail-m", "sdxl": "openrail++"}
 BASE_TAGS = {"sd15": "stable-diffusion", "sdxl": "stable-diffusion-xl"}
@@ -35,6 +38,31 @@ class Sample:
     negative_prompt: str = ""
     seed: int | None = None
     step: int | None = None
+
+
+@dataclass(frozen=True)
+class CardFile:
+    """A file of the adapter repo as the card lists it."""
+
+    name: str  # path in the repo, e.g. "alps.safetensors"
+    format: str  # "diffusers", "kohya", "lycoris:<type>" or "manifest"
+    sha256: str | None = None
+    addnet_hash: str | None = None  # A1111's short hash of the tensor data ("Lora hashes" in infotexts)
+
+
+def local_files(adapter_dir: Path, name: str) -> list[CardFile]:
+    """The files of a Studio adapter folder that exist (diffusers, kohya, manifest), hashed as they are."""
+    from studio.hub.public import sha256_of
+    from studio.lora.library import addnet_hash
+
+    adapter_dir = Path(adapter_dir)
+    files = []
+    for file, fmt in ((DIFFUSERS_WEIGHTS, "diffusers"), (f"{name}.safetensors", "kohya"), (MANIFEST, "manifest")):
+        path = adapter_dir / file
+        if path.is_file():
+            hashes = (sha256_of(path), addnet_hash(path)) if fmt != "manifest" else (None, None)
+            files.append(CardFile(file, fmt, *hashes))
+    return files
 
 
 def collect_samples(adapter_dir: Path, manifest: AdapterManifest) -> list[Sample]:
@@ -81,7 +109,7 @@ def _sample_from_png(path: Path, file: str) -> Sample:
     info = parse_infotext(text) if text else {}
     seed = info.get("Seed")
     seed = int(seed) if str(seed).isdigit() else None
-    return Sample(file, info.get("Prompt", ""), info.get("Negative prompt", ""), seed)
+    return Sample(file, public_text(info.get("Prompt", "")), public_text(info.get("Negative prompt", "")), seed)
 
 
 def card_tags(kind: str, user_tags: Sequence[str]) -> list[str]:
@@ -95,15 +123,28 @@ def card_tags(kind: str, user_tags: Sequence[str]) -> list[str]:
 
 
 def build_model_card(
-    adapter_dir: Path, *, repo_id: str | None = None, license: str | None = None, tags: Sequence[str] = ()
+    adapter_dir: Path,
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+    tags: Sequence[str] = (),
+    manifest: AdapterManifest | None = None,
+    files: Sequence[CardFile] | None = None,
 ) -> ModelCard:
-    """The model card of `adapter_dir` (reads adapter.json and samples/); `repo_id` fills the usage snippets."""
+    """The model card of `adapter_dir` (reads adapter.json and samples/); `repo_id` fills the usage snippets.
+
+    `manifest` replaces adapter.json (an adapter made elsewhere, described by its header); `files` the files the
+    Files section lists with their hashes (default: the Studio files in the folder, hashed as they are).
+    """
     adapter_dir = Path(adapter_dir)
-    manifest = read_manifest(adapter_dir).public()
+    # Studio's adapter.json; else what a file made elsewhere says about itself (also once pushed and imported).
+    manifest = (manifest or read_manifest(adapter_dir)).public()
+    made_here = not manifest.extra.get("made_elsewhere")
     kind = manifest.base_kind.value
-    name = manifest.name or adapter_dir.name
+    name = manifest.name or (adapter_dir.name if adapter_dir.is_dir() else adapter_dir.stem)
+    files = list(local_files(adapter_dir, name) if files is None else files)
     base = manifest.base_model
-    samples = collect_samples(adapter_dir, manifest)
+    samples = collect_samples(adapter_dir, manifest) if adapter_dir.is_dir() else []
     trigger_words = manifest.trigger_words
 
     data = ModelCardData(
@@ -118,12 +159,12 @@ def build_model_card(
     body = "\n".join(
         part
         for part in (
-            _intro(name, kind, base, manifest),
+            _intro(name, kind, base, manifest, made_here),
             _trigger_section(trigger_words),
             _samples_section(samples),
-            _usage_section(name, kind, base, trigger_words, repo_id, adapter_dir),
+            _usage_section(name, kind, base, trigger_words, repo_id, adapter_dir, files),
             _training_section(manifest),
-            _files_section(name, adapter_dir),
+            _files_section(files, made_here=made_here),
         )
         if part
     )
@@ -147,7 +188,7 @@ def _base_description(kind: str, base: str) -> str:
     return f"a {KIND_LABELS[kind]} model"
 
 
-def _intro(name: str, kind: str, base: str, manifest: AdapterManifest) -> str:
+def _intro(name: str, kind: str, base: str, manifest: AdapterManifest, made_here: bool) -> str:
     rank, alpha = manifest.rank, manifest.alpha
     shape = f" with rank {rank} and alpha {alpha}" if rank is not None else ""
     te = " The text encoder was trained too." if manifest.text_encoder else ""
@@ -159,7 +200,10 @@ def _intro(name: str, kind: str, base: str, manifest: AdapterManifest) -> str:
     created = manifest.created
     made = f" on {created}" if created else ""
     version = manifest.studio_version
-    lines += ["", f"Made with Studio{f' {version}' if version else ''}{made}.", ""]
+    if made_here:
+        lines += ["", f"Made with Studio{f' {version}' if version else ''}{made}.", ""]
+    else:  # described by its file's header: trained elsewhere (kohya's sd-scripts, another UI)
+        lines += ["", f"Made outside Studio{made}; shared with Studio {studio.__version__}.", ""]
     return "\n".join(lines)
 
 
@@ -190,16 +234,30 @@ def _samples_section(samples: list[Sample]) -> str:
 
 
 def _usage_section(
-    name: str, kind: str, base: str, trigger_words: list[str], repo_id: str | None, adapter_dir: Path
+    name: str,
+    kind: str,
+    base: str,
+    trigger_words: list[str],
+    repo_id: str | None,
+    adapter_dir: Path,
+    files: Sequence[CardFile],
 ) -> str:
     pipeline_id = base if is_hub_id(base) else REFERENCE_BASES[kind]
     base_note = "" if is_hub_id(base) else f"  # any {KIND_LABELS[kind]} model"
-    source = f'"{repo_id}"' if repo_id else f'"loras/{adapter_dir.name}"'
+    local = f"loras/{adapter_dir.name}" if adapter_dir.is_dir() else "loras"
+    source = f'"{repo_id}"' if repo_id else f'"{local}"'
     prompt = ", ".join(trigger_words + ["your prompt"])
-    kohya = f"{name}.safetensors"
-    return f"""## Use it
-
-### diffusers
+    by_format = {}
+    for file in files:
+        by_format.setdefault(file.format.split(":")[0], file.name)
+    if not by_format.keys() - {"manifest"}:  # no weights listed: the files a Studio adapter folder has
+        by_format.update(diffusers=DIFFUSERS_WEIGHTS, kohya=f"{name}.safetensors")
+    # diffusers reads its own format and kohya files; LyCORIS types it cannot load.
+    weights = by_format.get("diffusers") or by_format.get("kohya")
+    kohya = by_format.get("kohya") or by_format.get("lycoris")
+    sections = ["## Use it", ""]
+    if weights:
+        sections.append(f"""### diffusers
 
 ```python
 import torch
@@ -208,20 +266,25 @@ from diffusers import AutoPipelineForText2Image
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = torch.float16 if device == "cuda" else torch.float32
 pipe = AutoPipelineForText2Image.from_pretrained("{pipeline_id}", dtype=dtype).to(device){base_note}
-pipe.load_lora_weights({source}, weight_name="{DIFFUSERS_WEIGHTS}")
+pipe.load_lora_weights({source}, weight_name="{weights}")
 image = pipe("{_py(prompt)}", num_inference_steps=30).images[0]
 image.save("lora.png")
 ```
+""")
+    if kohya:
+        stem = PurePosixPath(kohya).stem
+        sections.append(f"""### AUTOMATIC1111 / Forge
 
-### AUTOMATIC1111 / Forge
-
-Download `{kohya}` into `models/Lora/` and add `<lora:{name}:1>` to the prompt{_with(trigger_words)}.
+Download `{kohya}` into `models/Lora/` and add `<lora:{stem}:1>` to the prompt{_with(trigger_words)}.
 
 ### ComfyUI
 
 Download `{kohya}` into `models/loras/` and load it with a **LoraLoader** node between the checkpoint loader and
 the sampler (strength 1.0){_with(trigger_words)}.
-"""
+""")
+    else:
+        sections.append("AUTOMATIC1111, Forge and ComfyUI read kohya-format LoRA files; this adapter has none.\n")
+    return "\n".join(sections)
 
 
 def _with(trigger_words: list[str]) -> str:
@@ -239,14 +302,22 @@ def _training_section(manifest: AdapterManifest) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _files_section(name: str, adapter_dir: Path) -> str:
+def _files_section(files: Sequence[CardFile], *, made_here: bool) -> str:
     described = {
-        DIFFUSERS_WEIGHTS: "diffusers format (`load_lora_weights`), LoRA alpha kept in its metadata.",
-        f"{name}.safetensors": "kohya format for AUTOMATIC1111, Forge and ComfyUI.",
-        MANIFEST: "Studio's manifest (base model, rank, alpha, trigger words, settings).",
+        "diffusers": "diffusers format (`load_lora_weights`)"
+        + (", LoRA alpha kept in its metadata." if made_here else "."),
+        "kohya": "kohya format for AUTOMATIC1111, Forge and ComfyUI.",
+        "lycoris": "LyCORIS format for AUTOMATIC1111, Forge and ComfyUI.",
+        "manifest": "Studio's manifest (base model, rank, alpha, trigger words, settings).",
     }
-    lines = [f"- `{file}`: {text}" for file, text in described.items() if (adapter_dir / file).is_file()]
-    return "## Files\n\n" + "\n".join(lines) + "\n"
+    lines = []
+    for file in files:
+        line = f"- `{file.name}`: {described.get(file.format.split(':')[0], 'a file of the adapter.')}"
+        if file.sha256:
+            line += f" SHA256 `{file.sha256}` (AutoV2 `{file.sha256[:10].upper()}`)"
+            line += f", A1111 hash `{file.addnet_hash}`." if file.addnet_hash else "."
+        lines.append(line)
+    return "## Files\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _cell(text) -> str:

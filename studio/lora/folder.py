@@ -10,6 +10,10 @@ Writers (training/export.py, lora/merge.py) build the folder in `studio.atomic.s
 `save_adapter_files` and swap it in with `studio.atomic.replace_folder`; so does a Hub import (hub/adapters.py).
 Readers: the LoRA library (`manifest_if_readable`), the model card and a push (`read_manifest`, `public()`).
 
+Nothing written here names a local folder: `save_adapter_files` writes the manifest and the kohya metadata with
+local paths reduced to names (`public_name`, `public_text`, `public_metadata`); a push applies the same rules again
+to whatever the folder holds (studio.hub.public), since files made elsewhere or by an older Studio may not.
+
 Importing this module is cheap (no torch, no huggingface_hub): the model list and the CLI's argument checks use
 its names and rules before any heavy import. The functions that need more import it when called.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from studio.errors import InvalidRequestError, LoraError, UnsafePathError
@@ -138,14 +142,90 @@ class AdapterManifest:
 
         `/home/alice/datasets/aid-mountains` says who and where; `aid-mountains` is all a reader of the card needs.
         """
-        settings = None if self.settings is None else {k: _without_folders(v) for k, v in self.settings.items()}
-        return dataclasses.replace(self, base_model=_without_folders(self.base_model), settings=settings)
+        return dataclasses.replace(
+            self,
+            base_model=public_name(self.base_model),
+            settings=public_value(self.settings),
+            blend=public_value(self.blend),
+            samples=public_value(self.samples),
+            trigger_words=public_value(self.trigger_words),
+            extra=public_value(self.extra),
+        )
 
 
-def _without_folders(value):
-    if isinstance(value, str) and (value.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value)):
-        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+# --- what may leave the machine: names, never local paths -------------------------------------------
+
+# An absolute local path inside a text: `/...`, `~/...`, `C:\...`, `\\server\...`, not part of a URL or a fraction.
+_EMBEDDED_PATH = re.compile(r"(?<![\w.~:/\\-])(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\s\"'<>|,;/\\]+[^\s\"'<>|,;]*")
+# kohya keys whose whole value names a model file or folder (sd-scripts itself writes the basename of a local one).
+NAME_KEYS = ("ss_sd_model_name", "ss_vae_name", "ss_new_sd_model_hash_name")
+
+
+def _last_name(path: str) -> str:
+    parts = [part for part in re.split(r"[\\/]", path) if part and part != "~"]
+    return parts[-1] if parts else ""
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith(("/", "~", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
+
+
+def public_text(text: str) -> str:
+    """`text` with every local path in it reduced to its last name: a whole-value path even with spaces in it."""
+    if _looks_local(text.strip()):
+        return _last_name(text.strip())
+    return _EMBEDDED_PATH.sub(lambda m: _last_name(m.group()), text)
+
+
+def public_name(value: str) -> str:
+    """A model reference as it may be published: demo names and Hub ids as they are, a local path as its name.
+
+    `/home/alice/models/v1-5.safetensors` and `models/base` (a folder here, not a Hub repo) -> `v1-5.safetensors`,
+    `base`; `stabilityai/stable-diffusion-xl-base-1.0` stays what it is.
+    """
+    value = str(value or "").strip()
+    if not value or _looks_local(value) or not is_hub_id(value):
+        return _last_name(value) if value else value
+    try:
+        local = Path(value).expanduser().exists()
+    except OSError:
+        local = False
+    return _last_name(value) if local else value
+
+
+def public_value(value):
+    """`value` (JSON-like: dicts, lists, strings) with local paths reduced to names, in keys and values alike."""
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, dict):
+        return {public_text(k) if isinstance(k, str) else k: public_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [public_value(v) for v in value]
     return value
+
+
+def public_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """Safetensors `__metadata__` as it may be published: every value without local paths, JSON values parsed.
+
+    Values that need no change keep their exact text, so a clean header is written back byte for byte.
+    """
+    public = {}
+    for key, value in metadata.items():
+        value = str(value)
+        if key in NAME_KEYS:
+            public[key] = public_name(value)
+            continue
+        if value.lstrip()[:1] in ("{", "["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+            if parsed is not None:
+                reduced = public_value(parsed)
+                public[key] = value if reduced == parsed else json.dumps(reduced, ensure_ascii=False)
+                continue
+        public[key] = public_text(value)
+    return public
 
 
 def read_manifest(folder: Path) -> AdapterManifest:
@@ -192,7 +272,7 @@ def kohya_metadata(manifest: AdapterManifest, *, comment: str, training: dict | 
         "ss_network_dim": manifest.rank,
         "ss_network_alpha": manifest.alpha,
         "ss_base_model_version": KOHYA_BASE_VERSION[kind],
-        "ss_sd_model_name": manifest.base_model or None,
+        "ss_sd_model_name": public_name(manifest.base_model) or None,
         "ss_output_name": manifest.name,
         "ss_network_train_unet_only": not manifest.text_encoder,
         "ss_training_comment": comment,
@@ -213,6 +293,8 @@ def save_adapter_files(folder: Path, weights, manifest: AdapterManifest, *, meta
     from studio.lora.files import save_diffusers_lora, save_kohya_lora
 
     folder = Path(folder)
+    # Reduced here, where every writer passes: no local path is written into a file that may be shared.
+    manifest, metadata = manifest.public(), public_metadata(metadata)
     save_diffusers_lora(weights, folder)
     save_kohya_lora(weights, folder / f"{manifest.name}.safetensors", metadata=metadata)
     manifest.save(folder)

@@ -11,7 +11,9 @@ load, a full checkpoint put here by mistake, a pickle file.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import datetime
 import functools
 import hashlib
 import json
@@ -19,7 +21,15 @@ from pathlib import Path
 
 from studio.atomic import restore_replaced, restore_replaced_in
 from studio.errors import LoraError, ModelNotFoundError, StudioError, UnsafePathError
-from studio.lora.folder import DIFFUSERS_WEIGHTS, MANIFEST, PICKLE_SUFFIXES, AdapterManifest, manifest_if_readable
+from studio.lora.folder import (
+    DIFFUSERS_WEIGHTS,
+    MANIFEST,
+    PICKLE_SUFFIXES,
+    AdapterManifest,
+    manifest_if_readable,
+    public_name,
+    public_text,
+)
 from studio.lora.formats import components_of, detect_kind, lora_format, rank_of
 from studio.models.kinds import ModelKind, read_safetensors_header
 
@@ -234,3 +244,114 @@ def _addnet_hash(path: str, _size: int, _mtime_ns: int) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()[:12]
+
+
+# kohya training values worth a row in the model card of an adapter made elsewhere (setting -> ss_* key).
+KOHYA_SETTINGS = {
+    "network": "ss_network_module",
+    "steps": "ss_max_train_steps",
+    "epochs": "ss_num_epochs",
+    "num_images": "ss_num_train_images",
+    "resolution": "ss_resolution",
+    "learning_rate": "ss_learning_rate",
+    "unet_lr": "ss_unet_lr",
+    "text_encoder_lr": "ss_text_encoder_lr",
+    "lr_scheduler": "ss_lr_scheduler",
+    "optimizer": "ss_optimizer",
+    "batch_size": "ss_batch_size_per_device",
+    "mixed_precision": "ss_mixed_precision",
+    "seed": "ss_seed",
+}
+
+
+MADE_ELSEWHERE = "made_elsewhere"
+
+
+def header_manifest(entry: LoraEntry) -> AdapterManifest:
+    """What an adapter made elsewhere says about itself, as a manifest without local paths (for its card and a push).
+
+    The base kind, rank and trigger words as the library read them; alpha from the `.alpha` tensors (kohya) or the
+    diffusers adapter metadata, else `ss_network_alpha`; the base model from `ss_sd_model_name` (a name or Hub id);
+    kohya's training values as settings.
+    """
+    if entry.weights_file is None or entry.kind is None:
+        raise LoraError(f"{entry.name}: {entry.problem or 'the base model (SD1.5 or SDXL) cannot be read.'}")
+    header = read_safetensors_header(entry.weights_file)
+    metadata = {str(k): str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}
+    rank = entry.rank or _number(metadata.get("ss_network_dim"), int)
+    settings = {
+        name: public_text(metadata[key]) for name, key in KOHYA_SETTINGS.items() if metadata.get(key) not in (None, "")
+    }
+    return AdapterManifest(
+        name=entry.name,
+        base_model=public_name(metadata.get("ss_sd_model_name") or ""),
+        base_kind=entry.kind,
+        trigger_words=[public_text(w) for w in entry.trigger_words],
+        rank=rank,
+        alpha=_alpha_of(entry.weights_file, header, metadata),
+        text_encoder=any(c != "unet" for c in entry.components),
+        settings=settings or None,
+        created=_created(metadata),
+        extra={MADE_ELSEWHERE: True},  # kept in the adapter.json a push generates: its card says so again
+    )
+
+
+def _number(value, kind):
+    try:
+        number = kind(float(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # not NaN
+
+
+def _alpha_of(path: Path, header: dict, metadata: dict[str, str]) -> float | None:
+    """The most common alpha of the layers: `.alpha` scalars, diffusers' `lora_alpha`, else `ss_network_alpha`."""
+    alphas = _alpha_scalars(path, header)
+    if not alphas:
+        try:
+            adapter = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+            alphas = [float(v) for k, v in adapter.items() if k.endswith("lora_alpha")]
+        except (ValueError, TypeError, AttributeError):
+            alphas = []
+    if alphas:
+        return collections.Counter(alphas).most_common(1)[0][0]
+    return _number(metadata.get("ss_network_alpha"), float)
+
+
+_SCALAR_FORMATS = {"F32": ("<f", 4), "F64": ("<d", 8), "F16": ("<e", 2), "BF16": ("<f", 2)}
+
+
+def _alpha_scalars(path: Path, header: dict) -> list[float]:
+    """The `.alpha` scalars read from their byte ranges (no torch); BF16 as the top half of an F32."""
+    import struct
+
+    values = []
+    try:
+        with path.open("rb") as f:
+            data_start = 8 + int.from_bytes(f.read(8), "little")
+            for key, info in header.items():
+                fmt, size = _SCALAR_FORMATS.get(info.get("dtype"), (None, 0)) if key.endswith(".alpha") else (None, 0)
+                begin, end = (info.get("data_offsets") or [0, 0])[:2]
+                if fmt is None or end - begin != size:
+                    continue
+                f.seek(data_start + begin)
+                raw = f.read(size)
+                if len(raw) == size:
+                    value = struct.unpack(fmt, b"\0\0" + raw if info["dtype"] == "BF16" else raw)[0]
+                    values.append(round(value, 4))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+    return values
+
+
+def _created(metadata: dict[str, str]) -> str:
+    if metadata.get("modelspec.date"):
+        return public_text(metadata["modelspec.date"])
+    finished = _number(metadata.get("ss_training_finished_at"), float)
+    if finished is None:
+        return ""
+    try:
+        when = datetime.datetime.fromtimestamp(finished, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return ""
+    return when.replace(microsecond=0).isoformat()

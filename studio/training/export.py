@@ -22,8 +22,9 @@ import torch
 import studio
 from studio.atomic import make_readable, replace_folder, staging_folder
 from studio.errors import TrainingError
+from studio.hub.public import copy_public
 from studio.lora.files import LoraWeights
-from studio.lora.folder import AdapterManifest, kohya_metadata, save_adapter_files
+from studio.lora.folder import AdapterManifest, kohya_metadata, public_name, save_adapter_files
 from studio.models.kinds import ModelKind
 from studio.training.request import TrainingRequest
 
@@ -60,20 +61,22 @@ def export_adapter(
         (tmp / "samples").mkdir()
         for sample in state["samples"]:
             source = run_dir / sample["file"]
-            if source.is_file():
-                shutil.copy2(source, tmp / sample["file"])
+            if source.is_file():  # its infotext names the base model: by its name, never by a local path
+                copy_public(source, tmp / sample["file"])
         manifest = AdapterManifest(
             name=request.name,
-            base_model=request.model,
+            # A local base (file or folder) is recorded by its name, as kohya's sd-scripts do; Hub ids stay ids.
+            base_model=public_name(request.model),
             base_kind=kind,
             trigger_words=[request.trigger] if request.trigger else [],
             rank=request.rank,
             alpha=request.alpha,
             text_encoder=request.train_text_encoder,
-            # Only the data folder's name: the full local path (user name, disk layout) must not travel to the Hub.
+            # Only the folders' names: the full local path (user name, disk layout) must not travel to the Hub.
             settings={
                 **request.to_json(),
                 "data": Path(request.data).name,
+                "model": public_name(request.model),
                 "mixed_precision": precision,
                 "num_images": num_images,
             },
