@@ -341,3 +341,53 @@ TRAIN_FORM = dict(
     validation_every=2,
     checkpoint_every=0,
 )
+
+
+# --- adapters as the trainer writes them --------------------------------------------------------------------
+
+
+def write_trained_adapter(tmp_path: Path, base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5") -> Path:
+    """`tmp_path/loras/alps` as the trainer writes it (with a local README a push must leave alone); returns loras/."""
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.generation.infotext import png_info
+
+    folder = tmp_path / "loras" / "alps"
+    (folder / "samples").mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    save_file(
+        {"unet.down.lora_A.weight": torch.randn(4, 64, generator=generator)},
+        folder / "pytorch_lora_weights.safetensors",
+        metadata={"format": "pt"},
+    )
+    save_file({"lora_unet_down.alpha": torch.tensor(4.0)}, folder / "alps.safetensors")
+    infotext = "aid_mountain, snowy ridge\nNegative prompt: blurry\nSteps: 2, Seed: 42, Size: 8x8"
+    Image.new("RGB", (8, 8), "white").save(folder / "samples" / "s0.png", pnginfo=png_info(infotext))
+    manifest = {
+        "name": "alps",
+        "base_model": base,
+        "base_kind": "sd15",
+        "trigger_words": ["aid_mountain"],
+        "rank": 4,
+        "alpha": 4,
+        "text_encoder": False,
+        "blend": None,
+        "settings": {"steps": 500, "learning_rate": 0.0001, "data": "/home/alice/datasets/aid-mountains"},
+        "samples": [
+            {
+                "file": "samples/s0.png",
+                "prompt": "aid_mountain, snowy ridge",
+                "negative_prompt": "blurry",
+                "seed": 42,
+                "step": 500,
+            }
+        ],
+        "created": "2026-11-25T03:00:00Z",
+        "studio_version": "0.1.0",
+    }
+    (folder / "adapter.json").write_text(json.dumps(manifest))
+    (folder / "README.md").write_text("local card\n")
+    (folder / "checkpoint-100").mkdir()  # training leftovers are never uploaded
+    (folder / "checkpoint-100" / "optimizer.safetensors").write_bytes(b"x" * 10)
+    return tmp_path / "loras"

@@ -25,12 +25,20 @@ from studio.generation.request import GenerationRequest, StepInfo
 from studio.hub.adapters import PushRequest
 from studio.lora.requests import CompareRequest, CompareRow
 from tests.builders import save_tiny_feature_model
+from tests.helpers import write_trained_adapter
 from tests.hub_server import HubServer
-from tests.test_hub import ALICE, loras  # noqa: F401 (loras is a fixture: loras/alps as the trainer writes it)
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 120  # seconds; only reached when something is broken
 LONG = dict(model="demo-sd15", prompt="mountains", steps=150, width=64, height=64, scheduler="Euler", seed=1)
+
+ALICE = "hf_alice_T0k3n_4c1d2f9e8b7a"
+
+
+@pytest.fixture
+def loras(tmp_path):
+    """loras/alps as the trainer writes it."""
+    return write_trained_adapter(tmp_path)
 
 
 class Gate:
@@ -189,7 +197,7 @@ def test_closing_an_import_stream_cancels_the_import(config, hub):
     assert list(config.loras_dir.iterdir()) == []  # nothing landed, no staging folder left
 
 
-def test_closing_a_push_stream_cancels_the_upload(config, hub, loras):  # noqa: F811 (the fixture)
+def test_closing_a_push_stream_cancels_the_upload(config, hub, loras):
     studio = Studio(config)
     request = PushRequest(name="alps", repo_id="alice/alps", loras_dir=loras, token=ALICE, endpoint=hub.url)
     stream = studio.push_stream(request)

@@ -311,7 +311,9 @@ def test_stop_during_model_loading_then_the_next_request_is_served(client, studi
     from studio.models.tiny import save_tiny
 
     save_tiny(ModelKind.SD15, studio_running_app.models_dir / "faults-stop-load")
-    job = submit(client, model="faults-stop-load", seed=808)
+    # 150 steps: Stop lands while the model loads or in the first steps, never after a finished image (a tiny
+    # model loads and draws a few steps in ~0.3 s, faster than the Stop call on a busy machine).
+    job = submit(client, model="faults-stop-load", seed=808, steps=150)
     wait_until(lambda: started(job), 30, "the generation started")
     client.predict(api_name="/stop")
     status = job.result(timeout=120)[0]

@@ -5,32 +5,33 @@ talks to the server runs in a child process with its own HOME/HF_HOME, exactly a
 """
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 from PIL import Image
-from safetensors.torch import save_file
 
 from studio.errors import InvalidRequestError, UnsafePathError
-from studio.generation.infotext import png_info
 from studio.hub.adapters import PushRequest, files_to_upload
 from tests import browser
-from tests.helpers import ROOT, app_client, cli_env, live_adapter, render, run_cli
+from tests.helpers import app_client, live_adapter, render, write_trained_adapter
+from tests.hub_clients import (
+    ADAPTER_FILES,
+    ALICE,
+    BASE,
+    BOB,
+    DOWNLOAD_CODE,
+    READ_ONLY,
+    assert_token_nowhere,
+    front_matter,
+    push_cli,
+    push_python,
+    run_python,
+    snapshot,
+)
 from tests.hub_server import HubServer
-
-ALICE = "hf_alice_T0k3n_4c1d2f9e8b7a"
-BOB = "hf_bob_T0k3n_0f1e2d3c4b5a"
-READ_ONLY = "hf_alice_read_5e6f7a8b9c0d"
-BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-ADAPTER_FILES = {"README.md", "adapter.json", "alps.safetensors", "pytorch_lora_weights.safetensors", "samples/s0.png"}
 
 
 @pytest.fixture
@@ -44,119 +45,7 @@ def hub():
 @pytest.fixture
 def loras(tmp_path):
     """loras/alps as the trainer writes it, with a local README that a push must leave alone."""
-    folder = tmp_path / "loras" / "alps"
-    (folder / "samples").mkdir(parents=True)
-    generator = torch.Generator().manual_seed(0)
-    save_file(
-        {"unet.down.lora_A.weight": torch.randn(4, 64, generator=generator)},
-        folder / "pytorch_lora_weights.safetensors",
-        metadata={"format": "pt"},
-    )
-    save_file({"lora_unet_down.alpha": torch.tensor(4.0)}, folder / "alps.safetensors")
-    infotext = "aid_mountain, snowy ridge\nNegative prompt: blurry\nSteps: 2, Seed: 42, Size: 8x8"
-    Image.new("RGB", (8, 8), "white").save(folder / "samples" / "s0.png", pnginfo=png_info(infotext))
-    manifest = {
-        "name": "alps",
-        "base_model": BASE,
-        "base_kind": "sd15",
-        "trigger_words": ["aid_mountain"],
-        "rank": 4,
-        "alpha": 4,
-        "text_encoder": False,
-        "blend": None,
-        "settings": {"steps": 500, "learning_rate": 0.0001, "data": "/home/alice/datasets/aid-mountains"},
-        "samples": [
-            {
-                "file": "samples/s0.png",
-                "prompt": "aid_mountain, snowy ridge",
-                "negative_prompt": "blurry",
-                "seed": 42,
-                "step": 500,
-            }
-        ],
-        "created": "2026-11-25T03:00:00Z",
-        "studio_version": "0.1.0",
-    }
-    (folder / "adapter.json").write_text(json.dumps(manifest))
-    (folder / "README.md").write_text("local card\n")
-    (folder / "checkpoint-100").mkdir()  # training leftovers are never uploaded
-    (folder / "checkpoint-100" / "optimizer.safetensors").write_bytes(b"x" * 10)
-    return tmp_path / "loras"
-
-
-def child_env(tmp_path, hub_url, token=None):
-    """What a child process changes in the CLI environment (tests.helpers.cli_env): online against `hub_url`, with
-    its own HOME and no other HF_ settings of ours."""
-    home = tmp_path / "home"
-    (home / "hf").mkdir(parents=True, exist_ok=True)
-    env = {k: None for k in os.environ if k.startswith(("HF_", "HUGGING"))}
-    env.update(
-        HOME=str(home),
-        HF_HOME=str(home / "hf"),
-        HF_HUB_OFFLINE="0",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_ENDPOINT=hub_url,
-    )
-    if token:
-        env["HF_TOKEN"] = token
-    return env
-
-
-def push_cli(tmp_path, hub_url, *args, token=ALICE):
-    return run_cli(
-        "push", *args, "--loras-dir", tmp_path / "loras", env=child_env(tmp_path, hub_url, token), timeout=120
-    )
-
-
-def run_python(tmp_path, hub_url, code, *, token=None):
-    """Call studio.hub in a child process (online mode); the last stdout line is the result."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=cli_env(child_env(tmp_path, hub_url, token)),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
-
-
-PUSH_CODE = """
-import sys
-from pathlib import Path
-from studio.errors import StudioError
-from studio.hub.adapters import PushRequest, push_adapter
-try:
-    print(push_adapter(PushRequest(loras_dir=Path({loras!r}), **{fields!r})))
-except StudioError as e:
-    print(f"{{type(e).__name__}}: {{e}}")
-    sys.exit(2)
-"""
-
-
-def push_python(tmp_path, hub_url, *, env_token=ALICE, **fields):
-    """push_adapter in a child process, as the Share tab calls it: exit 2 and the error's one line on failure."""
-    code = PUSH_CODE.format(loras=str(tmp_path / "loras"), fields={"name": "alps", **fields})
-    return run_python(tmp_path, hub_url, code, token=env_token)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def front_matter(readme: bytes) -> dict:
-    text = readme.decode()
-    assert text.startswith("---\n")
-    return yaml.safe_load(text.split("---\n")[1])
-
-
-def assert_token_nowhere(token: str, folders, *texts):
-    for text in texts:
-        assert token not in text
-    for folder in folders:
-        for path in Path(folder).rglob("*"):
-            if path.is_file():
-                assert token.encode() not in path.read_bytes(), f"token found in {path}"
+    return write_trained_adapter(tmp_path, BASE)
 
 
 @pytest.mark.slow  # a child process
@@ -289,16 +178,6 @@ def test_no_token_anywhere_says_how_to_get_one(tmp_path, hub, loras):
     result = push_python(tmp_path, hub.url, repo_id="alice/alps", env_token=None)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stdout.startswith("HubError: No Hub token") and "HF_TOKEN" in result.stdout
-
-
-DOWNLOAD_CODE = """
-from pathlib import Path
-from studio.hub.adapters import download_adapter
-seen = []
-folder = download_adapter(repo_id={repo!r}, loras_dir=Path({loras!r}), on_progress=lambda f, m: seen.append(f))
-print(seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 1)  # progress only grows, and ends at 100%
-print(folder)
-"""
 
 
 @pytest.mark.slow  # a child process

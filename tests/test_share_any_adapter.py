@@ -24,8 +24,8 @@ from studio.lora.files import LoraWeights, save_diffusers_lora, save_kohya_lora
 from studio.lora.folder import public_metadata, public_name, public_text
 from studio.lora.library import addnet_hash, find_lora, header_manifest
 from studio.models.kinds import ModelKind, read_safetensors_header
+from tests.hub_clients import ALICE, DOWNLOAD_CODE, front_matter, push_python, run_python, snapshot
 from tests.hub_server import HubServer
-from tests.test_hub import ALICE, DOWNLOAD_CODE, front_matter, push_python, run_python, snapshot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UNET_MODULES = [
@@ -337,8 +337,7 @@ def test_a_trained_adapter_from_local_folders_reaches_the_hub_without_any_local_
     """Train on the tiny model from a local base folder and data folder, push, scan every byte the Hub received."""
     from studio.models.tiny import save_tiny
     from studio.training.trainer import train
-    from tests.test_training import make_config, quick_request
-    from tests.test_training_photos import make_photo_folder
+    from tests.helpers import make_config, make_photo_folder, quick_request
 
     config = make_config(tmp_path)  # tmp_path/models, loras, outputs; the push's HOME is tmp_path/home
     base = save_tiny(ModelKind.SD15, tmp_path / "models" / "base-sd15")
