@@ -186,3 +186,11 @@ def test_tiny_builders_are_deterministic_and_leave_the_global_rng_alone():
     assert torch.rand(1) == expected
     b = build_tiny(ModelKind.SD15)
     assert all(torch.equal(x, y) for x, y in zip(a.unet.parameters(), b.unet.parameters()))
+
+
+def test_a_models_folder_entry_given_by_full_path_is_named_by_its_entry(studio_config, tiny_sd15_dir):
+    import shutil
+
+    shutil.copytree(tiny_sd15_dir, studio_config.models_dir / "alps-base")
+    source = resolve_model(str(studio_config.models_dir / "alps-base"), studio_config)
+    assert source.name == "alps-base"  # the name reaches infotexts and model cards: never a local path

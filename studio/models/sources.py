@@ -91,8 +91,11 @@ def resolve_model(name: str, config: StudioConfig) -> ModelSource:
         return ModelSource(name, DEMO_MODELS[name], "demo", name)
     in_models_dir = config.models_dir / name
     # A bare name means an entry of the models folder; it must not climb out of it.
-    if in_models_dir.exists() and in_models_dir.resolve().is_relative_to(config.models_dir.resolve()):
-        return _local_source(in_models_dir, name)
+    models_root = config.models_dir.resolve()
+    if in_models_dir.exists() and in_models_dir.resolve().is_relative_to(models_root):
+        # Named by its place in the models folder, also when given by full path: the name lands in infotexts,
+        # adapter manifests and model cards, which must not carry local paths.
+        return _local_source(in_models_dir, in_models_dir.resolve().relative_to(models_root).as_posix())
     path = Path(name).expanduser()
     if path.exists():
         return _local_source(path, path.name)
