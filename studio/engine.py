@@ -130,7 +130,7 @@ class Studio:
         )
 
     def shareable_adapters(self) -> list[str]:
-        """Adapter folders in loras/ that Studio wrote (with adapter.json), for the Share tab's picker."""
+        """Every pushable adapter in loras/ (Studio folders and LoRA files made elsewhere), scanned fresh each call."""
         from studio.hub.adapters import shareable_adapters
 
         return shareable_adapters(self.config.loras_dir)

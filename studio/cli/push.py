@@ -16,7 +16,7 @@ from studio.config import ROOT
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("push", help="share an adapter from loras/ on the Hugging Face Hub")
-    parser.add_argument("name", help="adapter folder in the LoRA folder")
+    parser.add_argument("name", help="adapter in the LoRA folder (a Studio folder or any .safetensors LoRA)")
     parser.add_argument("--repo", required=True, metavar="OWNER/NAME", help="Hub repository (created if needed)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--message", default="", help="commit message")

@@ -18,7 +18,8 @@ from studio.ui.common import stopper, user_errors
 def build_share_tab(studio: Studio) -> dict:
     """Build the tab inside the current Blocks; returns its components."""
     gr.Markdown(
-        "Upload an adapter (both LoRA files, its samples and a model card) to the Hugging Face Hub. "
+        "Upload any adapter of the LoRA folder (its LoRA files, samples and a model card built from its header) "
+        "to the Hugging Face Hub. Local paths are reduced to names. "
         "The repository is created if needed; pushing again updates it."
     )
     with gr.Row():
