@@ -253,8 +253,31 @@ def read_lora(path: Path) -> LoraWeights:
     return _from_diffusers(tensors, metadata, kind, path.name)
 
 
+def read_kohya_layers(path: Path) -> tuple[ModelKind, dict[str, dict[str, torch.Tensor]], dict[str, dict[str, float]]]:
+    """A kohya/A1111 file as `read_lora` reads it, but with each layer's own alpha and the tensors as stored:
+    (kind, component -> peft state dict, component -> {module path: alpha}).
+
+    `read_lora` folds per-layer alphas into lora_B to give one alpha per component; the live blend hands these
+    alphas to peft instead (`alpha_pattern`), so the loaded layers are the file's tensors, scaled by alpha / rank.
+    """
+    from studio.lora.formats import detect_kind
+
+    path = _weights_path(path)
+    tensors, metadata = _load_tensors(path)
+    kind = detect_kind({k: list(v.shape) for k, v in tensors.items()}, metadata, name=path.name)
+    if not any(k.startswith("lora_") for k in tensors):
+        raise LoraError(f"{path.name} is not a kohya/A1111 LoRA file (no lora_unet_/lora_te*_ layers).")
+    return (kind, *_kohya_per_layer(tensors, kind, path.name))
+
+
 def _from_kohya(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> LoraWeights:
-    """Module paths from diffusers' own kohya reader (`_read_kohya_with_diffusers`), the hand-written
+    return _with_common_alpha(kind, *_kohya_per_layer(tensors, kind, filename))
+
+
+def _kohya_per_layer(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> tuple[dict, dict]:
+    """(component -> peft state dict, component -> {module path: alpha}) of a kohya file.
+
+    Module paths from diffusers' own kohya reader (`_read_kohya_with_diffusers`), the hand-written
     `module_from_kohya` only for the layers diffusers 0.42 misreads.
 
     alpha is read here, by kohya's rule (a layer without `.alpha` runs at alpha = rank). diffusers returns the same
@@ -276,7 +299,7 @@ def _from_kohya(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str
         module_alphas.setdefault(component, {})[module] = alpha
     if not layers:
         raise LoraError(f"{filename} has no lora_down/lora_up layers; it is not a LoRA Studio can read.")
-    return _with_common_alpha(kind, layers, module_alphas)
+    return layers, module_alphas
 
 
 def _kohya_layers(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> dict[str, tuple[str, str]]:
