@@ -175,11 +175,18 @@ def _hub_module_path(component: str, key: str) -> str:
 
 
 def kohya_name(kind: ModelKind, component: str, module: str) -> str:
-    """`lora_unet_down_blocks_0_..._to_q` / `lora_te_text_model_encoder_layers_0_self_attn_q_proj`."""
-    if component != "unet" and not module.startswith("text_model."):
+    """`lora_unet_down_blocks_0_..._to_q` / `lora_te_text_model_encoder_layers_0_self_attn_q_proj`.
+
+    SDXL's second encoder has its `text_projection` beside `text_model`, not in it: `lora_te2_text_projection`, as
+    A1111, ComfyUI and OneTrainer name it.
+    """
+    if component != "unet" and not module.startswith("text_model.") and module != _TEXT_PROJECTION:
         # transformers 5 dropped the `text_model.` level of CLIPTextModel; A1111 and diffusers expect it.
         module = f"text_model.{module}"
     return KOHYA_PREFIXES[kind][component] + module.replace(".", "_")
+
+
+_TEXT_PROJECTION = "text_projection"
 
 
 def save_kohya_lora(weights: LoraWeights, path: Path, *, metadata: dict[str, str]) -> Path:
@@ -290,6 +297,8 @@ def _kohya_per_layer(tensors: dict[str, torch.Tensor], kind: ModelKind, filename
     module_alphas: dict[str, dict[str, float]] = {}
     for name, (component, prefix) in names.items():
         module = from_diffusers.get(name) or module_from_kohya(name[len(prefix) :], component)
+        if component == "text_encoder_2" and module == f"text_model.{_TEXT_PROJECTION}":
+            module = _TEXT_PROJECTION  # `lora_te2_text_model_text_projection`, as Studio wrote it before
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
         alpha_tensor = tensors.get(f"{name}.alpha")
         # kohya's rule: a layer without alpha runs at scale 1 (alpha = rank).

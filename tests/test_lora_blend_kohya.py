@@ -1,4 +1,5 @@
-"""The live blend draws a kohya/A1111 LoRA as kohya and A1111 do: each layer at its own alpha / rank.
+"""The live blend draws a kohya/A1111 LoRA as kohya and A1111 do: each layer at its own alpha / rank; and SDXL's
+`lora_te2_text_projection` is named as A1111 names it.
 
 A LoCon-style file: attention layers (UNet `to_q/k/v/out`, text-encoder `self_attn`) with one alpha, the other
 linear layers with another, and resnet convs at another rank with no alpha at all (kohya's rule: alpha = rank).
@@ -16,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from studio.generation.request import GenerationRequest
 from studio.generation.run import generate
 from studio.lora.blend import apply_blend, load_adapter
-from studio.lora.files import read_lora, save_diffusers_lora, save_kohya_lora
+from studio.lora.files import kohya_name, read_lora, save_diffusers_lora, save_kohya_lora
 from studio.lora.library import find_lora
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager
@@ -145,3 +146,62 @@ def test_a_kohya_file_with_unknown_tensors_loads_as_before(studio_config):
     with manager.acquire("demo-sd15") as model:
         apply_blend(model, [("dora", 1.0)], loras_dir=loras)
         assert len(model.pipe.get_list_adapters()["unet"]) == 1
+
+
+# --- SDXL's second text encoder: text_projection sits beside text_model ------------------------------------------
+
+
+Q_PROJ = "text_model.encoder.layers.0.self_attn.q_proj"
+
+
+def text_projection_file(path, *, name="lora_te2_text_projection"):
+    """An SDXL LoRA on the second encoder's text_projection (A1111/OneTrainer name) and one attention layer."""
+    encoder = build_tiny(ModelKind.SDXL).text_encoder_2
+    generator = torch.Generator().manual_seed(5)
+    tensors = {}
+    for key, module in [(name, "text_projection"), ("lora_te2_" + Q_PROJ.replace(".", "_"), Q_PROJ)]:
+        out_features, in_features = encoder.get_submodule(module).weight.shape
+        tensors[f"{key}.lora_down.weight"] = torch.randn(4, in_features, generator=generator)
+        tensors[f"{key}.lora_up.weight"] = torch.randn(out_features, 4, generator=generator)
+        tensors[f"{key}.alpha"] = torch.tensor(2.0)
+    save_file(tensors, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    return path
+
+
+def test_text_projection_is_written_and_read_by_its_a1111_name(tmp_path):
+    assert kohya_name(ModelKind.SDXL, "text_encoder_2", "text_projection") == "lora_te2_text_projection"
+    assert kohya_name(ModelKind.SDXL, "text_encoder_2", Q_PROJ) == "lora_te2_" + Q_PROJ.replace(".", "_")
+    a1111 = read_lora(text_projection_file(tmp_path / "a1111.safetensors"))
+    assert sorted(a1111.modules("text_encoder_2")) == [Q_PROJ, "text_projection"]
+    # Files Studio wrote before (`lora_te2_text_model_text_projection`) read to the same layers.
+    old = read_lora(text_projection_file(tmp_path / "old.safetensors", name="lora_te2_text_model_text_projection"))
+    assert old.modules("text_encoder_2") == a1111.modules("text_encoder_2")
+    for key, tensor in a1111.layers["text_encoder_2"].items():
+        assert torch.equal(old.layers["text_encoder_2"][key], tensor)
+    # Written back, the file has the A1111 names.
+    again = save_kohya_lora(a1111, tmp_path / "again.safetensors", metadata={})
+    assert sorted(load_file(str(again))) == sorted(load_file(str(tmp_path / "a1111.safetensors")))
+
+
+def _tiny_sdxl():
+    pipe = build_tiny(ModelKind.SDXL)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_text_projection_layer_draws_as_merged_by_hand(tmp_path):
+    path = text_projection_file(tmp_path / "projection.safetensors")
+    live = _tiny_sdxl()
+    load_adapter(live, find_lora(tmp_path, "projection"), "x")
+    assert "x" in live.text_encoder_2.text_projection.lora_A
+    merged = _tiny_sdxl()
+    merge_by_hand(merged, path)
+    np.testing.assert_allclose(render(live), render(merged), atol=2e-5)
+    # Guard: the text_projection layer alone changes the image (the pooled embedding conditions SDXL's UNet).
+    weights = read_lora(path)
+    layers = {k: v for k, v in weights.layers["text_encoder_2"].items() if not k.startswith("text_projection.")}
+    weights.layers["text_encoder_2"] = layers
+    save_kohya_lora(weights, tmp_path / "no-projection.safetensors", metadata={})
+    without = _tiny_sdxl()
+    load_adapter(without, find_lora(tmp_path, "no-projection"), "x")
+    assert np.abs(render(without) - render(live)).max() > 1e-3
