@@ -2,9 +2,11 @@
 
     apply_blend(model, [("alps", 0.8), ("watercolor", -0.3)], loras_dir=config.loras_dir)
 
-- An adapter is loaded with `load_lora_weights(..., adapter_name=...)` the first time it is used and
-  stays loaded. A change of adapters is one `set_adapters` call; a slider move (same adapters, new weights)
-  sets the same per-layer scales directly (milliseconds, no file read, no model reload).
+- An adapter is loaded the first time it is used (`load_adapter`) and stays loaded. kohya/A1111 files are read by
+  Studio's kohya reader and handed to diffusers with each layer's own alpha, so the live image is the one A1111 and
+  the saved blend draw; diffusers files go to `load_lora_weights` as they are. A change of adapters is one
+  `set_adapters` call; a slider move (same adapters, new weights) sets the same per-layer scales directly
+  (milliseconds, no file read, no model reload).
 - Adapters that leave the blend are deleted from the pipeline, so they cost nothing at generation time.
 - The text encoders get their own strength: per adapter (a third tuple element), else the blend's
   text-encoder scale times the adapter's weight.

@@ -14,10 +14,12 @@ Two writers, one reader:
   `.lora_up.weight` and `.alpha`; `lora_te_` for the SD1.5 text encoder, `lora_te1_`/`lora_te2_` for SDXL.
   The mapping is written here rather than taken from diffusers' `convert_state_dict_to_kohya`, whose keys
   diffusers 0.42 cannot load back; tests prove both files reload to the same image as the live adapter.
-- `read_lora`: either format back into `LoraWeights` (used to merge a blend into one adapter). kohya files are
-  renamed by diffusers' own reader (`lora_state_dict` + its peft conversion, what `load_lora_weights` runs), except
-  the few layers it misreads (`_read_kohya_with_diffusers` lists them), which keep the hand-written
-  `module_from_kohya`. Diffusers files are read with or without the `text_model.` level of the first text encoder.
+- `read_lora`: either format back into `LoraWeights` (used to merge a blend into one adapter); `read_kohya_layers`
+  gives a kohya file's layers with each layer's own alpha (used by the live blend, see `blend.load_adapter`).
+  kohya files are renamed by diffusers' own reader (`lora_state_dict` + its peft conversion, what
+  `load_lora_weights` runs), except the few layers it misreads (`_read_kohya_with_diffusers` lists them), which
+  keep the hand-written `module_from_kohya`. Diffusers files are read with or without the `text_model.` level of
+  the first text encoder.
 """
 
 from __future__ import annotations
