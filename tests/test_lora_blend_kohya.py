@@ -205,3 +205,24 @@ def test_text_projection_layer_draws_as_merged_by_hand(tmp_path):
     without = _tiny_sdxl()
     load_adapter(without, find_lora(tmp_path, "no-projection"), "x")
     assert np.abs(render(without) - render(live)).max() > 1e-3
+
+
+def test_an_sgm_named_sdxl_file_still_loads_through_diffusers(studio_config):
+    """kohya's sd-scripts name SDXL layers after the original (SGM) UNet blocks; only diffusers renames them (it needs
+    the UNet's config), so such files go to `load_lora_weights` as before."""
+    loras = studio_config.loras_dir
+    sgm = "lora_unet_input_blocks_3_1_transformer_blocks_0_attn2_to_k"  # down_blocks.1.attentions.0 in the tiny UNet
+    generator = torch.Generator().manual_seed(3)
+    tensors = {
+        f"{sgm}.lora_down.weight": torch.randn(4, 64, generator=generator),
+        f"{sgm}.lora_up.weight": torch.randn(64, 4, generator=generator),
+        f"{sgm}.alpha": torch.tensor(2.0),
+    }
+    save_file(tensors, str(loras / "sgm.safetensors"), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    manager = ModelManager(studio_config)
+    with manager.acquire("demo-sdxl") as model:
+        apply_blend(model, [("sgm", 1.0)], loras_dir=loras)
+        layer = model.pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_k
+        (adapter,) = model.pipe.get_list_adapters()["unet"]
+        down = layer.lora_A[adapter].weight
+        assert torch.equal(down, tensors[f"{sgm}.lora_down.weight"].to(down.dtype))
