@@ -2,9 +2,11 @@
 
     apply_blend(model, [("alps", 0.8), ("watercolor", -0.3)], loras_dir=config.loras_dir)
 
-- An adapter is loaded with `load_lora_weights(..., adapter_name=...)` the first time it is used and
-  stays loaded. A change of adapters is one `set_adapters` call; a slider move (same adapters, new weights)
-  sets the same per-layer scales directly (milliseconds, no file read, no model reload).
+- An adapter is loaded the first time it is used (`load_adapter`) and stays loaded. kohya/A1111 files are read by
+  Studio's kohya reader and handed to diffusers with each layer's own alpha, so the live image is the one A1111 and
+  the saved blend draw; diffusers files go to `load_lora_weights` as they are. A change of adapters is one
+  `set_adapters` call; a slider move (same adapters, new weights) sets the same per-layer scales directly
+  (milliseconds, no file read, no model reload).
 - Adapters that leave the blend are deleted from the pipeline, so they cost nothing at generation time.
 - The text encoders get their own strength: per adapter (a third tuple element), else the blend's
   text-encoder scale times the adapter's weight.
@@ -19,6 +21,7 @@ What the pipeline currently carries is remembered per pipeline object (weakly: i
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -220,9 +223,8 @@ def _load_missing(pipe, state: _PipeState, wanted: list[tuple[str, LoraEntry]]) 
             continue
         added.append(adapter)
         try:
-            weights = entry.weights_file
             with _quiet_text_encoder_load_report():
-                pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=adapter)
+                load_adapter(pipe, entry, adapter)
         except (StudioError, ValueError, KeyError, RuntimeError, OSError, TypeError) as e:
             _roll_back(pipe, state, added)
             raise LoraError(
@@ -230,6 +232,85 @@ def _load_missing(pipe, state: _PipeState, wanted: list[tuple[str, LoraEntry]]) 
                 f"Check that {entry.weights_file.name} was made for this base model."
             ) from e
         log.info("Loaded LoRA %s as adapter %s", entry.name, adapter)
+
+
+def load_adapter(pipe, entry: LoraEntry, adapter: str) -> None:
+    """Load one adapter file onto the pipeline as peft adapter `adapter`.
+
+    kohya/A1111 files are read by `read_kohya_layers` (the reader `read_lora` and the saved blend use) and handed to
+    diffusers as a peft state dict with its LoraConfig, each layer at its own alpha / rank as kohya and A1111 draw it.
+    `load_lora_weights` on the file itself gives layers whose alpha differs from the most common one (attention
+    `to_q/k/v/out`, text-encoder `self_attn`), and layers without alpha, the most common alpha: its alpha patterns are
+    named `...attn1.processor.to_q_lora.down.weight`, which match no module. Files that reader does not take (the SGM
+    UNet names, keys other than lora_down/lora_up/alpha) and diffusers files load with `load_lora_weights` as before.
+    """
+    weights = entry.weights_file
+    if entry.format == "kohya":
+        try:
+            state_dict, metadata = _kohya_as_peft(weights)
+        except LoraError as e:
+            log.info("%s: %s; loading it with diffusers' own kohya reader", weights.name, _short(e))
+        else:
+            _load_peft_state_dict(pipe, state_dict, metadata, adapter)
+            return
+    pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=adapter)
+
+
+_KOHYA_TENSOR = re.compile(r"lora_(unet|te[12]?)_\w+\.(lora_down\.weight|lora_up\.weight|alpha)")
+
+
+def _kohya_as_peft(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A kohya file as diffusers' own files are: `<component>.<module>.lora_A/B.weight` tensors (as stored) and
+    `lora_adapter_metadata` (peft LoraConfig fields per component) whose `alpha_pattern` / `rank_pattern` give every
+    layer whose alpha or rank is not the most common one its own, by its full module path."""
+    from studio.lora.files import _hub_module_path, read_kohya_layers
+    from studio.models.kinds import read_safetensors_header
+
+    header = read_safetensors_header(path)
+    other = sorted(k for k in header if k != "__metadata__" and not _KOHYA_TENSOR.fullmatch(k))
+    if other:
+        raise LoraError(f"has tensors other than lora_down/lora_up/alpha ({', '.join(other[:3])})")
+    _kind, layers, module_alphas = read_kohya_layers(path)
+    state_dict, metadata = {}, {}
+    for component, component_layers in layers.items():
+        state_dict.update({f"{component}.{_hub_module_path(component, k)}": t for k, t in component_layers.items()})
+        config = _lora_config(component_layers, module_alphas[component])
+        metadata.update({f"{component}.{field}": value for field, value in config.items()})
+    return state_dict, metadata
+
+
+def _lora_config(layers: dict[str, torch.Tensor], alphas: dict[str, float]) -> dict:
+    """peft LoraConfig fields: the most common rank and alpha, the others per module. peft matches a pattern key as
+    a regular expression against the end of a module path, so the paths are escaped (`.` is not any character)."""
+    ranks = {module: layers[f"{module}.lora_A.weight"].shape[0] for module in alphas}
+    rank = collections.Counter(ranks.values()).most_common(1)[0][0]
+    alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
+    return {
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": sorted(alphas),
+        "rank_pattern": {re.escape(m): r for m, r in ranks.items() if r != rank},
+        "alpha_pattern": {re.escape(m): a for m, a in alphas.items() if a != alpha},
+    }
+
+
+def _load_peft_state_dict(pipe, state_dict: dict[str, torch.Tensor], metadata: dict, adapter: str) -> None:
+    """What `load_lora_weights` does after reading its file, with our LoraConfig (`metadata`) instead of the one
+    diffusers would guess from kohya's alphas. Only the components the file has are loaded."""
+    components = {key.partition(".")[0] for key in state_dict}
+    missing = sorted(components - set(_lora_components(pipe)))
+    if missing:
+        raise LoraError(f"the file has layers for {missing}, which this pipeline does not have")
+    common = dict(adapter_name=adapter, metadata=metadata, _pipeline=pipe, low_cpu_mem_usage=True)
+    te_scale = pipe.lora_scale
+    if "unet" in components:
+        pipe.load_lora_into_unet(state_dict, network_alphas=None, unet=pipe.unet, **common)
+    for component in TEXT_ENCODERS:
+        if component in components:
+            encoder = getattr(pipe, component)
+            pipe.load_lora_into_text_encoder(
+                state_dict, network_alphas=None, text_encoder=encoder, prefix=component, lora_scale=te_scale, **common
+            )
 
 
 @contextlib.contextmanager

@@ -14,10 +14,12 @@ Two writers, one reader:
   `.lora_up.weight` and `.alpha`; `lora_te_` for the SD1.5 text encoder, `lora_te1_`/`lora_te2_` for SDXL.
   The mapping is written here rather than taken from diffusers' `convert_state_dict_to_kohya`, whose keys
   diffusers 0.42 cannot load back; tests prove both files reload to the same image as the live adapter.
-- `read_lora`: either format back into `LoraWeights` (used to merge a blend into one adapter). kohya files are
-  renamed by diffusers' own reader (`lora_state_dict` + its peft conversion, what `load_lora_weights` runs), except
-  the few layers it misreads (`_read_kohya_with_diffusers` lists them), which keep the hand-written
-  `module_from_kohya`. Diffusers files are read with or without the `text_model.` level of the first text encoder.
+- `read_lora`: either format back into `LoraWeights` (used to merge a blend into one adapter); `read_kohya_layers`
+  gives a kohya file's layers with each layer's own alpha (used by the live blend, see `blend.load_adapter`).
+  kohya files are renamed by diffusers' own reader (`lora_state_dict` + its peft conversion, what
+  `load_lora_weights` runs), except the few layers it misreads (`_read_kohya_with_diffusers` lists them), which
+  keep the hand-written `module_from_kohya`. Diffusers files are read with or without the `text_model.` level of
+  the first text encoder.
 """
 
 from __future__ import annotations
@@ -175,11 +177,18 @@ def _hub_module_path(component: str, key: str) -> str:
 
 
 def kohya_name(kind: ModelKind, component: str, module: str) -> str:
-    """`lora_unet_down_blocks_0_..._to_q` / `lora_te_text_model_encoder_layers_0_self_attn_q_proj`."""
-    if component != "unet" and not module.startswith("text_model."):
+    """`lora_unet_down_blocks_0_..._to_q` / `lora_te_text_model_encoder_layers_0_self_attn_q_proj`.
+
+    SDXL's second encoder has its `text_projection` beside `text_model`, not in it: `lora_te2_text_projection`, as
+    A1111, ComfyUI and OneTrainer name it.
+    """
+    if component != "unet" and not module.startswith("text_model.") and module != _TEXT_PROJECTION:
         # transformers 5 dropped the `text_model.` level of CLIPTextModel; A1111 and diffusers expect it.
         module = f"text_model.{module}"
     return KOHYA_PREFIXES[kind][component] + module.replace(".", "_")
+
+
+_TEXT_PROJECTION = "text_projection"
 
 
 def save_kohya_lora(weights: LoraWeights, path: Path, *, metadata: dict[str, str]) -> Path:
@@ -253,8 +262,31 @@ def read_lora(path: Path) -> LoraWeights:
     return _from_diffusers(tensors, metadata, kind, path.name)
 
 
+def read_kohya_layers(path: Path) -> tuple[ModelKind, dict[str, dict[str, torch.Tensor]], dict[str, dict[str, float]]]:
+    """A kohya/A1111 file as `read_lora` reads it, but with each layer's own alpha and the tensors as stored:
+    (kind, component -> peft state dict, component -> {module path: alpha}).
+
+    `read_lora` folds per-layer alphas into lora_B to give one alpha per component; the live blend hands these
+    alphas to peft instead (`alpha_pattern`), so the loaded layers are the file's tensors, scaled by alpha / rank.
+    """
+    from studio.lora.formats import detect_kind
+
+    path = _weights_path(path)
+    tensors, metadata = _load_tensors(path)
+    kind = detect_kind({k: list(v.shape) for k, v in tensors.items()}, metadata, name=path.name)
+    if not any(k.startswith("lora_") for k in tensors):
+        raise LoraError(f"{path.name} is not a kohya/A1111 LoRA file (no lora_unet_/lora_te*_ layers).")
+    return (kind, *_kohya_per_layer(tensors, kind, path.name))
+
+
 def _from_kohya(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> LoraWeights:
-    """Module paths from diffusers' own kohya reader (`_read_kohya_with_diffusers`), the hand-written
+    return _with_common_alpha(kind, *_kohya_per_layer(tensors, kind, filename))
+
+
+def _kohya_per_layer(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> tuple[dict, dict]:
+    """(component -> peft state dict, component -> {module path: alpha}) of a kohya file.
+
+    Module paths from diffusers' own kohya reader (`_read_kohya_with_diffusers`), the hand-written
     `module_from_kohya` only for the layers diffusers 0.42 misreads.
 
     alpha is read here, by kohya's rule (a layer without `.alpha` runs at alpha = rank). diffusers returns the same
@@ -267,6 +299,8 @@ def _from_kohya(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str
     module_alphas: dict[str, dict[str, float]] = {}
     for name, (component, prefix) in names.items():
         module = from_diffusers.get(name) or module_from_kohya(name[len(prefix) :], component)
+        if component == "text_encoder_2" and module == f"text_model.{_TEXT_PROJECTION}":
+            module = _TEXT_PROJECTION  # `lora_te2_text_model_text_projection`, as Studio wrote it before
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
         alpha_tensor = tensors.get(f"{name}.alpha")
         # kohya's rule: a layer without alpha runs at scale 1 (alpha = rank).
@@ -276,7 +310,7 @@ def _from_kohya(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str
         module_alphas.setdefault(component, {})[module] = alpha
     if not layers:
         raise LoraError(f"{filename} has no lora_down/lora_up layers; it is not a LoRA Studio can read.")
-    return _with_common_alpha(kind, layers, module_alphas)
+    return layers, module_alphas
 
 
 def _kohya_layers(tensors: dict[str, torch.Tensor], kind: ModelKind, filename: str) -> dict[str, tuple[str, str]]:
