@@ -391,3 +391,46 @@ def write_trained_adapter(tmp_path: Path, base: str = "stable-diffusion-v1-5/sta
     (folder / "checkpoint-100").mkdir()  # training leftovers are never uploaded
     (folder / "checkpoint-100" / "optimizer.safetensors").write_bytes(b"x" * 10)
     return tmp_path / "loras"
+
+
+def a1111_layers(component, name, module) -> bool:
+    import torch
+
+    if component == "unet":
+        return isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and (
+            ".transformer_blocks." in name or name.endswith(("proj_in", "proj_out", "conv1", "conv2", "time_emb_proj"))
+        )
+    return isinstance(module, torch.nn.Linear) and ".layers." in name
+
+
+def a1111_file(kind, path, *, te1_prefix=None, select=a1111_layers, extra=(), rank: int = 4):
+    """Layer names as kohya sd-scripts / A1111 / ComfyUI write them, from the tiny pipeline's own module names."""
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.models.tiny import build_tiny
+
+    pipe = build_tiny(kind)
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_" if kind is ModelKind.SD15 else "lora_te1_"}
+    if kind is ModelKind.SDXL:
+        prefixes["text_encoder_2"] = "lora_te2_"
+    if te1_prefix:
+        prefixes["text_encoder"] = te1_prefix
+    generator = torch.Generator().manual_seed(3)
+    tensors = {}
+    for component, prefix in prefixes.items():
+        for name, module in getattr(pipe, component).named_modules():
+            if not (select(component, name, module) or (component, name) in extra):
+                continue
+            # transformers 5's CLIPTextModel has no `text_model.` level; the files have it.
+            path_in_file = name if name.startswith("text_model.") or component == "unet" else f"text_model.{name}"
+            key = prefix + path_in_file.replace(".", "_")
+            weight = module.weight
+            kernel = weight.shape[2:]
+            down = torch.randn(rank, weight.shape[1], *kernel, generator=generator) * 0.3
+            up = torch.randn(weight.shape[0], rank, *[1] * len(kernel), generator=generator) * 0.3
+            tensors[f"{key}.lora_down.weight"] = down.half()
+            tensors[f"{key}.lora_up.weight"] = up.half()
+            tensors[f"{key}.alpha"] = torch.tensor(rank / 2, dtype=torch.float16)
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2)})
+    return path

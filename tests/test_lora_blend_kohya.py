@@ -22,9 +22,7 @@ from studio.lora.library import find_lora
 from studio.models.kinds import ModelKind
 from studio.models.manager import ModelManager
 from studio.models.tiny import build_tiny
-from tests.helpers import pixels
-from tests.test_lora_files import live_adapter, render
-from tests.test_lora_read_diffusers import a1111_file
+from tests.helpers import a1111_file, live_adapter, pixels, render
 
 MODELS = [(ModelKind.SD15, "demo-sd15"), (ModelKind.SDXL, "demo-sdxl")]
 ATTENTION = ("_to_q", "_to_k", "_to_v", "_to_out_0", "_q_proj", "_k_proj", "_v_proj", "_out_proj")

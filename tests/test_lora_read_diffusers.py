@@ -29,7 +29,7 @@ from studio.lora.files import DIFFUSERS_WEIGHTS, LoraWeights, read_lora, save_di
 from studio.lora.library import read_entry
 from studio.models.kinds import ModelKind
 from studio.models.tiny import BOS_ID, EOS_ID, build_tiny
-from tests.helpers import live_adapter, render, text_encoders
+from tests.helpers import a1111_file, live_adapter, render, text_encoders
 
 KINDS = {"sd15": ModelKind.SD15, "sdxl": ModelKind.SDXL}
 RANK = 4
@@ -86,42 +86,6 @@ def per_module_alpha_file(kind, path):
         elif i % 7 == 5:
             del tensors[key]  # kohya's rule: alpha = rank
     save_file(tensors, str(path), metadata=metadata)
-    return path
-
-
-def _a1111_modules(component, name, module) -> bool:
-    if component == "unet":
-        return isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and (
-            ".transformer_blocks." in name or name.endswith(("proj_in", "proj_out", "conv1", "conv2", "time_emb_proj"))
-        )
-    return isinstance(module, torch.nn.Linear) and ".layers." in name
-
-
-def a1111_file(kind, path, *, te1_prefix=None, select=_a1111_modules, extra=()):
-    """Layer names as kohya sd-scripts / A1111 / ComfyUI write them, from the tiny pipeline's own module names."""
-    pipe = build_tiny(kind)
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_" if kind is ModelKind.SD15 else "lora_te1_"}
-    if kind is ModelKind.SDXL:
-        prefixes["text_encoder_2"] = "lora_te2_"
-    if te1_prefix:
-        prefixes["text_encoder"] = te1_prefix
-    generator = torch.Generator().manual_seed(3)
-    tensors = {}
-    for component, prefix in prefixes.items():
-        for name, module in getattr(pipe, component).named_modules():
-            if not (select(component, name, module) or (component, name) in extra):
-                continue
-            # transformers 5's CLIPTextModel has no `text_model.` level; the files have it.
-            path_in_file = name if name.startswith("text_model.") or component == "unet" else f"text_model.{name}"
-            key = prefix + path_in_file.replace(".", "_")
-            weight = module.weight
-            kernel = weight.shape[2:]
-            down = torch.randn(RANK, weight.shape[1], *kernel, generator=generator) * 0.3
-            up = torch.randn(weight.shape[0], RANK, *[1] * len(kernel), generator=generator) * 0.3
-            tensors[f"{key}.lora_down.weight"] = down.half()
-            tensors[f"{key}.lora_up.weight"] = up.half()
-            tensors[f"{key}.alpha"] = torch.tensor(RANK / 2, dtype=torch.float16)
-    save_file(tensors, str(path), metadata={"ss_network_dim": str(RANK), "ss_network_alpha": str(RANK / 2)})
     return path
 
 
