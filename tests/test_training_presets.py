@@ -9,7 +9,16 @@ from studio.errors import InvalidRequestError, UnsafePathError
 from studio.models.kinds import ModelKind
 from studio.training.events import TrainingEvent
 from studio.training.order import DataOrder
-from studio.training.presets import GB, LORA_PARAMS_PER_RANK, PARAMS, PRESETS, estimate_vram, get_preset, pick_preset
+from studio.training.presets import (
+    GB,
+    LORA_PARAMS_PER_RANK,
+    PARAMS,
+    PRESETS,
+    estimate_vram,
+    get_preset,
+    pick_preset,
+    resolve_precision,
+)
 from studio.training.request import TrainingRequest
 
 
@@ -116,3 +125,18 @@ def test_events_survive_the_json_line_protocol():
     event = TrainingEvent("step", step=3, total_steps=10, loss=0.125, lr=1e-4, sec_per_step=0.5, eta=3.5)
     assert TrainingEvent.from_line(event.to_line()) == event
     assert event.progress_text() == "step 3/10 · loss 0.1250 · lr 1.00e-04 · 0.50 s/step · ETA 4s"
+
+
+@pytest.mark.parametrize(
+    "asked, device, bf16, expected",
+    [
+        ("auto", "cpu", True, "bf16"),  # native bf16 CPU: bf16 weights, fp32 LoRA, autocast
+        ("auto", "cpu", False, "no"),  # emulated bf16 would be slower than fp32
+        ("auto", "cuda", True, "bf16"),
+        ("auto", "cuda", False, "fp16"),
+        ("no", "cpu", True, "no"),  # an explicit choice wins
+        ("fp16", "cuda", True, "fp16"),
+    ],
+)
+def test_training_precision_follows_the_devices_reported_features(asked, device, bf16, expected):
+    assert resolve_precision(asked, device, bf16) == expected

@@ -184,11 +184,15 @@ class VramEstimate:
 
 
 def resolve_precision(mixed_precision: str, device_type: str, bf16_supported: bool = False) -> str:
-    """ "no", "fp16" or "bf16" for a request's `mixed_precision` on a device type."""
+    """ "no", "fp16" or "bf16" for a request's `mixed_precision` on a device type.
+
+    `bf16_supported`: the GPU has bf16, or the CPU computes it natively (then bf16 weights with fp32 LoRA
+    parameters under autocast, several times faster than fp32 there); a CPU without it stays in fp32.
+    """
     if mixed_precision != "auto":
         return mixed_precision
     if device_type == "cpu":
-        return "no"
+        return "bf16" if bf16_supported else "no"
     return "bf16" if bf16_supported else "fp16"
 
 

@@ -19,6 +19,7 @@ from studio.config import StudioConfig
 from studio.errors import TrainingError
 from studio.models.kinds import ModelKind
 from studio.models.manager import LoadedModel, ModelManager, resolve_device
+from studio.models.precision import cpu_has_native_bf16
 from studio.training import cache as caching
 from studio.training.buckets import make_buckets, nearest_bucket
 from studio.training.dataset import DatasetReport
@@ -178,7 +179,10 @@ def start_accelerator(request: TrainingRequest, config: StudioConfig):
     from accelerate.state import AcceleratorState, GradientState
 
     device = resolve_device(config.device)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+    else:
+        bf16 = device.type == "cpu" and cpu_has_native_bf16()
     precision = resolve_precision(request.mixed_precision, device.type, bf16)
     # accelerate keeps one process-wide state and refuses a second Accelerator with another precision in
     # the same process (a notebook, a test run); each run is self-contained, so start it from a clean
