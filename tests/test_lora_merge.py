@@ -94,6 +94,11 @@ def test_bad_names_and_blends_are_refused(studio_config):
             save_blend(SaveBlendRequest(name=name, loras=(("alps", 1.0),)), loras_dir=loras)
     with pytest.raises(LoraError, match="already exists"):
         save_blend(SaveBlendRequest(name="alps", loras=(("alps", 1.0),)), loras_dir=loras)
+    add_lora(loras, "single", seed=3, kohya=True)  # loras/single.safetensors, made elsewhere
+    for overwrite in (False, True):  # a folder named "single" would hide the file from the library
+        with pytest.raises(LoraError, match=r"single.safetensors in the LoRA folder already has the name 'single'"):
+            save_blend(SaveBlendRequest(name="single", loras=(("alps", 1.0),), overwrite=overwrite), loras_dir=loras)
+    assert not (loras / "single").exists() and (loras / "single.safetensors").is_file()
     with pytest.raises(LoraError, match="SDXL LoRA; the loaded model is SD1.5"):
         save_blend(SaveBlendRequest(name="mixed", loras=(("alps", 1.0), ("xl", 1.0))), loras_dir=loras)
     with pytest.raises(InvalidRequestError, match="empty"):

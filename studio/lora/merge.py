@@ -70,7 +70,14 @@ def save_blend(request: SaveBlendRequest, *, loras_dir: Path) -> Path:
     if not target.resolve().is_relative_to(loras_dir.resolve()):
         raise UnsafePathError(f"Adapter name {request.name!r} would leave the LoRA folder; pick a plain name.")
     restore_replaced(target)  # a version a killed save left aside counts as there
-    if (target.exists() or (loras_dir / f"{request.name}.safetensors").exists()) and not request.overwrite:
+    single_file = loras_dir / f"{request.name}.safetensors"
+    if single_file.exists():
+        # A folder of the same name would hide the file from the library: overwrite replaces folders only.
+        raise LoraError(
+            f"{single_file.name} in the LoRA folder already has the name {request.name!r}; pick another name "
+            "(overwrite replaces saved blends, never a LoRA file)."
+        )
+    if target.exists() and not request.overwrite:
         raise LoraError(f"A LoRA named {request.name!r} already exists; pick another name or choose overwrite.")
     resolved = resolve_blend(request.loras, loras_dir=loras_dir, kind=request.kind)
     parts = []
