@@ -105,4 +105,4 @@ def test_bad_names_and_blends_are_refused(studio_config):
         save_blend(SaveBlendRequest(name="nothing"), loras_dir=loras)
     with pytest.raises(LoraError, match="strength 0"):
         save_blend(SaveBlendRequest(name="zero", loras=(("alps", 0.0),)), loras_dir=loras)
-    assert sorted(p.name for p in loras.iterdir()) == ["alps", "xl"]
+    assert sorted(p.name for p in loras.iterdir()) == ["alps", "single.safetensors", "xl"]
