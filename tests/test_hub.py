@@ -5,6 +5,7 @@ talks to the server runs in a child process with its own HOME/HF_HOME, exactly a
 """
 
 import json
+import shutil
 import socket
 import tempfile
 import textwrap
@@ -283,10 +284,12 @@ def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, lo
         assert front_matter(card.encode())["license"] == "mit" and 'load_lora_weights("alice/from-ui"' in card
         with pytest.raises(AppError, match=r"rejected the Hub token \(401\)"):
             client.predict("alps", "alice/other", False, "", "", "", "hf_wrong_token_1", api_name="/push")
-        with pytest.raises(
-            AppError, match=r"Value: \.\./loras is not in the list of choices: \['alps'\]"
-        ):  # names cannot escape loras/
+        with pytest.raises(AppError, match=r"Adapter name '\.\./loras' points outside the LoRA folder"):
             client.predict("../loras", "alice/other", False, "", "", "", ALICE, api_name="/push")
+        # An adapter made after this session opened is pushable by name, without a rescan.
+        shutil.copytree(loras / "alps", loras / "alps-later")
+        status, url, _token = client.predict("alps-later", "alice/later", False, "", "", "", ALICE, api_name="/push")
+        assert url == f"{hub.url}/alice/later" and "pushed **alps-later**" in status
         log = app.output()
     repo = hub.repos["alice/from-ui"]
     assert repo.commits[-1]["summary"] == "via UI"

@@ -25,7 +25,15 @@ def build_share_tab(studio: Studio) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
-                adapter = gr.Dropdown(studio.shareable_adapters(), label="Adapter", scale=4, elem_id="share-adapter")
+                # Custom values: an adapter made after the page (or an API session) opened is pushable by name;
+                # the engine checks every name against the LoRA folder.
+                adapter = gr.Dropdown(
+                    studio.shareable_adapters(),
+                    label="Adapter",
+                    scale=4,
+                    elem_id="share-adapter",
+                    allow_custom_value=True,
+                )
                 refresh = gr.Button("↻ Rescan", scale=1, size="sm")
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/alps-lora", elem_id="share-repo")
             with gr.Row():
