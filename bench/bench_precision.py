@@ -88,14 +88,18 @@ def run(quick: bool) -> list[Row]:
     reference = _image(pipe, torch.float32, size, steps)
     bf16 = np.abs(_image(pipe, torch.bfloat16, size, steps) - reference)
     fp16 = np.abs(_image(pipe, torch.float16, size, steps) - reference)
+    # The limit is absolute: under 1.5 levels on average and 4 at the 99th percentile is below what one sees
+    # side by side; fp16 (every GPU user's default) is printed as the reference, not as the bar.
+    mean, p99 = float(bf16.mean()), float(np.percentile(bf16, 99))
     rows.append(
-        ratio_row(
+        Row(
             f"image {size}px {steps} steps: |bf16-fp32| vs |fp16-fp32| (mean levels)",
-            float(bf16.mean()),
+            mean,
             float(fp16.mean()),
             "levels",
-            max_ratio=8.0,
-            note=f"p99 {np.percentile(bf16, 99):.0f} vs {np.percentile(fp16, 99):.0f}",
+            "bf16 mean <= 1.5, p99 <= 4",
+            mean <= 1.5 and p99 <= 4,
+            note=f"p99 {p99:.0f} vs {np.percentile(fp16, 99):.0f}",
         )
     )
     return rows
