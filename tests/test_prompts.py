@@ -299,10 +299,11 @@ def test_prompt_editing_switches_the_conditioning_at_its_step(manager, model):
     recorder = UnetInputs(manager, model)
     cat_image, cat = recorder.run(manager, model, "a cat", steps=4)
     dog_image, dog = recorder.run(manager, model, "a dog", steps=4)
-    edited_image, edited = recorder.run(manager, model, "a [cat:dog:0.5]", steps=4)
+    edited_image, edited = recorder.run(manager, model, "a [cat:dog:0.25]", steps=4)
     assert len(edited) == 4
-    # 0.5 of 4 steps is step 2; A1111's step counter starts at 0, so cat is used for steps 0, 1 and 2.
-    expected = [cat[0], cat[0], cat[0], dog[0]]
+    # 0.25 of 4 steps is step 1; A1111's step counter starts at 0, so cat is used for steps 0 and 1. (Two dog
+    # steps, not one: a single last step can change the tiny models' image by less than one level.)
+    expected = [cat[0], cat[0], dog[0], dog[0]]
     for (embeds, pooled), (want_embeds, want_pooled) in zip(edited, expected):
         assert torch.equal(embeds, want_embeds)
         if model == "demo-sdxl":
