@@ -66,8 +66,10 @@ Only the functions that encode import torch, so `count_tokens` and the parsers a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -369,6 +371,42 @@ def count_tokens(prompt: str, tokenizer, steps: int = 20) -> tuple[int, int]:
     clean, _loras = split_lora_tags(prompt)
     used = max(split_chunks(text, tokenizer)[1] for _end, text in prompt_schedule(clean, steps))
     return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
+
+
+def embedding_token_names(name: str, vectors: int) -> list[str]:
+    """The tokens a textual-inversion embedding adds to a tokenizer: its name, then `name_1` ... (as diffusers)."""
+    return [name] + [f"{name}_{i}" for i in range(1, vectors)]
+
+
+def add_embedding_tokens(tokenizer, name: str, vectors: int) -> list[int]:
+    """Add an embedding's tokens to a tokenizer (if new); returns their ids."""
+    tokens = embedding_token_names(name, vectors)
+    tokenizer.add_tokens(tokens)
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
+# One lock for the counter's shared tokenizers: the prompt boxes of several pages count at once, and a `tokenizers`
+# tokenizer that changes its truncation settings while another thread encodes raises "Already borrowed".
+_COUNTER_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=8)
+def counting_tokenizer(embeddings: tuple[tuple[str, int], ...] = ()):
+    """The real CLIP tokenizer (as SD1.5 and SDXL read prompts), built once per set of (embedding name, vectors)."""
+    from studio.models.clip_tokenizer import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    for name, vectors in embeddings:
+        add_embedding_tokens(tokenizer, name, vectors)
+    return tokenizer
+
+
+def token_counter(prompt: str, embeddings: tuple[tuple[str, int], ...] = ()) -> str:
+    """The text under a prompt box, as A1111 shows it: `32/75`, then `80/150` once a second chunk starts."""
+    tokenizer = counting_tokenizer(tuple(embeddings))
+    with _COUNTER_LOCK:
+        used, room = count_tokens(prompt, tokenizer)
+    return f"{used}/{room}"
 
 
 def _empty_chunk(tokenizer) -> Chunk:
