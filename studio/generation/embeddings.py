@@ -160,7 +160,8 @@ def embeddings_for_prompt(config: StudioConfig, kind: ModelKind, *texts: str):
         if entry.kind is not kind:
             raise InvalidRequestError(
                 f"Embedding {entry.name!r} ({entry.path.name}) is an {entry.kind.label} embedding and the model is "
-                f"{kind.label}: use it with an {entry.kind.label} model, or take {entry.name!r} out of the prompt."
+                f"{kind.label}: use it with an {entry.kind.label} model, or take {entry.name!r} out of the prompt (or "
+                f"the file out of {entry.path.parent})."
             )
         vectors[entry.name] = load_vectors(entry)
         files[entry.name] = entry
