@@ -171,3 +171,30 @@ def test_the_cli_lists_the_embeddings_folder(studio_config, capsys):
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     assert f"xlstyle\tSDXL\t3\t{digest}\tok" in lines
     assert any(line.startswith("old\t?\t?\t") and "pickle" in line for line in lines)
+
+
+def test_sdxl_pooling_stays_at_the_end_token_with_the_old_eos_config():
+    """Real SDXL text encoders carry `eos_token_id: 2` and so pool at the highest id, which an embedding's rows
+    (ids after the vocabulary) would win: the pooled embedding must still be read at the end token."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from studio.generation.prompts import _encode_chunks, place_embeddings
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        bos_token_id=512, eos_token_id=2, pad_token_id=513, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=514, projection_dim=32,
+    )  # fmt: skip
+    encoder = CLIPTextModelWithProjection(config).eval()
+    tokenizer = byte_level_tokenizer(pad_token="!")
+    ids = tokenizer("red", add_special_tokens=False)["input_ids"]
+    rows = encoder.get_input_embeddings().weight[ids].detach().clone()
+    lookup = EmbeddingLookup(tokenizer, place_embeddings(tokenizer, encoder, [("emb", rows)]))
+    assert encoder.get_input_embeddings().weight.shape[0] == 514 + len(ids)  # grown for the new rows
+    pipe = SimpleNamespace(_execution_device=torch.device("cpu"))
+    with torch.no_grad():
+        word = _encode_chunks(pipe, tokenizer, encoder, split_chunks("a red barn", tokenizer)[0], True, 1)
+        named = _encode_chunks(pipe, tokenizer, encoder, split_chunks("a emb barn", tokenizer, lookup)[0], True, 1)
+    assert torch.allclose(named[0], word[0]) and torch.allclose(named[1], word[1])
