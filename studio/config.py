@@ -27,6 +27,9 @@ class StudioConfig:
     outputs_dir: Path = ROOT / "outputs"
     """Generated images (PNG with A1111 infotext), grids and training runs."""
 
+    embeddings_dir: Path = ROOT / "embeddings"
+    """Textual-inversion embeddings (`.safetensors`), used in a prompt by file name."""
+
     device: str = "auto"
     """`auto` picks CUDA, then Apple MPS, then CPU."""
 
@@ -57,5 +60,5 @@ class StudioConfig:
                 raise ValueError(f"{field}={value!r} is not one of {', '.join(allowed)}.")
         if self.cached_pipelines < 1:
             raise ValueError(f"cached_pipelines={self.cached_pipelines} must be at least 1.")
-        for field in ("models_dir", "loras_dir", "outputs_dir"):
+        for field in ("models_dir", "loras_dir", "outputs_dir", "embeddings_dir"):
             object.__setattr__(self, field, Path(getattr(self, field)).expanduser())

@@ -217,6 +217,22 @@ class Studio:
 
         return self._follow("import", work)
 
+    def count_tokens(self, model: str, text: str) -> str:
+        """A1111's token counter for a prompt box: `32/75`, `80/150` once a second 75-token chunk starts.
+
+        Counted with the real CLIP tokenizer (SD1.5 and SDXL read prompts with it); needs no torch and no model.
+        An embedding of the embeddings folder named in the text counts its vectors.
+        """
+        from studio.errors import StudioError
+        from studio.generation.embeddings import counter_embeddings
+        from studio.generation.prompts import token_counter
+
+        try:
+            kind = self.model_kind(model)
+        except StudioError:
+            kind = None  # a model name still being typed: count with every embedding
+        return token_counter(text or "", counter_embeddings(self.config, kind))
+
     @staticmethod
     def read_png_info(path) -> dict:
         """The generation parameters stored in a PNG, parsed like A1111's PNG Info tab ({} if none)."""

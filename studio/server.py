@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--loras-dir", type=Path, default=ROOT / "loras")
     parser.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs")
+    parser.add_argument(
+        "--embeddings-dir", type=Path, default=ROOT / "embeddings", help="textual-inversion embeddings folder"
+    )
     parser.add_argument("--demo", action="store_true", help="select the offline demo model (no download)")
     parser.add_argument("--model", default=None, help="model selected at start (default: demo-sd15)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
@@ -116,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> StudioConfig:
         models_dir=args.models_dir,
         loras_dir=args.loras_dir,
         outputs_dir=args.outputs_dir,
+        embeddings_dir=args.embeddings_dir,
         device=args.device,
         dtype=args.dtype,
         memory_mode=args.memory_mode,

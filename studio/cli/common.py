@@ -17,6 +17,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--loras-dir", type=Path, default=ROOT / "loras", help="LoRA folder (default: loras)")
     group.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="outputs folder (default: outputs)")
+    group.add_argument(
+        "--embeddings-dir", type=Path, default=ROOT / "embeddings", help="embeddings folder (default: embeddings)"
+    )
     group.add_argument("--device", choices=DEVICES, default="auto")
     group.add_argument("--dtype", choices=DTYPES, default="auto")
     group.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")
@@ -29,6 +32,7 @@ def config_from_args(args: argparse.Namespace) -> StudioConfig:
         models_dir=args.models_dir,
         loras_dir=args.loras_dir,
         outputs_dir=args.outputs_dir,
+        embeddings_dir=args.embeddings_dir,
         device=args.device,
         dtype=args.dtype,
         memory_mode=args.memory_mode,

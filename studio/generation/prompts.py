@@ -28,6 +28,13 @@ Chunks, `split_chunks`:
   second encoder on the first chunk, unweighted. SD1.5 reads the last layer, or the layer `clip_skip` from the
   end passed through the final layer norm.
 
+Textual-inversion embeddings, `EmbeddingLookup` (files: `studio.generation.embeddings`):
+- An embedding is named by its file name; it is found, as in A1111, where the name's own tokens appear in a
+  weighted piece of the prompt (any case: CLIP lowercases). Its vectors take the name's place, weighted like
+  the words around it, and move whole to the next chunk when they do not fit in the current one.
+- The vectors are written into spare rows of the text encoder's token embedding matrix (`place_embeddings`,
+  ids after the tokenizer's); the tokenizer is not changed, so a deleted or edited file leaves nothing behind.
+
 Prompt editing and alternation, `prompt_schedule`:
 - `[from:to:when]` uses `from` until sampling step `when`, then `to`; `[to:when]` adds `to`, `[from::when]`
   removes `from`. `when` with a decimal point is a fraction of the steps (`0.5`, `.25`, `1.0`), otherwise a step
@@ -66,8 +73,10 @@ Only the functions that encode import torch, so `count_tokens` and the parsers a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -313,8 +322,38 @@ class Chunk:
     weights: list[float]
 
 
-def split_chunks(prompt: str, tokenizer) -> tuple[list[Chunk], int]:
-    """Tokenize an (already scheduled) prompt into 77-token chunks; also returns A1111's token count."""
+class EmbeddingLookup:
+    """Textual-inversion embeddings as A1111 finds them in a prompt: by the token ids of their (file) name.
+
+    `vectors` maps each name to the token ids its vectors take in the text encoder. A name is found where its
+    tokens appear in a weighted piece of the prompt (so `easynegative` is not found inside `easynegatives`,
+    whose last token differs), longest name first; `used` collects the names found.
+    """
+
+    def __init__(self, tokenizer, vectors: dict[str, list[int]]):
+        self.vectors = vectors
+        self.used: set[str] = set()
+        self._by_first: dict[int, list[tuple[list[int], str]]] = {}
+        for name in vectors:
+            ids = tokenizer(name, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+            if ids:
+                self._by_first.setdefault(ids[0], []).append((ids, name))
+        for candidates in self._by_first.values():
+            candidates.sort(key=lambda candidate: len(candidate[0]), reverse=True)
+
+    def find(self, tokens: list[int], position: int) -> tuple[str, int] | None:
+        """(name, length in prompt tokens) of the embedding whose name starts at `position`, or None."""
+        for ids, name in self._by_first.get(tokens[position], ()):
+            if tokens[position : position + len(ids)] == ids:
+                return name, len(ids)
+        return None
+
+
+def split_chunks(prompt: str, tokenizer, embeddings: EmbeddingLookup | None = None) -> tuple[list[Chunk], int]:
+    """Tokenize an (already scheduled) prompt into 77-token chunks; also returns A1111's token count.
+
+    An embedding's name becomes its vectors' token ids; like A1111, an embedding never straddles two chunks.
+    """
     parsed = parse_attention(prompt)
     texts = ["" if piece is BREAK else piece[0] for piece in parsed]
     ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
@@ -340,7 +379,9 @@ def split_chunks(prompt: str, tokenizer) -> tuple[list[Chunk], int]:
             close()
             continue
         weight = piece[1]
-        for token in piece_ids:
+        position = 0
+        while position < len(piece_ids):
+            token = piece_ids[position]
             if token == comma:
                 last_comma = len(tokens)
             elif len(tokens) == CHUNK_LENGTH and last_comma != -1 and CHUNK_LENGTH - last_comma <= COMMA_BACKTRACK:
@@ -352,23 +393,66 @@ def split_chunks(prompt: str, tokenizer) -> tuple[list[Chunk], int]:
                 tokens, weights = moved_tokens, moved_weights
             if len(tokens) == CHUNK_LENGTH:
                 close()
-            tokens.append(token)
-            weights.append(weight)
+            found = embeddings.find(piece_ids, position) if embeddings is not None else None
+            if found is None:
+                tokens.append(token)
+                weights.append(weight)
+                position += 1
+                continue
+            name, length = found
+            vector_ids = embeddings.vectors[name]
+            embeddings.used.add(name)
+            if len(tokens) + len(vector_ids) > CHUNK_LENGTH:
+                close()
+            tokens += vector_ids
+            weights += [weight] * len(vector_ids)
+            position += length
     if tokens or not chunks:
         close(last=True)
     return chunks, count
 
 
-def count_tokens(prompt: str, tokenizer, steps: int = 20) -> tuple[int, int]:
+def count_tokens(prompt: str, tokenizer, steps: int = 20, embeddings: EmbeddingLookup | None = None) -> tuple[int, int]:
     """A1111's token counter: (tokens used, tokens that fit in the chunks so far), e.g. (32, 75) or (80, 150).
 
-    `<lora:...>` tags are left out; with prompt editing, the longest text of the schedule counts.
+    `<lora:...>` tags are left out; with prompt editing, the longest text of the schedule counts; an embedding
+    counts its vectors.
     """
     from studio.generation.infotext import split_lora_tags
 
     clean, _loras = split_lora_tags(prompt)
-    used = max(split_chunks(text, tokenizer)[1] for _end, text in prompt_schedule(clean, steps))
+    used = max(split_chunks(text, tokenizer, embeddings)[1] for _end, text in prompt_schedule(clean, steps))
     return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
+
+
+# One lock for the counter's shared tokenizer: the prompt boxes of several pages count at once, and a `tokenizers`
+# tokenizer that changes its truncation settings while another thread encodes raises "Already borrowed".
+_COUNTER_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def counting_tokenizer():
+    """The real CLIP tokenizer (SD1.5 and SDXL read prompts with it), built once."""
+    from studio.models.clip_tokenizer import clip_tokenizer
+
+    return clip_tokenizer()
+
+
+@functools.lru_cache(maxsize=8)
+def _counting_lookup(embeddings: tuple[tuple[str, int], ...]) -> dict[str, list[int]]:
+    return {name: [0] * vectors for name, vectors in embeddings}
+
+
+def token_counter(prompt: str, embeddings: tuple[tuple[str, int], ...] = ()) -> str:
+    """The text under a prompt box, as A1111 shows it: `32/75`, then `80/150` once a second chunk starts.
+
+    `embeddings`: (name, vector count) of the embeddings the prompt may name; each counts its vectors.
+    """
+    tokenizer = counting_tokenizer()
+    with _COUNTER_LOCK:
+        lookup = EmbeddingLookup(tokenizer, _counting_lookup(tuple(embeddings))) if embeddings else None
+        used, room = count_tokens(prompt, tokenizer, embeddings=lookup)
+    return f"{used}/{room}"
 
 
 def _empty_chunk(tokenizer) -> Chunk:
@@ -392,6 +476,8 @@ class ScheduledConditioning:
 
     positive: list[tuple[int, PromptEmbeds]]
     negative: list[tuple[int, PromptEmbeds]]
+    embeddings_used: tuple[str, ...] = ()
+    """The textual-inversion embeddings the prompt or the negative prompt named, sorted (for the infotext)."""
 
     @property
     def changes(self) -> bool:
@@ -420,15 +506,36 @@ def _text_encoders(pipe, sdxl: bool) -> list[tuple[object, object]]:
     return pairs
 
 
-def encode_prompts(pipe, *, sdxl: bool, prompt: str, negative_prompt: str, steps: int, clip_skip: int = 1):
-    """Encode a prompt and a negative prompt, with their schedules, for a diffusers SD1.5 or SDXL pipeline."""
+def encode_prompts(
+    pipe,
+    *,
+    sdxl: bool,
+    prompt: str,
+    negative_prompt: str,
+    steps: int,
+    clip_skip: int = 1,
+    embeddings: dict[str, list[torch.Tensor]] | None = None,
+):
+    """Encode a prompt and a negative prompt, with their schedules, for a diffusers SD1.5 or SDXL pipeline.
+
+    `embeddings`: textual inversions the prompts may name, {name: [vectors (n, width) for each text encoder]}.
+    """
     import torch
 
     encoders = _text_encoders(pipe, sdxl)
+    lookups = [
+        EmbeddingLookup(tokenizer, place_embeddings(tokenizer, encoder, [(n, v[i]) for n, v in embeddings.items()]))
+        if embeddings
+        else None
+        for i, (tokenizer, encoder) in enumerate(encoders)
+    ]
     schedules = [prompt_schedule(prompt, steps), prompt_schedule(negative_prompt, steps)]
     texts = sorted({text for schedule in schedules for _end, text in schedule})
     # chunks[text][encoder]: every text and encoder padded to the same number of chunks.
-    chunks = {text: [split_chunks(text, tokenizer)[0] for tokenizer, _ in encoders] for text in texts}
+    chunks = {
+        text: [split_chunks(text, tokenizer, lookup)[0] for (tokenizer, _), lookup in zip(encoders, lookups)]
+        for text in texts
+    }
     length = max(len(per_encoder) for by_encoder in chunks.values() for per_encoder in by_encoder)
     embeds = {}
     with torch.no_grad():
@@ -441,7 +548,45 @@ def encode_prompts(pipe, *, sdxl: bool, prompt: str, negative_prompt: str, steps
                 pooled = pooled_here if pooled_here is not None else pooled
             embeds[text] = PromptEmbeds(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0], pooled)
     positive, negative = ([(end, embeds[text]) for end, text in schedule] for schedule in schedules)
-    return ScheduledConditioning(positive, negative)
+    used = sorted(set().union(*(lookup.used for lookup in lookups if lookup is not None)))
+    return ScheduledConditioning(positive, negative, tuple(used))
+
+
+def place_embeddings(tokenizer, encoder, vectors: list[tuple[str, torch.Tensor]]) -> dict[str, list[int]]:
+    """Write embedding vectors into rows of the text encoder's token embedding matrix, after the tokenizer's ids.
+
+    Returns {name: the ids of its rows}. The rows are rewritten on every call (a changed file takes effect at
+    once; rows of embeddings not named are never read), and the matrix only grows when more rows are needed.
+    The tokenizer is left alone: `EmbeddingLookup` finds the names by their ordinary tokens.
+    """
+    import torch
+
+    from studio.errors import InvalidRequestError
+
+    table = encoder.get_input_embeddings()
+    width = table.weight.shape[1]
+    for name, tensor in vectors:
+        if tensor.shape[-1] != width:
+            raise InvalidRequestError(
+                f"Embedding {name!r} has vectors {tensor.shape[-1]} wide, but this model's text encoder takes {width}: "
+                "it was made for another base model. Use it with the model it was trained for."
+            )
+    needed = len(tokenizer) + sum(len(tensor) for _name, tensor in vectors)
+    if table.weight.shape[0] < needed:
+        encoder.resize_token_embeddings(needed, mean_resizing=False)
+        table = encoder.get_input_embeddings()
+    if table.weight.device.type == "meta":
+        raise InvalidRequestError(
+            "Embeddings cannot be used with --memory-mode sequential-offload; start Studio with model-offload."
+        )
+    placed, row = {}, len(tokenizer)
+    with torch.no_grad():
+        for name, tensor in vectors:
+            ids = list(range(row, row + len(tensor)))
+            table.weight[ids] = tensor.to(device=table.weight.device, dtype=table.weight.dtype)
+            placed[name] = ids
+            row += len(tensor)
+    return placed
 
 
 def _encode_chunks(pipe, tokenizer, encoder, chunks: list[Chunk], sdxl: bool, clip_skip: int):
@@ -455,6 +600,11 @@ def _encode_chunks(pipe, tokenizer, encoder, chunks: list[Chunk], sdxl: bool, cl
         output = encoder(ids, output_hidden_states=True)
         hidden = output.hidden_states[-(clip_skip + 1)]
         pooled = output[0][:1] if output[0].ndim == 2 else None
+        if pooled is not None and max(chunks[0].tokens) > tokenizer.eos_token_id:
+            # Embedding rows have ids above end-of-text, and CLIP configs with the old `eos_token_id` (SDXL's) pool
+            # at the highest id: pool at the first end token ourselves, as the encoder means to.
+            end_at = chunks[0].tokens.index(tokenizer.eos_token_id)
+            pooled = encoder.text_projection(output.last_hidden_state[:1, end_at])
     else:
         mask = None
         if getattr(encoder.config, "use_attention_mask", False):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import threading
 import time
 from typing import Callable
@@ -21,6 +22,7 @@ from PIL import Image
 
 from studio.errors import OutOfMemoryError
 from studio.generation import infotext
+from studio.generation.embeddings import embeddings_for_prompt
 from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
 from studio.generation.schedulers import a1111_sampler, make_scheduler
@@ -59,7 +61,9 @@ def _pick_seed(seed: int) -> int:
     return random.randint(0, MAX_SEED) if seed == -1 else seed
 
 
-def _infotext(request: GenerationRequest, model: LoadedModel, seed: int, width: int, height: int, loras) -> str:
+def _infotext(
+    request: GenerationRequest, model: LoadedModel, seed: int, width: int, height: int, loras, embeddings=()
+) -> str:
     sampler, schedule = a1111_sampler(request.scheduler)
     prompt = request.prompt
     if loras:
@@ -75,6 +79,8 @@ def _infotext(request: GenerationRequest, model: LoadedModel, seed: int, width: 
         "Model": model.name,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
+        # A1111 drops ':' and ',' from the names, so the list parses back.
+        "TI hashes": ", ".join(f"{re.sub(r'[:,]', '', e.name)}: {e.hash}" for e in embeddings) or None,
     }
     return infotext.build_infotext(prompt=prompt, negative_prompt=request.negative_prompt, params=params)
 
@@ -109,6 +115,9 @@ def generate(
         loras = _apply_loras(model, request.loras, manager.config.loras_dir)
         pipe = model.pipe
         pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
+        vectors, embedding_files = embeddings_for_prompt(
+            manager.config, model.kind, request.prompt, request.negative_prompt
+        )
         try:
             # After the LoRAs: adapters on the text encoders change the embeddings.
             conditioning = encode_prompts(
@@ -118,6 +127,7 @@ def generate(
                 negative_prompt=request.negative_prompt,
                 steps=request.steps,
                 clip_skip=request.clip_skip,
+                embeddings=vectors,
             )
         except torch.OutOfMemoryError as e:
             raise _out_of_memory(model, width, height, request.batch_size) from e
@@ -135,7 +145,8 @@ def generate(
                 break
             result.images += images
             result.seeds += seeds
-            result.infotexts += [_infotext(request, model, seed, width, height, loras) for seed in seeds]
+            used = [embedding_files[name] for name in conditioning.embeddings_used]
+            result.infotexts += [_infotext(request, model, seed, width, height, loras, used) for seed in seeds]
         result.seconds = time.perf_counter() - started
         return result
 

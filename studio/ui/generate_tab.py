@@ -46,7 +46,9 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="satellite image of snowy mountains, high detail")
+            prompt_tokens = gr.Markdown("0/75", elem_id="prompt-token-count")
             negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="blurry, low quality")
+            negative_tokens = gr.Markdown("0/75", elem_id="negative-token-count")
             with gr.Row():
                 steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
                 cfg = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
@@ -176,6 +178,16 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         return kind.native_size, kind.native_size
 
     model.input(native_size, inputs=model, outputs=[width, height], api_visibility="private")
+
+    def count_tokens(model, text):
+        return studio.count_tokens(model, text or "")
+
+    # Light and frequent (every keystroke): no queue, so the counter never waits behind a generation.
+    counter = dict(api_visibility="private", queue=False, show_progress="hidden")
+    for box, shown in ((prompt, prompt_tokens), (negative, negative_tokens)):
+        box.change(count_tokens, inputs=[model, box], outputs=shown, **counter)
+        model.change(count_tokens, inputs=[model, box], outputs=shown, **counter)
+
     random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
     reuse_seed.click(
         lambda used: -1 if used is None else used, inputs=last_seed, outputs=seed, api_visibility="private"
