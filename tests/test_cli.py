@@ -101,3 +101,21 @@ def test_models_lists_the_models_folder_with_kinds(tmp_path, tiny_sdxl_dir):
     lines = result.stdout.splitlines()
     assert "demo-sd15\tSD1.5\tdemo" in lines
     assert "my-sdxl\tSDXL\tfolder" in lines
+
+
+def test_models_with_a_missing_models_folder_says_so(tmp_path):
+    result = run_cli("models", "--models-dir", tmp_path / "missing")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: Models folder {tmp_path / 'missing'} does not exist; check --models-dir."
+
+
+def test_data_check_lists_every_skipped_file(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (96, 96), "green").save(data / "ok.png")
+    for i in range(8):
+        (data / f"note{i}.md").write_text("x")
+    args = ("--data", data, "--model", "demo-sd15", "--name", "x", "--caption", "c", "--check")
+    result = run_cli("train", *args, *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert all(f"note{i}.md" in result.stderr for i in range(8)) and "more" not in result.stderr

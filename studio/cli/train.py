@@ -153,7 +153,7 @@ def run(args) -> int:
     config = config_from_args(args)
     request, report, note = build_request(args, config)
     if args.check:
-        print(report.summary() + "\n" + note, file=sys.stderr)
+        print(report.summary(max_skipped=None) + "\n" + note, file=sys.stderr)
         return 0
     quiet_libraries(verbose=args.verbose)
     from tqdm import tqdm

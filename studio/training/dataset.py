@@ -188,8 +188,9 @@ class DatasetReport:
         order = [label for label, _ in _ASPECTS] + [_TALLER, _WIDER]
         return {label: counts[label] for label in order if counts[label]}
 
-    def summary(self, max_skipped: int = 5) -> str:
-        """A few lines for the UI or CLI."""
+    def summary(self, max_skipped: int | None = 5) -> str:
+        """A few lines for the UI; `max_skipped=None` lists every skipped file (the CLI: nothing hidden)."""
+        max_skipped = len(self.skipped) if max_skipped is None else max_skipped
         problems = f"{len(self.skipped)} files skipped or with problems" if self.skipped else "nothing skipped"
         lines = [f"{self.folder}: {len(self.samples)} usable of {self.images_found} images found, {problems}."]
         if self.samples:
