@@ -196,3 +196,13 @@ def test_cancelling_an_api_call_stops_its_generation(client, studio_running_app)
     # The next call queues behind the cancelled one; once it is done, the cancelled run has ended too.
     assert generate(client, seed=4243)[0].startswith("Done.")
     assert not list(studio_running_app.outputs_dir.glob("txt2img/*/*-4242.png")), "the cancelled run kept going"
+
+
+def test_a1111_prompt_syntax_through_the_api_round_trips_in_png_info(client):
+    """Weights, BREAK and prompt editing are honoured by /generate and kept as typed in the infotext."""
+    typed = "(snowy mountains:1.5), [fog] BREAK a [cat:dog:0.5] ridge"
+    _, weighted, info, _ = generate(client, seed=11, prompt=typed, steps=4)
+    _, plain, _, _ = generate(client, seed=11, prompt="snowy mountains, fog BREAK a cat ridge", steps=4)
+    assert np.abs(pixels(Image.open(weighted)) - pixels(Image.open(plain))).mean() > 0  # the syntax is read
+    text = client.predict(handle_file(str(weighted)), api_name="/png_info")
+    assert text == info and parse_infotext(text)["Prompt"] == typed

@@ -76,7 +76,8 @@ def test_bad_size_shows_an_error_toast_and_the_next_generation_works(page):
 
 
 def test_png_info_reads_an_image_and_sends_it_to_the_form(page, studio_running_app, tmp_path):
-    fill_form(page, prompt="a glacier at dawn", seed=77)
+    typed = "a (glacier:1.3) at dawn BREAK [fog], [cat:dog:0.5]"  # A1111 syntax survives the round trip as typed
+    fill_form(page, prompt=typed, seed=77)
     page.locator("#generate-button").click()
     expect(status(page)).to_contain_text("seed 77")
     saved = sorted(studio_running_app.outputs_dir.glob("txt2img/*/*-77.png"))[-1]
@@ -87,7 +88,7 @@ def test_png_info_reads_an_image_and_sends_it_to_the_form(page, studio_running_a
     page.locator("#png-upload input[type=file]").set_input_files(str(upload))
     expect(page.locator("#png-info-text textarea")).to_have_value(read_infotext(saved))
     page.locator("#send-to-generate").click()
-    expect(page.get_by_label("Prompt", exact=True)).to_have_value("a glacier at dawn")
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value(typed)
     expect(page.get_by_label("Seed (-1 = random)")).to_have_value("77")
     assert parse_infotext(read_infotext(saved))["Seed"] == "77"
 

@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -119,3 +120,16 @@ def test_data_check_lists_every_skipped_file(tmp_path):
     result = run_cli("train", *args, *folders(tmp_path))
     assert result.returncode == 0, result.stderr
     assert all(f"note{i}.md" in result.stderr for i in range(8)) and "more" not in result.stderr
+
+
+def test_generate_reads_prompt_weights_and_writes_the_prompt_as_typed(tmp_path):
+    images = {}
+    for prompt in ("(snowy:1.5) ridge", "snowy ridge"):
+        out = tmp_path / prompt.replace(" ", "_").replace("(", "").replace(")", "").replace(":", "")
+        args = ("--model", "demo-sd15", "--prompt", prompt, "--steps", 2, "--width", 64, "--height", 64)
+        result = run_cli("generate", *args, "--seed", 5, "--out", out, *folders(tmp_path))
+        assert result.returncode == 0, result.stderr
+        (path,) = [Path(line) for line in result.stdout.split()]
+        images[prompt] = np.asarray(Image.open(path), dtype=np.int16)
+        assert infotext.parse_infotext(infotext.read_infotext(path))["Prompt"] == prompt
+    assert np.abs(images["(snowy:1.5) ridge"] - images["snowy ridge"]).mean() > 0
