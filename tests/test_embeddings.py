@@ -198,3 +198,39 @@ def test_sdxl_pooling_stays_at_the_end_token_with_the_old_eos_config():
         word = _encode_chunks(pipe, tokenizer, encoder, split_chunks("a red barn", tokenizer)[0], True, 1)
         named = _encode_chunks(pipe, tokenizer, encoder, split_chunks("a emb barn", tokenizer, lookup)[0], True, 1)
     assert torch.allclose(named[0], word[0]) and torch.allclose(named[1], word[1])
+
+
+def test_a_real_size_sd15_embedding_reaches_the_real_size_text_encoder(tmp_path):
+    """The real SD1.5 text encoder (random weights, bundled config) and the real CLIP tokenizer: a 4-vector,
+    768-wide embedding named in the prompt is placed in the encoder's rows and changes the conditioning."""
+    import types
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from studio.generation.embeddings import load_vectors
+    from studio.generation.prompts import encode_prompts
+    from studio.models.clip_tokenizer import clip_tokenizer
+    from studio.models.single_file import BUNDLED_CONFIGS
+
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(BUNDLED_CONFIGS[ModelKind.SD15] / "text_encoder")).eval()
+    pipe = types.SimpleNamespace(
+        tokenizer=clip_tokenizer(), text_encoder=encoder, _execution_device=torch.device("cpu")
+    )
+    rows = torch.randn(4, 768)
+    save_embedding(tmp_path, "AidStyle", [rows])
+    (entry,) = scan_embeddings(tmp_path)
+    assert (entry.kind, entry.vectors, entry.problem) == (ModelKind.SD15, 4, None)
+
+    def conditioning(prompt, embeddings):
+        result = encode_prompts(pipe, sdxl=False, prompt=prompt, negative_prompt="", steps=2, embeddings=embeddings)
+        return result.positive[0][1].embeds, result
+
+    named, result = conditioning("satellite image, AidStyle", {"AidStyle": load_vectors(entry)})
+    as_words, _ = conditioning("satellite image, AidStyle", None)
+    assert result.embeddings_used == ("AidStyle",)
+    table = encoder.get_input_embeddings().weight
+    placed = [i for i in range(table.shape[0]) if i >= 49408 and torch.equal(table[i], rows[i - 49408])]
+    assert len(placed) == 4  # the file's vectors are the rows the prompt's tokens point at
+    assert named.shape == as_words.shape == (1, 77, 768)
+    assert (named - as_words).abs().mean() > 1e-3
