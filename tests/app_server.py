@@ -32,6 +32,7 @@ class RunningApp:
     outputs_dir: Path
     log: Path  # the app's stdout and stderr, for failure messages
     startup_seconds: float  # process start to first HTTP 200
+    embeddings_dir: Path | None = None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -84,7 +85,7 @@ def running_app(
 ) -> Iterator[RunningApp]:
     """Start `launch.py --demo` on a free port with its own folders under `folder`; stop it on exit."""
     folder = Path(folder)
-    dirs = {name: folder / name for name in ("models", "loras", "outputs")}
+    dirs = {name: folder / name for name in ("models", "loras", "outputs", "embeddings")}
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -100,6 +101,8 @@ def running_app(
         str(dirs["loras"]),
         "--outputs-dir",
         str(dirs["outputs"]),
+        "--embeddings-dir",
+        str(dirs["embeddings"]),
         *args,
     ]
     log = folder / "app.log"
@@ -111,7 +114,8 @@ def running_app(
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_for_http(url, process, timeout=timeout, log=log)
-        yield RunningApp(url, process, dirs["models"], dirs["loras"], dirs["outputs"], log, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        yield RunningApp(url, process, dirs["models"], dirs["loras"], dirs["outputs"], log, seconds, dirs["embeddings"])
     finally:
         stop(process)
 

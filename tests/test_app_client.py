@@ -5,6 +5,7 @@ Covers every public api_name of the Generate tab: /generate, /stop, /png_info, /
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -206,3 +207,20 @@ def test_a1111_prompt_syntax_through_the_api_round_trips_in_png_info(client):
     assert np.abs(pixels(Image.open(weighted)) - pixels(Image.open(plain))).mean() > 0  # the syntax is read
     text = client.predict(handle_file(str(weighted)), api_name="/png_info")
     assert text == info and parse_infotext(text)["Prompt"] == typed
+
+
+def test_an_embedding_named_through_the_api_is_used_and_its_hash_round_trips(client, studio_running_app):
+    """A textual inversion dropped into the app's embeddings folder, named in a /generate prompt."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(
+        {"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
+        studio_running_app.embeddings_dir / "ApiStyle.safetensors",
+    )  # 32 wide: the tiny text encoder
+    _, named, _info, _ = generate(client, seed=12, prompt="snowy mountains, ApiStyle")
+    _, plain, _, _ = generate(client, seed=12, prompt="snowy mountains, ")
+    assert np.abs(pixels(Image.open(named)) - pixels(Image.open(plain))).mean() > 0
+    parsed = parse_infotext(client.predict(handle_file(str(named)), api_name="/png_info"))
+    digest = hashlib.sha256((studio_running_app.embeddings_dir / "ApiStyle.safetensors").read_bytes()).hexdigest()
+    assert parsed["Prompt"] == "snowy mountains, ApiStyle" and parsed["TI hashes"] == f"ApiStyle: {digest[:12]}"
