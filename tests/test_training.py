@@ -182,3 +182,20 @@ def test_user_errors_come_before_any_model_loads(photos, tmp_path):
     (config.loras_dir / "alps").mkdir()
     with pytest.raises(TrainingError, match="already exists"):
         run_training(quick_request(photos, model="no-such-model"), config)
+
+
+def test_validation_prompts_are_read_as_a1111_prompts(photos, tmp_path):
+    """Weights change the validation sample; a prompt past 75 tokens draws (two chunks, negative padded to match)."""
+    samples = {}
+    long_tail = ", ".join(["snowy ridge"] * 40)  # ~120 tokens
+    for name, prompt in [
+        ("plain", "mtn, satellite image"),
+        ("weighted", "mtn, (satellite:1.8) image"),
+        ("long", f"mtn, satellite image, {long_tail}"),
+    ]:
+        request = quick_request(photos, name=name, steps=1, validation_steps=2, validation_prompt=prompt)
+        folder, _ = run_training(request, make_config(tmp_path / name))
+        (sample,) = sorted((folder / "samples").glob("*.png"))
+        samples[name] = pixels(Image.open(sample))
+    assert np.abs(samples["weighted"] - samples["plain"]).mean() > 0
+    assert samples["long"].shape == samples["plain"].shape

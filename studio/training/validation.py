@@ -6,6 +6,7 @@ import torch
 
 from studio.generation import outputs
 from studio.generation.infotext import build_infotext
+from studio.models.kinds import ModelKind
 from studio.training.events import TrainingEvent
 from studio.training.setup import Run, text_encoders
 
@@ -35,7 +36,7 @@ def sample(run: Run, step: int) -> dict:
     generator = torch.Generator("cpu").manual_seed(request.validation_seed)
     with run.accelerator.autocast():  # fp16/bf16 weights with fp32 LoRA layers: let autocast pick each op's dtype
         image = pipe(
-            prompt,
+            **_prompt_kwargs(pipe, run, prompt),
             num_inference_steps=request.validation_steps,
             guidance_scale=VALIDATION_CFG,
             height=size,
@@ -57,6 +58,29 @@ def sample(run: Run, step: int) -> dict:
         "seed": request.validation_seed,
         "step": step,
     }
+
+
+def _prompt_kwargs(pipe, run: Run, prompt: str) -> dict:
+    """The prompt read as A1111 reads it (weights, BREAK, long prompts; the first part of an edited prompt).
+
+    A prompt of one chunk leaves the negative to the pipeline, as before (SDXL's is zeros there); a longer one
+    also needs a negative padded to its length, which `encode_prompts` builds from the empty prompt.
+    """
+    from studio.generation.prompts import encode_prompts
+
+    sdxl = run.kind is ModelKind.SDXL
+    conditioning = encode_prompts(
+        pipe, sdxl=sdxl, prompt=prompt, negative_prompt="", steps=run.request.validation_steps
+    )
+    positive, negative = conditioning.at_step(0)
+    kwargs = {"prompt_embeds": positive.embeds}
+    if sdxl:
+        kwargs["pooled_prompt_embeds"] = positive.pooled
+    if positive.embeds.shape[1] > 77:
+        kwargs["negative_prompt_embeds"] = negative.embeds
+        if sdxl:
+            kwargs["negative_pooled_prompt_embeds"] = negative.pooled
+    return kwargs
 
 
 def _infotext(run: Run, prompt: str, step: int) -> str:
