@@ -1,6 +1,7 @@
 """The launched app driven by gradio_client from this (separate) process, as scripts and other tools use it.
 
-Covers every public api_name of the Generate tab: /generate, /stop, /png_info, /list_models, /history.
+Covers every public api_name of the Generate tab: /generate, /stop, /png_info, /list_models, /history,
+/list_embeddings.
 """
 
 from __future__ import annotations
@@ -223,4 +224,6 @@ def test_an_embedding_named_through_the_api_is_used_and_its_hash_round_trips(cli
     assert np.abs(pixels(Image.open(named)) - pixels(Image.open(plain))).mean() > 0
     parsed = parse_infotext(client.predict(handle_file(str(named)), api_name="/png_info"))
     digest = hashlib.sha256((studio_running_app.embeddings_dir / "ApiStyle.safetensors").read_bytes()).hexdigest()
+    listed = client.predict(api_name="/list_embeddings")  # the Generate tab's embeddings table
+    assert ["ApiStyle", "SD1.5", 2, digest[:12], ""] in listed["data"]
     assert parsed["Prompt"] == "snowy mountains, ApiStyle" and parsed["TI hashes"] == f"ApiStyle: {digest[:12]}"

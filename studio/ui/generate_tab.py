@@ -77,6 +77,14 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
                     with gr.Column():
                         png_text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="png-info-text")
                         send_to_form = gr.Button("Send to Generate", elem_id="send-to-generate")
+            with gr.Accordion("Embeddings: write a name in a prompt to use it", open=False) as embeddings_panel:
+                embeddings_table = gr.Dataframe(
+                    headers=["name", "base", "vectors", "hash", "problem"],
+                    interactive=False,
+                    wrap=True,
+                    elem_id="embeddings-table",
+                )
+                embeddings_refresh = gr.Button("↻ Rescan embeddings", size="sm")
             with gr.Accordion("Output history", open=False) as history_panel:
                 history_gallery = gr.Gallery(
                     columns=6, height=360, label="Saved images (newest first)", elem_id="history-gallery"
@@ -219,6 +227,12 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         return [gr.update(value=values[name]) if name in values else gr.update() for name in FORM_FIELDS]
 
     send_to_form.click(fill_form, inputs=png_text, outputs=form, api_visibility="private")
+
+    def list_embeddings():
+        return studio.embeddings()
+
+    embeddings_refresh.click(list_embeddings, outputs=embeddings_table, api_name="list_embeddings", queue=False)
+    embeddings_panel.expand(list_embeddings, outputs=embeddings_table, api_visibility="private", queue=False)
 
     def list_history():
         return [str(p) for p in studio.history()]
