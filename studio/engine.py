@@ -218,15 +218,10 @@ class Studio:
         return self._follow("import", work)
 
     def embeddings(self) -> list[list]:
-        """The embeddings folder as table rows: [name, kind, vectors, hash, problem] (headers only, no torch)."""
-        from studio.generation.embeddings import scan_embeddings
+        """The embeddings folder as table rows: [name, base, vectors, hash, problem] (headers only, no torch)."""
+        from studio.generation.embeddings import embedding_rows
 
-        rows = []
-        for entry in scan_embeddings(self.config.embeddings_dir, allow_pickle=self.config.allow_pickle):
-            kind = entry.kind.label if entry.kind else "?"
-            usable = entry.problem is None
-            rows.append([entry.name, kind, entry.vectors, entry.hash if usable else "", entry.problem or ""])
-        return rows
+        return embedding_rows(self.config)
 
     def count_tokens(self, model: str, text: str) -> str:
         """A1111's token counter for a prompt box: `32/75`, `80/150` once a second 75-token chunk starts.

@@ -33,7 +33,7 @@ from studio.generation.request import GenerationRequest
 from studio.generation.run import generate
 from studio.models.manager import ModelManager
 from tests.builders import save_tiny_feature_model
-from tests.helpers import pixels
+from tests.helpers import pixels, quick_request
 
 SMALL = SamplingSettings(steps=2, width=64, height=64, scheduler="Euler")
 CPU = dict(device=torch.device("cpu"), dtype=torch.float32)
@@ -351,25 +351,13 @@ def test_export_refuses_a_folder_in_use_and_names_that_escape(manager, tmp_path,
 
 
 def test_exported_data_trains_a_lora_that_evaluate_scores_at_several_strengths(manager, config, clip_dir, tmp_path):
-    from studio.training.request import TrainingRequest
     from studio.training.trainer import train
 
     exported = export(manager, tmp_path / "synthetic", prompts=("snowy peaks",), count=4, seed=10)
     config.loras_dir.mkdir(parents=True, exist_ok=True)
     events = []
-    request = TrainingRequest(
-        data=exported.folder,
-        model="demo-sd15",
-        name="synthetic",
-        steps=4,
-        rank=4,
-        alpha=2.0,
-        learning_rate=5e-2,
-        resolution=64,
-        batch_size=2,
-        validation_steps=2,
-        checkpoint_every=0,
-    )
+    # Captions come from the exported metadata.jsonl: no default caption, trigger or validation prompt.
+    request = quick_request(exported.folder, name="synthetic", caption=None, trigger=None, validation_prompt=None)
     adapter = train(request, config, on_event=events.append)
     assert adapter == config.loras_dir / "synthetic" and (adapter / "pytorch_lora_weights.safetensors").is_file()
     assert "4 usable of 4 images" in events[0].message and "4 from metadata.jsonl" in events[0].message

@@ -19,10 +19,11 @@ from PIL.PngImagePlugin import PngInfo
 
 from studio.generation.infotext import parse_infotext, read_infotext
 from studio.hub.adapters import shareable_adapters
-from studio.hub.public import public_file, sha256_of
+from studio.hub.public import public_file
 from studio.lora.files import LoraWeights, save_diffusers_lora, save_kohya_lora
 from studio.lora.folder import public_metadata, public_name, public_text
 from studio.lora.library import addnet_hash, find_lora, header_manifest
+from studio.models.hashes import sha256_file
 from studio.models.kinds import ModelKind, read_safetensors_header
 from tests.hub_clients import ALICE, DOWNLOAD_CODE, front_matter, push_python, run_python, snapshot
 from tests.hub_server import HubServer
@@ -209,7 +210,7 @@ def test_a_kohya_file_made_elsewhere_is_pushed_with_a_card_from_its_header_and_n
     assert "`aid_mountain`, `snow`, `ridge`" in card
     assert 'load_lora_weights("alice/mountains", weight_name="mountains.safetensors")' in card
     assert "<lora:mountains:1>" in card and "LoraLoader" in card
-    sha = sha256_of(tmp_path / "sent.safetensors")
+    sha = sha256_file(tmp_path / "sent.safetensors")
     assert "- `mountains.safetensors`: kohya format" in card
     assert f"SHA256 `{sha}` (AutoV2 `{sha[:10].upper()}`)" in card
     assert f"A1111 hash `{find_lora(tmp_path / 'loras', 'mountains').addnet_hash}`" in card
@@ -254,7 +255,7 @@ def test_a_diffusers_adapter_made_elsewhere_is_pushed_with_its_alpha_and_a_diffu
     assert "this adapter has none" in card and "<lora:" not in card  # A1111/ComfyUI need a kohya file
     assert (
         f"- `{weights_name}`: diffusers format" in card
-        and f"SHA256 `{sha256_of(loras / 'desert' / weights_name if layout == 'folder' else loras / weights_name)}`"
+        and f"SHA256 `{sha256_file(loras / 'desert' / weights_name if layout == 'folder' else loras / weights_name)}`"
         in card
     )
     assert leaks(hub, [tmp_path]) == []

@@ -12,15 +12,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from studio.generation.embeddings import scan_embeddings
+    from studio.generation.embeddings import embedding_rows
 
     config = config_from_args(args)
-    entries = scan_embeddings(config.embeddings_dir, allow_pickle=config.allow_pickle)
-    if not entries:
+    rows = embedding_rows(config)
+    if not rows:
         print(f"no embeddings in {config.embeddings_dir}")
         return 0
     print("name\tkind\tvectors\thash\tproblem")
-    for e in entries:
-        kind = e.kind.label if e.kind else "?"
-        print("\t".join([e.name, kind, str(e.vectors or "?"), e.hash, e.problem or "ok"]))
+    for name, kind, vectors, digest, problem in rows:
+        print("\t".join([name, kind, str(vectors or "?"), digest, problem or "ok"]))
     return 0

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from studio.config import StudioConfig
 from studio.errors import InvalidRequestError, UnsafeFileError, UnsupportedModelError
+from studio.lora.folder import PICKLE_SUFFIXES
 from studio.models.hashes import sha256_file
 from studio.models.kinds import ModelKind, read_safetensors_header
 
 SUFFIXES = (".safetensors", ".pt", ".bin")
-PICKLE_SUFFIXES = (".pt", ".bin")
 MAX_VECTORS = 75  # one chunk: A1111 cannot place a longer embedding either
 _SD2_WIDTH = 1024
 
@@ -56,8 +56,27 @@ def scan_embeddings(folder: Path, *, allow_pickle: bool = False) -> list[Embeddi
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    paths = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES]
-    return [_read_entry(path, allow_pickle) for path in sorted(paths, key=lambda p: p.name.lower())]
+    paths = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES), key=_by_name)
+    return [_read_entry_cached(str(p), allow_pickle, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+
+
+def embedding_rows(config: StudioConfig) -> list[list]:
+    """The embeddings folder as table rows [name, base, vectors, hash, problem] (the UI's table, the CLI's list)."""
+    return [
+        [e.name, e.kind.label if e.kind else "?", e.vectors, e.hash, e.problem or ""]
+        for e in scan_embeddings(config.embeddings_dir, allow_pickle=config.allow_pickle)
+    ]
+
+
+def _by_name(path: Path) -> str:
+    return path.name.lower()
+
+
+# Keyed by size and modification time: the token counter scans the folder on every keystroke, and a file's
+# header (and its hash, computed once) only needs reading again when the file changes.
+@functools.lru_cache(maxsize=1024)
+def _read_entry_cached(path: str, allow_pickle: bool, _size: int, _mtime_ns: int) -> EmbeddingFile:
+    return _read_entry(Path(path), allow_pickle)
 
 
 def _read_entry(path: Path, allow_pickle: bool) -> EmbeddingFile:

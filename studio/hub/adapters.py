@@ -40,7 +40,7 @@ from studio.atomic import make_readable, replace_folder, restore_replaced, stagi
 from studio.errors import CancelledError, HubError, InvalidRequestError, StudioError, UnsafePathError
 from studio.hub.download import error_chain, hub_failure, progress_bar_class
 from studio.hub.model_card import CardFile, build_model_card
-from studio.hub.public import public_file, sha256_of
+from studio.hub.public import public_file
 from studio.lora.folder import (
     MANIFEST,
     PICKLE_SUFFIXES,
@@ -49,6 +49,7 @@ from studio.lora.folder import (
     check_repo_id,
     manifest_if_readable,
 )
+from studio.models.hashes import sha256_file
 
 ProgressFn = Callable[[float, str], None]
 
@@ -269,7 +270,7 @@ def _card_file(repo_path: str, source: Path | bytes) -> CardFile | None:
         return CardFile(MANIFEST, "manifest")
     if "/" in repo_path or not repo_path.endswith(".safetensors") or isinstance(source, bytes):
         return None
-    return CardFile(repo_path, _lora_format(source), sha256_of(source), addnet_hash(source))
+    return CardFile(repo_path, _lora_format(source), sha256_file(source), addnet_hash(source))
 
 
 def push_adapter(

@@ -52,15 +52,15 @@ class CardFile:
 
 def local_files(adapter_dir: Path, name: str) -> list[CardFile]:
     """The files of a Studio adapter folder that exist (diffusers, kohya, manifest), hashed as they are."""
-    from studio.hub.public import sha256_of
     from studio.lora.library import addnet_hash
+    from studio.models.hashes import sha256_file
 
     adapter_dir = Path(adapter_dir)
     files = []
     for file, fmt in ((DIFFUSERS_WEIGHTS, "diffusers"), (f"{name}.safetensors", "kohya"), (MANIFEST, "manifest")):
         path = adapter_dir / file
         if path.is_file():
-            hashes = (sha256_of(path), addnet_hash(path)) if fmt != "manifest" else (None, None)
+            hashes = (sha256_file(path), addnet_hash(path)) if fmt != "manifest" else (None, None)
             files.append(CardFile(file, fmt, *hashes))
     return files
 

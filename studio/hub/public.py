@@ -11,7 +11,6 @@ here; one that needs no change is sent as it is, one that does is rewritten into
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
@@ -135,11 +134,3 @@ def _public_text_chunk(kind: bytes, body: bytes) -> bytes | None:
         return head + (zlib.compress(text) if flag else text)
     except (zlib.error, UnicodeDecodeError, IndexError):
         return None
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
