@@ -1,4 +1,4 @@
-"""Text-to-image generation: one `GenerationRequest` in, images with A1111 infotext out.
+"""Generation (text-to-image, image-to-image, inpainting): one `GenerationRequest` in, images with A1111 infotext out.
 
     result = generate(manager, request, on_step=print_progress, cancel=stop_event)
 
@@ -6,6 +6,8 @@ The request is validated before any model loads. Each image i of a run uses seed
 generator, so any image can be reproduced alone, on any device, from the seed in its infotext.
 Prompts are read the A1111 way (`studio.generation.prompts`: weights, long prompts, BREAK, prompt editing) and
 reach the pipeline as embeddings; edits and alternations swap them between steps in the step callback.
+A request with an input picture (and a mask) runs the img2img / inpaint pipeline made from the loaded one
+(`LoadedModel.pipeline_for`: same weights, same LoRA blend); what that adds is in `studio.generation.img2img`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 from studio.errors import OutOfMemoryError
 from studio.generation import infotext
 from studio.generation.embeddings import embeddings_for_prompt
+from studio.generation.img2img import ImageJob, infotext_params, output_size, plan_images
 from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
 from studio.generation.schedulers import a1111_sampler, make_scheduler
@@ -77,6 +80,7 @@ def _infotext(
         "Size": f"{width}x{height}",
         "Model hash": model.model_hash,
         "Model": model.name,
+        **infotext_params(request),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
         # A1111 drops ':' and ',' from the names, so the list parses back.
@@ -110,8 +114,8 @@ def generate(
     cancel = cancel or threading.Event()
     started = time.perf_counter()
     with manager.acquire(request.model, on_progress=on_load) as model:
-        width = request.width or model.kind.native_size
-        height = request.height or model.kind.native_size
+        width, height = output_size(model, request)
+        job = plan_images(model, request, width, height)
         loras = _apply_loras(model, request.loras, manager.config.loras_dir)
         pipe = model.pipe
         pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
@@ -132,14 +136,14 @@ def generate(
         except torch.OutOfMemoryError as e:
             raise _out_of_memory(model, width, height, request.batch_size) from e
         first_seed = _pick_seed(request.seed)
-        result = GenerationResult([], [], [], model.name, 0.0)
+        result = GenerationResult([], [], [], model.name, 0.0, notes=list(job.prepared.notes) if job else [])
         for call in range(request.batch_count):
             if cancel.is_set():
                 result.interrupted = True
                 break
             seeds = [(first_seed + call * request.batch_size + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
             try:
-                images = _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel)
+                images = _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel, job)
             except _Stopped:
                 result.interrupted = True
                 break
@@ -151,8 +155,11 @@ def generate(
         return result
 
 
-def _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel) -> list[Image.Image]:
-    pipe = model.pipe
+def _run_pipeline(
+    model, request, conditioning, seeds, width, height, call, on_step, cancel, job: ImageJob | None
+) -> list[Image.Image]:
+    pipe = model.pipeline_for(job.mode if job else "txt2img")
+    total_steps = job.sampling_steps(request.steps) if job else request.steps
     call_started = time.perf_counter()
     last_latents = {}
 
@@ -162,30 +169,33 @@ def _run_pipeline(model, request, conditioning, seeds, width, height, call, on_s
             raise _Stopped()
         if on_step is not None:
             preview = latent_preview(tensors["latents"], model.kind)
-            on_step(StepInfo(call, step + 1, request.steps, time.perf_counter() - call_started, preview))
+            on_step(StepInfo(call, step + 1, total_steps, time.perf_counter() - call_started, preview))
         if conditioning.changes_after(step):
             return _next_conditioning(pipe_, conditioning.at_step(step + 1), len(seeds), tensors)
         return {}
 
     positive, negative = conditioning.at_step(0)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     kwargs = dict(
         **_embeds_kwargs(positive, negative, len(seeds)),
         num_inference_steps=request.steps,
         guidance_scale=request.cfg,
-        width=width,
-        height=height,
-        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        generator=generators,
         callback_on_step_end=step_end,
         callback_on_step_end_tensor_inputs=["latents", *(_EDITED_TENSORS[model.kind] if conditioning.changes else [])],
     )
     try:
-        return pipe(**kwargs).images
+        if job is None:
+            return pipe(**kwargs, width=width, height=height).images
+        kwargs.update(job.pipeline_kwargs(pipe, seeds, generators, width, height))
+        return job.finish(pipe(**kwargs).images)
     except torch.OutOfMemoryError as e:
         step_index = pipe.scheduler.step_index
         denoised = len(last_latents) and step_index is not None and step_index >= request.steps
         if denoised and not pipe.vae.use_tiling:
             # Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
-            return _decode_with_tiling(model, last_latents["latents"])
+            decoded = _decode_with_tiling(model, last_latents["latents"])
+            return job.finish(decoded) if job else decoded
         raise _out_of_memory(model, width, height, len(seeds)) from e
 
 
