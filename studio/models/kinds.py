@@ -88,8 +88,34 @@ def kind_of_checkpoint_keys(keys, name: str = "checkpoint") -> ModelKind:
 
 
 def kind_of_checkpoint(path: Path) -> ModelKind:
+    return describe_checkpoint(path)[0]
+
+
+# The UNet's first convolution: (320, 4, 3, 3) in ordinary SD1.5/SDXL checkpoints, (320, 9, 3, 3) in the dedicated
+# inpainting ones (latents + mask + masked picture), e.g. sd-v1-5-inpainting and sd_xl_base_1.0_inpainting_0.1.
+INPAINT_UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+INPAINT_CHANNELS = 9
+
+
+def describe_checkpoint(path: Path) -> tuple[ModelKind, bool]:
+    """(SD1.5 or SDXL, whether it is an inpainting model) from the header of an original-layout checkpoint."""
     header = read_safetensors_header(path)
-    return kind_of_checkpoint_keys((k for k in header if k != "__metadata__"), name=Path(path).name)
+    kind = kind_of_checkpoint_keys((k for k in header if k != "__metadata__"), name=Path(path).name)
+    return kind, is_inpainting_header(header)
+
+
+def is_inpainting_header(header: dict) -> bool:
+    shape = header.get(INPAINT_UNET_KEY, {}).get("shape", [])
+    return len(shape) == 4 and shape[1] == INPAINT_CHANNELS
+
+
+def is_inpainting_folder(folder: Path) -> bool:
+    """Whether a diffusers folder's UNet reads 9 channels (its `unet/config.json`); False when that is unreadable."""
+    try:
+        config = json.loads((Path(folder) / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("in_channels") == INPAINT_CHANNELS
 
 
 def kind_of_folder(folder: Path) -> ModelKind:

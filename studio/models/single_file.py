@@ -16,7 +16,7 @@ import torch
 
 from studio.errors import StudioError, UnsafeFileError, UnsupportedModelError
 from studio.lora.folder import PICKLE_SUFFIXES
-from studio.models.kinds import ModelKind, kind_of_checkpoint_keys, read_safetensors_header
+from studio.models.kinds import ModelKind, is_inpainting_header, kind_of_checkpoint_keys, read_safetensors_header
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BUNDLED_CONFIGS = {ModelKind.SD15: CONFIGS / "sd15", ModelKind.SDXL: CONFIGS / "sdxl"}
@@ -39,7 +39,7 @@ def load_single_file(
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(path)
-    _check_file(path, kind, allow_pickle=allow_pickle)
+    inpainting = _check_file(path, kind, allow_pickle=allow_pickle)
     config_dir = Path(config_dir) if config_dir is not None else BUNDLED_CONFIGS[kind]
     if not (config_dir / "model_index.json").is_file():
         raise UnsupportedModelError(
@@ -55,6 +55,13 @@ def load_single_file(
         else:
             pipeline_class = StableDiffusionPipeline
             components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        if inpainting:
+            # The bundled configs are the 4-channel models'; an inpainting UNet is the same with 9 input channels.
+            from diffusers import UNet2DConditionModel
+
+            components["unet"] = UNet2DConditionModel.from_single_file(
+                str(path), config=str(config_dir), subfolder="unet", in_channels=9, dtype=dtype, local_files_only=True
+            )
         pipe = pipeline_class.from_single_file(
             str(path), config=str(config_dir), dtype=dtype, local_files_only=True, **components
         )
@@ -75,7 +82,8 @@ def load_single_file(
     return pipe
 
 
-def _check_file(path: Path, kind: ModelKind, *, allow_pickle: bool) -> None:
+def _check_file(path: Path, kind: ModelKind, *, allow_pickle: bool) -> bool:
+    """Refuse a file that is not a loadable checkpoint of `kind`; returns whether it is an inpainting model."""
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -87,7 +95,7 @@ def _check_file(path: Path, kind: ModelKind, *, allow_pickle: bool) -> None:
             from studio.errors import ModelNotFoundError
 
             raise ModelNotFoundError(f"{path} does not exist. Check the path.")
-        return  # a pickle has no header to check without unpickling it
+        return False  # a pickle has no header to check without unpickling it
     if suffix != ".safetensors":
         raise UnsupportedModelError(
             f"{path.name} is not a .safetensors checkpoint; Studio loads .safetensors model files."
@@ -99,6 +107,7 @@ def _check_file(path: Path, kind: ModelKind, *, allow_pickle: bool) -> None:
         raise UnsupportedModelError(
             f"{path.name} is an {found.label} checkpoint, not {kind.label}; load it as {found.label}."
         )
+    return is_inpainting_header(header)
 
 
 def _tokenizer(config_dir: Path, subfolder: str, *, pad_token: str):

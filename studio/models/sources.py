@@ -13,7 +13,7 @@ from pathlib import Path
 from studio.config import StudioConfig
 from studio.errors import ModelNotFoundError, StudioError, UnsupportedModelError
 from studio.lora.folder import PICKLE_SUFFIXES, is_hub_id
-from studio.models.kinds import ModelKind, kind_of_checkpoint, kind_of_folder
+from studio.models.kinds import ModelKind, describe_checkpoint, is_inpainting_folder, kind_of_folder
 
 DEMO_MODELS = {"demo-sd15": ModelKind.SD15, "demo-sdxl": ModelKind.SDXL}
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -36,18 +36,23 @@ class ModelSource:
     problem: str | None = None
     """Why this entry cannot be loaded (shown greyed in the picker), or None."""
 
+    inpainting: bool = False
+    """A dedicated inpainting model (9-channel UNet), read from the header or unet config; every mode runs it
+    through the inpaint pipeline."""
+
     @property
     def label(self) -> str:
-        kind = self.kind.label if self.kind else "?"
+        kind = (self.kind.label if self.kind else "?") + (" inpainting" if self.inpainting else "")
         suffix = f"  (cannot load: {self.problem})" if self.problem else ""
         return f"{self.name}  [{kind}]{suffix}"
 
 
 def _local_source(path: Path, name: str) -> ModelSource:
     if path.is_dir():
-        return ModelSource(name, kind_of_folder(path), "folder", str(path))
+        return ModelSource(name, kind_of_folder(path), "folder", str(path), inpainting=is_inpainting_folder(path))
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        return ModelSource(name, kind_of_checkpoint(path), "single-file", str(path))
+        kind, inpainting = describe_checkpoint(path)
+        return ModelSource(name, kind, "single-file", str(path), inpainting=inpainting)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         # Kind is unknown without unpickling, which is exactly what we refuse to do by default.
         return ModelSource(name, None, "pickle", str(path))
