@@ -1,17 +1,25 @@
-"""`python -m studio generate`: write PNGs with A1111 infotext and print one saved path per line."""
+"""`python -m studio generate`: write PNGs with A1111 infotext and print one saved path per line.
+
+Text-to-image by default; `--init-image PATH` redraws a picture (image-to-image, `--strength`), `--mask PATH`
+repaints part of it (inpainting), and `--init-images DIR` redraws every picture of a folder, each output
+named after its input (`<name>-<seed>.png`). Notes (a mask stretched to fit, a file skipped) go to stderr.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import sys
 from pathlib import Path
 
 from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
+from studio.generation import images
 from studio.generation.request import GenerationRequest
 from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="generate images from a prompt")
+    parser = subparsers.add_parser("generate", help="generate images from a prompt (or redraw pictures)")
     parser.add_argument(
         "--model", required=True, help="demo-sd15, demo-sdxl, a models-folder entry, a path or a Hub id"
     )
@@ -20,7 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=-1, help="-1 for random (the seed used is in the PNG)")
-    parser.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    parser.add_argument(
+        "--width", type=int, default=None, help="default: the model's native size (pictures: their own shape)"
+    )
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of: {', '.join(SCHEDULER_NAMES)}")
     parser.add_argument("--batch", type=int, default=1, help="images per call")
@@ -28,14 +38,68 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-skip", type=int, default=1)
     parser.add_argument("--lora", type=parse_lora, action="append", default=[], metavar="NAME:WEIGHT")
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the outputs folder)")
+    group = parser.add_argument_group("image-to-image and inpainting (A1111 names)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--init-image", type=Path, default=None, help="a picture to redraw")
+    source.add_argument("--init-images", type=Path, default=None, help="redraw every picture of this folder")
+    group.add_argument("--strength", type=float, default=0.75, help="denoising strength, above 0 up to 1")
+    group.add_argument("--resize-mode", default="just resize", choices=images.RESIZE_MODES)
+    group.add_argument("--mask", type=Path, default=None, help="inpaint: white = repaint, black = keep")
+    group.add_argument("--mask-blur", type=int, default=4)
+    group.add_argument("--inpaint-not-masked", action="store_true", help="repaint the black part instead")
+    group.add_argument("--masked-content", default="original", choices=images.MASKED_CONTENT)
+    group.add_argument("--only-masked", action="store_true", help="work at full size on a box around the mask")
+    group.add_argument("--only-masked-padding", type=int, default=32, help="pixels around the mask's box")
     add_config_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    from studio.errors import InvalidRequestError
     from studio.models.sources import resolve_model
 
+    if args.mask is not None and args.init_image is None and args.init_images is None:
+        raise InvalidRequestError("--mask needs a picture to repaint: add --init-image PATH (or --init-images DIR).")
     config = config_from_args(args)
+    request = _request(args)
+    inputs = images.folder_images(args.init_images) if args.init_images is not None else []
+    # Every picture is opened now, before the heavy imports: a bad file is named in a moment.
+    jobs, skipped = [], []
+    for path in inputs:
+        try:
+            jobs.append((path, _with_image(request, images.load_image(path))))
+        except InvalidRequestError as error:
+            skipped.append(f"{path.name}: {error}")
+        except OSError as error:  # UnreadableImageError names the file itself
+            skipped.append(str(error))
+    if args.init_images is None:
+        request.validate()
+        jobs = [(None, request)]
+    elif not jobs:
+        raise InvalidRequestError(f"No picture in {args.init_images} could be used ({skipped[0]}).")
+    resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    for line in skipped:
+        print(f"note: skipped {line}", file=sys.stderr)
+    quiet_libraries(verbose=args.verbose)
+    from tqdm import tqdm
+
+    from studio.generation.run import generate
+    from studio.models.manager import ModelManager
+
+    manager = ModelManager(config)
+    per_call = args.steps if jobs[0][1].mode == "txt2img" else int(args.steps * args.strength)
+    bar = tqdm(total=per_call * args.count * len(jobs), desc="generating", unit="step", file=sys.stderr, leave=False)
+    for source, job in jobs:
+        result = generate(manager, job, on_step=lambda info: bar.update(1))
+        for note in result.notes:
+            bar.write(f"note: {source.name + ': ' if source else ''}{note}", file=sys.stderr)
+        for path in _save(result, config, args.out, source, job.mode):
+            bar.write(str(path), file=sys.stdout)
+    bar.close()
+    return 0
+
+
+def _request(args) -> GenerationRequest:
     request = GenerationRequest(
         model=args.model,
         prompt=args.prompt,
@@ -50,29 +114,41 @@ def run(args) -> int:
         batch_count=args.count,
         clip_skip=args.clip_skip,
         loras=tuple(args.lora),
+        strength=args.strength,
+        resize_mode=args.resize_mode,
+        mask=images.load_image(args.mask, what="mask") if args.mask is not None else None,
+        mask_blur=args.mask_blur,
+        inpaint_not_masked=args.inpaint_not_masked,
+        masked_content=args.masked_content,
+        inpaint_full_res=args.only_masked,
+        inpaint_full_res_padding=args.only_masked_padding,
     )
+    if args.init_image is not None:
+        request = _with_image(request, images.load_image(args.init_image))
+    return request
+
+
+def _with_image(request: GenerationRequest, image) -> GenerationRequest:
+    request = dataclasses.replace(request, init_image=image)
     request.validate()
-    resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
-    quiet_libraries(verbose=args.verbose)
-    from tqdm import tqdm
+    return request
 
+
+def _save(result, config, out: Path | None, source: Path | None, mode: str) -> list[Path]:
     from studio.generation import outputs
-    from studio.generation.run import generate
-    from studio.models.manager import ModelManager
 
-    bar = tqdm(total=args.steps * args.count, desc="generating", unit="step", file=sys.stderr, leave=False)
-    result = generate(ModelManager(config), request, on_step=lambda info: bar.update(1))
-    bar.close()
-    if args.out is not None:
-        folder = args.out
+    if source is not None:  # one picture of a folder: named after it
+        folder = out if out is not None else config.outputs_dir / mode / datetime.date.today().isoformat()
         folder.mkdir(parents=True, exist_ok=True)
-        start = outputs._next_number(folder)
-        paths = [
-            outputs.save_png(image, text, folder / f"{start + i:05d}-{seed}.png")
-            for i, (image, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds))
+        return [
+            outputs.save_png(image, text, folder / f"{source.stem}-{seed}.png")
+            for image, text, seed in zip(result.images, result.infotexts, result.seeds)
         ]
-    else:
-        paths = outputs.save_images(result.images, result.infotexts, result.seeds, config.outputs_dir)
-    for path in paths:
-        print(path)
-    return 0
+    if out is None:
+        return outputs.save_images(result.images, result.infotexts, result.seeds, config.outputs_dir, kind=mode)
+    out.mkdir(parents=True, exist_ok=True)
+    start = outputs._next_number(out)
+    return [
+        outputs.save_png(image, text, out / f"{start + i:05d}-{seed}.png")
+        for i, (image, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds))
+    ]

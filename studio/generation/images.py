@@ -82,6 +82,23 @@ def load_image(path: Path | str, *, what: str = "image") -> Image.Image:
         raise UnreadableImageError(f"{path.name} is a corrupt or truncated image ({error}); re-save it.") from None
 
 
+def folder_images(folder: Path | str) -> list[Path]:
+    """The pictures of a folder (not its subfolders), by name: what `--init-images DIR` redraws."""
+    from studio.training.dataset import IMAGE_SUFFIXES
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InvalidRequestError(f"{folder} is not a folder; give the folder that holds the pictures to redraw.")
+    found = sorted(
+        path
+        for path in folder.iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
+    if not found:
+        raise InvalidRequestError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} pictures; pick another folder.")
+    return found
+
+
 def default_size(image: Image.Image, native: int) -> tuple[int, int]:
     """Output size when the request leaves it open: the input's shape, at most the model's native area.
 
