@@ -215,3 +215,84 @@ def test_files_that_are_not_pictures_are_refused_in_one_line(tmp_path):
         with pytest.raises(UnreadableImageError, match=message) as error:
             images.load_image(path)
         assert "\n" not in str(error.value)
+
+
+# --- the CLI, as a user runs it (child processes) ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_redraws_every_picture_of_a_folder_named_after_it(tmp_path):
+    from studio.generation.infotext import read_infotext
+    from tests.helpers import folders, run_cli
+
+    pictures = tmp_path / "tiles"
+    pictures.mkdir()
+    picture().save(pictures / "tile-a.png")
+    picture(64, 64).transpose(Image.Transpose.ROTATE_90).save(pictures / "tile-b.jpg")
+    (pictures / "broken.png").write_text("not a picture")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (12, 12, 20, 20))
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    result = run_cli(
+        *("generate", "--model", "demo-sd15", "--prompt", "farmland", "--steps", 2, "--seed", 9),
+        *("--init-images", pictures, "--strength", 1, "--mask", tmp_path / "mask.png", "--out", out),
+        *folders(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line.split("/")[-1] for line in result.stdout.splitlines()] == ["tile-a-9.png", "tile-b-9.png"]
+    assert "note: skipped broken.png is not an image" in result.stderr
+    assert "note: tile-a.png: The mask is 32x32 but the picture is 64x64" in result.stderr
+    redrawn = Image.open(out / "tile-a-9.png")
+    keep = np.ones((64, 64), bool)
+    keep[14:50, 14:50] = False  # the stretched mask (24..40) and its blur
+    assert (pixels(redrawn)[keep] == pixels(picture())[keep]).all()
+    assert "Denoising strength: 1, Mask blur: 4" in read_infotext(out / "tile-a-9.png")
+
+
+@pytest.mark.slow
+def test_cli_refuses_bad_pictures_and_strengths_in_one_line(tmp_path):
+    from tests.helpers import run_cli
+
+    (tmp_path / "notes.png").write_text("not a picture")
+    for extra, message in [
+        (("--init-image", tmp_path / "notes.png"), "notes.png is not an image Studio can read"),
+        (("--init-image", tmp_path / "notes.png", "--strength", 0), "notes.png is not an image"),
+        (("--mask", tmp_path / "notes.png"), "--mask needs a picture to repaint"),
+        (("--init-images", tmp_path / "missing"), "is not a folder"),
+    ]:
+        result = run_cli("generate", "--model", "demo-sd15", "--prompt", "x", *extra)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_cli_exports_variations_of_real_pictures_with_their_captions(tmp_path):
+    import json
+
+    from tests.helpers import folders, run_cli
+
+    pictures = tmp_path / "aid"
+    pictures.mkdir()
+    picture().save(pictures / "mountain-1.png")
+    picture().transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(pictures / "mountain-2.png")
+    picture().save(pictures / "uncaptioned.png")
+    rows = [{"file_name": f"mountain-{i}.png", "text": f"satellite image of mountains {i}"} for i in (1, 2)]
+    (pictures / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "variations"
+    result = run_cli(
+        *("export-dataset", "--model", "demo-sd15", "--init-images", pictures, "--strength", 0.5),
+        *("--count", 2, "--steps", 2, "--seed", 100, "--out", out),
+        *folders(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "note: skipped uncaptioned.png" in result.stderr  # no caption and no --prompt for it
+    written = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [(row["file_name"], row["text"], row["init_image"], row["seed"]) for row in written] == [
+        ("00001-mountain-1-100.png", "satellite image of mountains 1", "mountain-1.png", 100),
+        ("00002-mountain-1-101.png", "satellite image of mountains 1", "mountain-1.png", 101),
+        ("00003-mountain-2-102.png", "satellite image of mountains 2", "mountain-2.png", 102),
+        ("00004-mountain-2-103.png", "satellite image of mountains 2", "mountain-2.png", 103),
+    ]
+    assert all(row["strength"] == 0.5 for row in written)
+    assert Image.open(out / "00001-mountain-1-100.png").size == (64, 64)  # the picture's own size

@@ -3,6 +3,11 @@
     python -m studio export-dataset --model demo-sd15 --lora mountains:0.8 --prompt "snowy peaks" \
         --prompt "a glacier valley" --count 8 --seed 0 --out datasets/synthetic-mountains
 
+    python -m studio export-dataset --model demo-sd15 --init-images tiles/ --strength 0.4 --count 4 \
+        --out datasets/tile-variations
+
+The second form redraws every picture of a folder `--count` times (image-to-image), captions carried over from
+the folder's metadata.jsonl (or .txt files; `--prompt` captions the rest).
 The folder loads with `datasets.load_dataset("imagefolder", data_dir=...)` and trains with the studio's trainer.
 Prints the folder on the last line.
 """
@@ -20,7 +25,9 @@ def register(subparsers) -> None:
     add_sampling_options(parser)
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path, default=None, help="a text file with one prompt per line")
-    parser.add_argument("--count", type=int, default=4, help="images per prompt (default 4)")
+    parser.add_argument("--count", type=int, default=4, help="images per prompt or picture (default 4)")
+    parser.add_argument("--init-images", type=Path, default=None, help="redraw the pictures of this folder instead")
+    parser.add_argument("--strength", type=float, default=0.75, help="denoising strength of those redraws")
     parser.add_argument("--out", type=Path, required=True, help="a new or empty folder for the data set")
     add_config_options(parser)
     parser.set_defaults(handler=run)
@@ -45,8 +52,12 @@ def run(args) -> int:
         count=args.count,
         seed=args.seed,
         sampling=sampling_from_args(args),
+        init_images=args.init_images,
+        strength=args.strength,
     )
     request.validate()
+    if request.init_images is not None:
+        _print_skipped(request)
     quiet_libraries(verbose=args.verbose)
     from studio.evaluation.synthetic import export_dataset
     from studio.models.manager import ModelManager
@@ -60,3 +71,11 @@ def run(args) -> int:
     print(f"{len(result.images)} images and {result.metadata.name} written{stopped}")
     print(result.folder)
     return 0
+
+
+def _print_skipped(request) -> None:
+    """Pictures of --init-images that will not be redrawn, each with its reason, before the long part starts."""
+    import sys
+
+    for skip in request.source_pictures().skipped:
+        print(f"note: skipped {skip.path.name}: {skip.reason}", file=sys.stderr)

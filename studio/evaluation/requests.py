@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from PIL import Image
+
 from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
 from studio.generation.infotext import parse_lora_weight
 from studio.generation.request import MAX_SEED, GenerationRequest
@@ -130,16 +132,37 @@ class ExportRequest:
     seed: int = 0
     """Image j of prompt i uses seed + i * count + j: every image differs, and any one can be redrawn."""
     sampling: SamplingSettings = SamplingSettings()
+    init_images: Path | None = None
+    """A folder of real pictures: each is redrawn `count` times (image-to-image) instead of drawing from prompts,
+    its caption (metadata.jsonl, .txt) carried over; the first prompt, if any, captions pictures that have none."""
+
+    strength: float = 0.75
+    """Denoising strength of those redraws: low keeps each picture's layout, high invents more."""
 
     def validate(self) -> None:
         prompts = [p for p in self.prompts if isinstance(p, str) and p.strip()]
-        if not prompts or len(prompts) != len(self.prompts):
+        if (not prompts and self.init_images is None) or len(prompts) != len(self.prompts):
             raise InvalidRequestError("Give at least one prompt, and no empty ones (one prompt per line).")
-        _check_seed_and_count(self.seed, self.count, 1, "images per prompt", images=self.count * len(prompts))
-        self.sampling.generation_request(self.candidate, prompt=prompts[0], seed=self.seed, count=1).validate()
+        _check_seed_and_count(self.seed, self.count, 1, "images per prompt", images=self.count * max(1, len(prompts)))
+        prompt = prompts[0] if prompts else ""
+        check = self.sampling.generation_request(self.candidate, prompt=prompt, seed=self.seed, count=1)
+        if self.init_images is not None:
+            if not Path(self.init_images).expanduser().is_dir():
+                raise DatasetError(f"Init images {self.init_images} is not a folder; give the folder of pictures.")
+            # A stand-in picture: the strength (and strength x steps) is checked the way every redraw will be.
+            check = dataclasses.replace(check, init_image=Image.new("RGB", (64, 64)), strength=self.strength)
+        check.validate()
         folder = Path(self.folder).expanduser()
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise InvalidRequestError(f"Export folder {folder} already exists and is not empty; pick a new folder.")
+
+    def source_pictures(self):
+        """The usable pictures of `init_images` with their captions (a `DatasetReport`), scanned as training scans
+        a folder (torch-free: the CLI lists the skipped files before the heavy imports)."""
+        from studio.training.dataset import DatasetRequest, scan_dataset
+
+        default = self.prompts[0] if self.prompts else None
+        return scan_dataset(DatasetRequest(folder=Path(self.init_images), default_caption=default))
 
 
 def export_folder(outputs_dir: Path, name: str) -> Path:

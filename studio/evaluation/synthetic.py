@@ -6,10 +6,16 @@
 It loads with `datasets.load_dataset("imagefolder", data_dir=folder)` (captions in the `text` column) and
 is a training folder for the studio's own trainer as it is. metadata.jsonl is rewritten (atomically)
 after every prompt, so a stopped export is still a complete, loadable data set of what was drawn.
+
+With `init_images` (a folder of real pictures, e.g. remote-sensing tiles) each picture is redrawn `count` times
+by image-to-image instead: variations that keep its layout, captioned with the picture's own caption
+(read as training reads it: metadata.jsonl, then .txt), named `<number>-<picture>-<seed>.png`, and the row
+also names the source picture and the strength.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -34,6 +40,8 @@ def export_dataset(
     cancel = cancel or threading.Event()
     report = on_progress or (lambda progress: None)
     folder = Path(request.folder).expanduser()
+    if request.init_images is not None:
+        return _export_variations(manager, request, folder, report, cancel)
     folder.mkdir(parents=True, exist_ok=True)
     result = ExportResult(folder, folder / "metadata.jsonl", [])
     rows: list[dict] = []
@@ -81,3 +89,45 @@ def _row(file_name: str, prompt: str, seed: int, model_name: str, request: Expor
         "cfg": sampling.cfg,
         "sampler": sampling.scheduler,
     }
+
+
+def _export_variations(manager, request: ExportRequest, folder: Path, report, cancel) -> ExportResult:
+    from studio.generation.images import load_image
+
+    scan = request.source_pictures()  # DatasetError (one line) when nothing is usable, before any model loads
+    folder.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(folder, folder / "metadata.jsonl", [])
+    rows: list[dict] = []
+    total = len(scan.samples)
+    for index, sample in enumerate(scan.samples):
+        if cancel.is_set():
+            result.interrupted = True
+            break
+
+        def on_step(info: StepInfo, index=index):
+            done = (index + (info.image_index + info.step / info.total_steps) / request.count) / total
+            message = f"Picture {index + 1}/{total}, variation {info.image_index + 1}/{request.count}"
+            report(Progress(done, message, info.preview))
+
+        generation_request = request.sampling.generation_request(
+            request.candidate, prompt=sample.caption, seed=request.seed + index * request.count, count=request.count
+        )
+        generation = generate(
+            manager,
+            dataclasses.replace(generation_request, init_image=load_image(sample.path), strength=request.strength),
+            on_step=on_step,
+            on_load=lambda f, message: report(Progress(index / total, message)),
+            cancel=cancel,
+        )
+        source = sample.path.relative_to(scan.folder).as_posix()
+        for image, infotext, seed in zip(generation.images, generation.infotexts, generation.seeds):
+            path = outputs.save_png(image, infotext, folder / f"{len(rows) + 1:05d}-{sample.path.stem}-{seed}.png")
+            result.images.append(path)
+            row = _row(path.name, sample.caption, seed, generation.model_name, request)
+            rows.append({**row, "init_image": source, "strength": request.strength})
+        write_bytes(result.metadata, "".join(json.dumps(row) + "\n" for row in rows).encode())
+        if generation.interrupted:
+            result.interrupted = True
+            break
+    report(Progress(1.0, f"Stopped: {len(rows)} images kept." if result.interrupted else f"Done: {len(rows)} images."))
+    return result
