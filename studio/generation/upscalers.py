@@ -155,7 +155,7 @@ def _run_model(descriptor, image: Image.Image, width: int, height: int) -> Image
     import torch
 
     parameter = next(descriptor.model.parameters())
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)[None]
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None]
     tensor = pixels.to(device=parameter.device, dtype=parameter.dtype) / 255
     for _ in range(3):
         if tensor.shape[-1] >= width and tensor.shape[-2] >= height:
