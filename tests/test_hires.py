@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.config import StudioConfig
 from studio.engine import Studio, form_from_png_info
 from studio.errors import InvalidRequestError, UnsafeFileError, UnsupportedModelError
 from studio.generation import infotext, upscalers
@@ -18,21 +17,15 @@ from studio.generation.outputs import save_png
 from studio.generation.request import GenerationRequest
 from studio.generation.run import generate
 from studio.models.manager import ModelManager
-from tests.helpers import add_lora, folders, mean_abs_diff, pixels, run_cli
+from tests.helpers import add_lora, folders, make_config, mean_abs_diff, pixels, run_cli
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hires")
-    for name in ("models", "loras", "outputs", "models/upscalers"):
-        (root / name).mkdir()
-    return StudioConfig(
-        models_dir=root / "models",
-        loras_dir=root / "loras",
-        outputs_dir=root / "outputs",
-        device="cpu",
-        dtype="float32",
-    )
+    """fp32 whatever the CPU: the tests compare two computations of one image pixel for pixel."""
+    config = dataclasses.replace(make_config(tmp_path_factory.mktemp("hires")), dtype="float32")
+    upscalers.upscalers_dir(config).mkdir()
+    return config
 
 
 @pytest.fixture(scope="module")
