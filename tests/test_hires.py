@@ -242,6 +242,7 @@ def test_upscaler_list_checks_and_pickle_opt_in(studio_config, capsys):
     with pytest.raises(UnsafeFileError, match="old.pth is a pickle file.*--allow-pickle"):
         upscalers.check_upscaler("old.pth", config)
     assert upscalers.check_upscaler("old.pth", dataclasses.replace(config, allow_pickle=True)) == folder / "old.pth"
+    assert upscalers.check_upscaler("4x-Test", config) == folder / "4x-Test.safetensors"  # as A1111 names it
     with pytest.raises(InvalidRequestError, match="hires_upscaler='nope'"):
         generate(ModelManager(config), request(hires_scale=2, hires_upscaler="nope"))
     from studio.cli import main
