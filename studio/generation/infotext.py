@@ -160,6 +160,7 @@ def image_fields(info: dict) -> dict:
         content = info.get("Masked content", "original")
         if content in MASKED_CONTENT:
             fields["masked_content"] = content
+    return fields
 
 
 def hires_params(request) -> dict:
