@@ -16,6 +16,7 @@ from studio.cli.common import add_config_options, config_from_args, parse_lora, 
 from studio.generation import images
 from studio.generation.request import GenerationRequest
 from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from studio.generation.upscalers import check_upscaler
 
 
 def register(subparsers) -> None:
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
     group.add_argument("--masked-content", default="original", choices=images.MASKED_CONTENT)
     group.add_argument("--only-masked", action="store_true", help="work at full size on a box around the mask")
     group.add_argument("--only-masked-padding", type=int, default=32, help="pixels around the mask's box")
+    _add_hires_options(parser)
     add_config_options(parser)
     parser.set_defaults(handler=run)
 
@@ -78,6 +80,8 @@ def run(args) -> int:
     elif not jobs:
         raise InvalidRequestError(f"No picture in {args.init_images} could be used ({skipped[0]}).")
     resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    if request.hires:
+        check_upscaler(request.hires_upscaler, config)
     for line in skipped:
         print(f"note: skipped {line}", file=sys.stderr)
     quiet_libraries(verbose=args.verbose)
@@ -87,10 +91,10 @@ def run(args) -> int:
     from studio.models.manager import ModelManager
 
     manager = ModelManager(config)
-    per_call = args.steps if jobs[0][1].mode == "txt2img" else int(args.steps * args.strength)
-    bar = tqdm(total=per_call * args.count * len(jobs), desc="generating", unit="step", file=sys.stderr, leave=False)
+    per_call = _total_steps(request) if jobs[0][1].mode == "txt2img" else int(args.steps * args.strength) * args.count
+    bar = tqdm(total=per_call * len(jobs), desc="generating", unit="step", file=sys.stderr, leave=False)
     for source, job in jobs:
-        result = generate(manager, job, on_step=lambda info: bar.update(1))
+        result = generate(manager, job, on_step=lambda info: bar.update(info.stage != "first pass"))
         for note in result.notes:
             bar.write(f"note: {source.name + ': ' if source else ''}{note}", file=sys.stderr)
         for path in _save(result, config, args.out, source, job.mode):
@@ -122,6 +126,7 @@ def _request(args) -> GenerationRequest:
         masked_content=args.masked_content,
         inpaint_full_res=args.only_masked,
         inpaint_full_res_padding=args.only_masked_padding,
+        **_hires_fields(args),
     )
     if args.init_image is not None:
         request = _with_image(request, images.load_image(args.init_image))
@@ -152,3 +157,38 @@ def _save(result, config, out: Path | None, source: Path | None, mode: str) -> l
         outputs.save_png(image, text, out / f"{start + i:05d}-{seed}.png")
         for i, (image, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds))
     ]
+
+
+# --- hires fix -------------------------------------------------------------------------------------------------
+
+
+def _add_hires_options(parser) -> None:
+    group = parser.add_argument_group("hires fix (A1111): generate, upscale, then image-to-image at the big size")
+    group.add_argument("--hires", type=float, default=1.0, metavar="SCALE", help="upscale by SCALE (1 = off)")
+    group.add_argument("--hires-width", type=int, default=0, help="resize width to (0: from the scale)")
+    group.add_argument("--hires-height", type=int, default=0, help="resize height to (0: from the scale)")
+    group.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (0: same as --steps)")
+    group.add_argument("--hires-denoise", type=float, default=0.7, help="second-pass denoising strength")
+    group.add_argument(
+        "--upscaler", default="Latent", help="Latent, Lanczos, ... or a file in models/upscalers/ (see 'upscalers')"
+    )
+
+
+def _hires_fields(args) -> dict:
+    return dict(
+        hires_scale=args.hires,
+        hires_width=args.hires_width,
+        hires_height=args.hires_height,
+        hires_steps=args.hires_steps,
+        hires_denoise=args.hires_denoise,
+        hires_upscaler=args.upscaler,
+    )
+
+
+def _total_steps(request: GenerationRequest) -> int:
+    steps = request.steps
+    if request.hires:
+        from studio.generation.hires import pipeline_steps
+
+        steps += pipeline_steps(request.hires_steps or request.steps, request.hires_denoise)[1]
+    return steps * request.batch_count

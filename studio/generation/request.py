@@ -81,6 +81,27 @@ class GenerationRequest:
             return "txt2img"
         return "img2img" if self.mask is None else "inpaint"
 
+    # --- hires fix (A1111 names; see studio.generation.hires) ---
+    hires_scale: float = 1.0
+    """A1111 "Upscale by": 1 is off, unless hires_width/hires_height are set."""
+
+    hires_width: int = 0
+    """A1111 "Resize width to": 0 takes the width from hires_scale (or from hires_height and the aspect ratio)."""
+
+    hires_height: int = 0
+    hires_upscaler: str = "Latent"
+    """"Latent" (and its A1111 variants), "Lanczos", "Nearest", or a file name in models/upscalers/."""
+
+    hires_steps: int = 0
+    """Sampling steps of the second pass; 0 uses `steps`."""
+
+    hires_denoise: float = 0.7
+    """A1111 "Denoising strength" of the second pass, (0, 1]."""
+
+    @property
+    def hires(self) -> bool:
+        return self.hires_scale != 1.0 or bool(self.hires_width or self.hires_height)
+
     def validate(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise InvalidRequestError("The prompt and the negative prompt must be text.")
@@ -108,6 +129,7 @@ class GenerationRequest:
         for name, weight in self.loras:
             check_range(f"LoRA {name!r} weight", weight, -4.0, 4.0)
         self._validate_images()
+        self._validate_hires()
 
     def _validate_images(self) -> None:
         """The image-to-image and inpaint fields: pictures, ranges and choices, before any model loads."""
@@ -134,6 +156,27 @@ class GenerationRequest:
         _check_choice("masked_content", self.masked_content, images.MASKED_CONTENT)
         images.check_mask_area(self.mask, inverted=self.inpaint_not_masked)
 
+    def _validate_hires(self) -> None:
+        """The hires fix fields; whether the upscaler exists is checked against the folder (`upscalers.check`)."""
+        if self.hires and self.init_image is not None:
+            raise InvalidRequestError(
+                "The hires fix is for text-to-image; for image-to-image set the size itself (hires_scale=1)."
+            )
+        check_range("hires_scale", self.hires_scale, 1.0, 8.0)
+        for name, value in (("hires_width", self.hires_width), ("hires_height", self.hires_height)):
+            if value and (value % 8 or not 64 <= value <= 8192):
+                raise InvalidRequestError(
+                    f"{name}={value} must be 0 (from the scale) or a multiple of 8 between 64 and 8192 "
+                    f"(e.g. {max(64, round(value / 8) * 8)})."
+                )
+        check_range("hires_steps", self.hires_steps, 0, 150, hint="0 (same as steps) to 150")
+        if not 0.0 < self.hires_denoise <= 1.0:
+            raise InvalidRequestError(
+                f"hires_denoise={self.hires_denoise} is out of range; use a denoising strength above 0 and at most 1."
+            )
+        if not isinstance(self.hires_upscaler, str) or not self.hires_upscaler.strip():
+            raise InvalidRequestError("hires_upscaler is empty; use Latent, Lanczos or a file in models/upscalers/.")
+
 
 def _check_choice(name: str, value: str, choices) -> None:
     if value not in choices:
@@ -149,6 +192,9 @@ class StepInfo:
     total_steps: int
     elapsed: float
     preview: Image.Image | None
+    stage: str = ""
+    """"" while sampling; with the hires fix "first pass" (once: `preview` is the decoded first-pass image, the
+    text-to-image result of the same seed) and then "hires" for the second pass's steps (`total_steps` is its own)."""
 
     @property
     def fraction(self) -> float:

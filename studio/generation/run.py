@@ -13,6 +13,7 @@ A request with an input picture (and a mask) runs the img2img / inpaint pipeline
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 import threading
@@ -25,6 +26,7 @@ from PIL import Image
 from studio.errors import OutOfMemoryError
 from studio.generation import infotext
 from studio.generation.embeddings import embeddings_for_prompt
+from studio.generation.hires import HiresFix
 from studio.generation.img2img import ImageJob, infotext_params, output_size, plan_images
 from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
@@ -80,8 +82,10 @@ def _infotext(
         "Size": f"{width}x{height}",
         "Model hash": model.model_hash,
         "Model": model.name,
+        "Denoising strength": f"{request.hires_denoise:g}" if request.hires else None,
         **infotext_params(request),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        **infotext.hires_params(request),
         "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
         # A1111 drops ':' and ',' from the names, so the list parses back.
         "TI hashes": ", ".join(f"{re.sub(r'[:,]', '', e.name)}: {e.hash}" for e in embeddings) or None,
@@ -113,6 +117,7 @@ def generate(
     request.validate()
     cancel = cancel or threading.Event()
     started = time.perf_counter()
+    hires_fix = HiresFix.load(request, manager) if request.hires else None  # a bad upscaler fails before loading
     with manager.acquire(request.model, on_progress=on_load) as model:
         width, height = output_size(model, request)
         job = plan_images(model, request, width, height)
@@ -122,17 +127,20 @@ def generate(
         vectors, embedding_files = embeddings_for_prompt(
             manager.config, model.kind, request.prompt, request.negative_prompt
         )
+        encode = functools.partial(
+            encode_prompts,
+            pipe,
+            sdxl=model.kind is ModelKind.SDXL,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            clip_skip=request.clip_skip,
+            embeddings=vectors,
+        )
         try:
             # After the LoRAs: adapters on the text encoders change the embeddings.
-            conditioning = encode_prompts(
-                pipe,
-                sdxl=model.kind is ModelKind.SDXL,
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                steps=request.steps,
-                clip_skip=request.clip_skip,
-                embeddings=vectors,
-            )
+            conditioning = encode(steps=request.steps)
+            if hires_fix is not None:
+                hires_fix.prepare(model, encode, conditioning, width, height)
         except torch.OutOfMemoryError as e:
             raise _out_of_memory(model, width, height, request.batch_size) from e
         first_seed = _pick_seed(request.seed)
@@ -143,7 +151,12 @@ def generate(
                 break
             seeds = [(first_seed + call * request.batch_size + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
             try:
-                images = _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel, job)
+                latents = {}
+                images = _run_pipeline(
+                    model, request, conditioning, seeds, width, height, call, on_step, cancel, job, latents
+                )
+                if hires_fix is not None:
+                    images = hires_fix.run(model, images, latents["latents"], seeds, call, on_step, cancel)
             except _Stopped:
                 result.interrupted = True
                 break
@@ -155,25 +168,41 @@ def generate(
         return result
 
 
-def _run_pipeline(
-    model, request, conditioning, seeds, width, height, call, on_step, cancel, job: ImageJob | None
-) -> list[Image.Image]:
-    pipe = model.pipeline_for(job.mode if job else "txt2img")
-    total_steps = job.sampling_steps(request.steps) if job else request.steps
-    call_started = time.perf_counter()
-    last_latents = {}
+def step_callback(model, conditioning, batch, call, total_steps, on_step, cancel, *, stage="", last_latents=None):
+    """The pipeline's `callback_on_step_end`: Stop, progress with a latent preview, prompt editing between steps.
+
+    `last_latents` (a dict) receives the latents after each step: the last ones are what the pipeline decodes.
+    """
+    started = time.perf_counter()
 
     def step_end(pipe_, step, timestep, tensors):
-        last_latents["latents"] = tensors["latents"]
+        if last_latents is not None:
+            last_latents["latents"] = tensors["latents"]
         if cancel.is_set():
             raise _Stopped()
         if on_step is not None:
             preview = latent_preview(tensors["latents"], model.kind)
-            on_step(StepInfo(call, step + 1, total_steps, time.perf_counter() - call_started, preview))
+            on_step(StepInfo(call, step + 1, total_steps, time.perf_counter() - started, preview, stage))
         if conditioning.changes_after(step):
-            return _next_conditioning(pipe_, conditioning.at_step(step + 1), len(seeds), tensors)
+            return _next_conditioning(pipe_, conditioning.at_step(step + 1), batch, tensors)
         return {}
 
+    return step_end
+
+
+def callback_tensors(model: LoadedModel, conditioning) -> list[str]:
+    return ["latents", *(_EDITED_TENSORS[model.kind] if conditioning.changes else [])]
+
+
+def _run_pipeline(
+    model, request, conditioning, seeds, width, height, call, on_step, cancel, job: ImageJob | None, last_latents=None
+) -> list[Image.Image]:
+    pipe = model.pipeline_for(job.mode if job else "txt2img")
+    total_steps = job.sampling_steps(request.steps) if job else request.steps
+    last_latents = {} if last_latents is None else last_latents
+    step_end = step_callback(
+        model, conditioning, len(seeds), call, total_steps, on_step, cancel, last_latents=last_latents
+    )
     positive, negative = conditioning.at_step(0)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     kwargs = dict(
@@ -182,7 +211,7 @@ def _run_pipeline(
         guidance_scale=request.cfg,
         generator=generators,
         callback_on_step_end=step_end,
-        callback_on_step_end_tensor_inputs=["latents", *(_EDITED_TENSORS[model.kind] if conditioning.changes else [])],
+        callback_on_step_end_tensor_inputs=callback_tensors(model, conditioning),
     )
     try:
         if job is None:
@@ -190,13 +219,22 @@ def _run_pipeline(
         kwargs.update(job.pipeline_kwargs(pipe, seeds, generators, width, height))
         return job.finish(pipe(**kwargs).images)
     except torch.OutOfMemoryError as e:
-        step_index = pipe.scheduler.step_index
-        denoised = len(last_latents) and step_index is not None and step_index >= request.steps
-        if denoised and not pipe.vae.use_tiling:
-            # Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
-            decoded = _decode_with_tiling(model, last_latents["latents"])
-            return job.finish(decoded) if job else decoded
-        raise _out_of_memory(model, width, height, len(seeds)) from e
+        decoded = decode_in_tiles_after_sampling(model, pipe, last_latents)
+        if decoded is None:
+            raise _out_of_memory(model, width, height, len(seeds)) from e
+        return job.finish(decoded) if job else decoded
+
+
+def decode_in_tiles_after_sampling(model: LoadedModel, pipe, last_latents: dict) -> list[Image.Image] | None:
+    """After running out of memory: the images decoded in tiles if sampling had finished (None if it had not).
+
+    Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
+    """
+    step_index = pipe.scheduler.step_index
+    denoised = len(last_latents) and step_index is not None and step_index >= len(pipe.scheduler.timesteps)
+    if denoised and not pipe.vae.use_tiling:
+        return _decode_with_tiling(model, last_latents["latents"])
+    return None
 
 
 def _out_of_memory(model: LoadedModel, width: int, height: int, batch: int) -> OutOfMemoryError:
