@@ -58,6 +58,12 @@ class Studio:
     def models(self) -> list[ModelSource]:
         return list_models(self.config)
 
+    def upscalers(self) -> list[str]:
+        """Hires fix upscalers: the built-in ones, then the files of models/upscalers/."""
+        from studio.generation.upscalers import list_upscalers
+
+        return list_upscalers(self.config)
+
     def stop(self, slot: str = "generate") -> None:
         """Stop the running job(s) of one slot (default: the generation, within one sampling step)."""
         if slot not in SLOTS:
@@ -296,4 +302,5 @@ def form_from_png_info(info: dict) -> dict:
         form["scheduler"] = scheduler
     if info.get("Model"):
         form["model"] = info["Model"]
+    form.update(infotext.hires_fields(info))
     return form

@@ -132,3 +132,41 @@ def _parameters(image: Image.Image) -> str | None:
     if text is None and image.width * image.height <= Image.MAX_IMAGE_PIXELS and hasattr(image, "text"):
         text = image.text.get("parameters")
     return text
+
+
+def hires_params(request) -> dict:
+    """A1111's hires fix keys for a `GenerationRequest` ({} without the hires fix); "Denoising strength" is
+    written with the main parameters, after "Model", where A1111 puts it."""
+    if not request.hires:
+        return {}
+    params = {}
+    if request.hires_width or request.hires_height:
+        params["Hires resize"] = f"{request.hires_width}x{request.hires_height}"
+    else:
+        params["Hires upscale"] = f"{request.hires_scale:g}"
+    params["Hires steps"] = request.hires_steps or None  # A1111 leaves it out when it equals Steps
+    params["Hires upscaler"] = request.hires_upscaler
+    return params
+
+
+def hires_fields(info: dict) -> dict:
+    """`GenerationRequest` hires fields from parsed infotext ({} when the image had no hires fix).
+
+    "Denoising strength" is the hires denoise only next to "Hires upscale"/"Hires resize" (alone it is img2img's).
+    """
+    if "Hires upscale" not in info and "Hires resize" not in info:
+        return {}
+    fields = {}
+    try:
+        if "Hires resize" in info:
+            fields["hires_width"], fields["hires_height"] = (int(v) for v in info["Hires resize"].split("x", 1))
+        else:
+            fields["hires_scale"] = float(info["Hires upscale"])
+        fields["hires_steps"] = int(info.get("Hires steps", 0))
+        if "Denoising strength" in info:
+            fields["hires_denoise"] = float(info["Denoising strength"])
+    except ValueError:
+        return {}
+    if info.get("Hires upscaler"):
+        fields["hires_upscaler"] = info["Hires upscaler"]
+    return fields

@@ -47,6 +47,58 @@ class GenerationRequest:
     loras: tuple[tuple[str, float], ...] = ()
     """(adapter name, strength) pairs; `<lora:name:weight>` tags in the prompt are added to these."""
 
+    # --- image-to-image and inpainting (A1111 names; see studio.generation.images) ---
+    init_image: Image.Image | None = None
+    """Image-to-image / inpaint input; None is text-to-image."""
+
+    strength: float = 0.75
+    """A1111 "Denoising strength", (0, 1]: the share of the sampling steps run on the noised input."""
+
+    resize_mode: str = "just resize"
+    """How the input fits width x height: "just resize" | "crop and resize" | "resize and fill"."""
+
+    mask: Image.Image | None = None
+    """Inpaint mask, same picture as init_image: white = repaint, black = keep."""
+
+    mask_blur: int = 4
+    inpaint_not_masked: bool = False
+    """A1111 "Mask mode: Inpaint not masked": repaint the black part instead."""
+
+    masked_content: str = "original"
+    """What the masked area starts from: "original" | "fill" | "latent noise" | "latent nothing"."""
+
+    inpaint_full_res: bool = False
+    """A1111 "Inpaint area: Only masked": work at full size on a padded box around the mask, paste back."""
+
+    inpaint_full_res_padding: int = 32
+
+    @property
+    def mode(self) -> str:
+        if self.init_image is None:
+            return "txt2img"
+        return "img2img" if self.mask is None else "inpaint"
+
+    # --- hires fix (A1111 names; see studio.generation.hires) ---
+    hires_scale: float = 1.0
+    """A1111 "Upscale by": 1 is off, unless hires_width/hires_height are set."""
+
+    hires_width: int = 0
+    """A1111 "Resize width to": 0 takes the width from hires_scale (or from hires_height and the aspect ratio)."""
+
+    hires_height: int = 0
+    hires_upscaler: str = "Latent"
+    """"Latent" (and its A1111 variants), "Lanczos", "Nearest", or a file name in models/upscalers/."""
+
+    hires_steps: int = 0
+    """Sampling steps of the second pass; 0 uses `steps`."""
+
+    hires_denoise: float = 0.7
+    """A1111 "Denoising strength" of the second pass, (0, 1]."""
+
+    @property
+    def hires(self) -> bool:
+        return self.hires_scale != 1.0 or bool(self.hires_width or self.hires_height)
+
     def validate(self) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise InvalidRequestError("The prompt and the negative prompt must be text.")
@@ -73,6 +125,55 @@ class GenerationRequest:
         check_scheduler_name(self.scheduler)
         for name, weight in self.loras:
             check_range(f"LoRA {name!r} weight", weight, -4.0, 4.0)
+        self._validate_images()
+        self._validate_hires()
+
+    def _validate_images(self) -> None:
+        """The image-to-image and inpaint fields (sizes of the pictures themselves: `images.check_image`)."""
+        from studio.generation import images
+
+        if self.init_image is None:
+            if self.mask is not None:
+                raise InvalidRequestError("A mask needs an input image: give init_image too (or drop the mask).")
+            return
+        images.check_image("The input image", self.init_image)
+        if not 0.0 < self.strength <= 1.0:
+            raise InvalidRequestError(
+                f"strength={self.strength} is out of range; use a denoising strength above 0 and at most 1."
+            )
+        _check_choice("resize_mode", self.resize_mode, images.RESIZE_MODES)
+        if self.mask is None:
+            return
+        images.check_image("The mask", self.mask)
+        check_range("mask_blur", self.mask_blur, 0, 64)
+        check_range("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, 256)
+        _check_choice("masked_content", self.masked_content, images.MASKED_CONTENT)
+
+    def _validate_hires(self) -> None:
+        """The hires fix fields; whether the upscaler exists is checked against the folder (`upscalers.check`)."""
+        if self.hires and self.init_image is not None:
+            raise InvalidRequestError(
+                "The hires fix is for text-to-image; for image-to-image set the size itself (hires_scale=1)."
+            )
+        check_range("hires_scale", self.hires_scale, 1.0, 8.0)
+        for name, value in (("hires_width", self.hires_width), ("hires_height", self.hires_height)):
+            if value and (value % 8 or not 64 <= value <= 8192):
+                raise InvalidRequestError(
+                    f"{name}={value} must be 0 (from the scale) or a multiple of 8 between 64 and 8192 "
+                    f"(e.g. {max(64, round(value / 8) * 8)})."
+                )
+        check_range("hires_steps", self.hires_steps, 0, 150, hint="0 (same as steps) to 150")
+        if not 0.0 < self.hires_denoise <= 1.0:
+            raise InvalidRequestError(
+                f"hires_denoise={self.hires_denoise} is out of range; use a denoising strength above 0 and at most 1."
+            )
+        if not isinstance(self.hires_upscaler, str) or not self.hires_upscaler.strip():
+            raise InvalidRequestError("hires_upscaler is empty; use Latent, Lanczos or a file in models/upscalers/.")
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise InvalidRequestError(f"{name}={value!r} is not known; use one of: {', '.join(map(repr, choices))}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +185,9 @@ class StepInfo:
     total_steps: int
     elapsed: float
     preview: Image.Image | None
+    stage: str = ""
+    """"" while sampling; with the hires fix "first pass" (once: `preview` is the decoded first-pass image, the
+    text-to-image result of the same seed) and then "hires" for the second pass's steps (`total_steps` is its own)."""
 
     @property
     def fraction(self) -> float:

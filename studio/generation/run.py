@@ -11,6 +11,7 @@ reach the pipeline as embeddings; edits and alternations swap them between steps
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 import threading
@@ -23,6 +24,7 @@ from PIL import Image
 from studio.errors import OutOfMemoryError
 from studio.generation import infotext
 from studio.generation.embeddings import embeddings_for_prompt
+from studio.generation.hires import HiresFix
 from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
 from studio.generation.schedulers import a1111_sampler, make_scheduler
@@ -77,7 +79,9 @@ def _infotext(
         "Size": f"{width}x{height}",
         "Model hash": model.model_hash,
         "Model": model.name,
+        "Denoising strength": f"{request.hires_denoise:g}" if request.hires else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        **infotext.hires_params(request),
         "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
         # A1111 drops ':' and ',' from the names, so the list parses back.
         "TI hashes": ", ".join(f"{re.sub(r'[:,]', '', e.name)}: {e.hash}" for e in embeddings) or None,
@@ -109,6 +113,7 @@ def generate(
     request.validate()
     cancel = cancel or threading.Event()
     started = time.perf_counter()
+    hires_fix = HiresFix.load(request, manager) if request.hires else None  # a bad upscaler fails before loading
     with manager.acquire(request.model, on_progress=on_load) as model:
         width = request.width or model.kind.native_size
         height = request.height or model.kind.native_size
@@ -118,17 +123,20 @@ def generate(
         vectors, embedding_files = embeddings_for_prompt(
             manager.config, model.kind, request.prompt, request.negative_prompt
         )
+        encode = functools.partial(
+            encode_prompts,
+            pipe,
+            sdxl=model.kind is ModelKind.SDXL,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            clip_skip=request.clip_skip,
+            embeddings=vectors,
+        )
         try:
             # After the LoRAs: adapters on the text encoders change the embeddings.
-            conditioning = encode_prompts(
-                pipe,
-                sdxl=model.kind is ModelKind.SDXL,
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                steps=request.steps,
-                clip_skip=request.clip_skip,
-                embeddings=vectors,
-            )
+            conditioning = encode(steps=request.steps)
+            if hires_fix is not None:
+                hires_fix.prepare(model, encode, conditioning, width, height)
         except torch.OutOfMemoryError as e:
             raise _out_of_memory(model, width, height, request.batch_size) from e
         first_seed = _pick_seed(request.seed)
@@ -139,7 +147,12 @@ def generate(
                 break
             seeds = [(first_seed + call * request.batch_size + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
             try:
-                images = _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel)
+                latents = {}
+                images = _run_pipeline(
+                    model, request, conditioning, seeds, width, height, call, on_step, cancel, latents
+                )
+                if hires_fix is not None:
+                    images = hires_fix.run(model, images, latents["latents"], seeds, call, on_step, cancel)
             except _Stopped:
                 result.interrupted = True
                 break
@@ -151,22 +164,40 @@ def generate(
         return result
 
 
-def _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel) -> list[Image.Image]:
-    pipe = model.pipe
-    call_started = time.perf_counter()
-    last_latents = {}
+def step_callback(model, conditioning, batch, call, total_steps, on_step, cancel, *, stage="", last_latents=None):
+    """The pipeline's `callback_on_step_end`: Stop, progress with a latent preview, prompt editing between steps.
+
+    `last_latents` (a dict) receives the latents after each step: the last ones are what the pipeline decodes.
+    """
+    started = time.perf_counter()
 
     def step_end(pipe_, step, timestep, tensors):
-        last_latents["latents"] = tensors["latents"]
+        if last_latents is not None:
+            last_latents["latents"] = tensors["latents"]
         if cancel.is_set():
             raise _Stopped()
         if on_step is not None:
             preview = latent_preview(tensors["latents"], model.kind)
-            on_step(StepInfo(call, step + 1, request.steps, time.perf_counter() - call_started, preview))
+            on_step(StepInfo(call, step + 1, total_steps, time.perf_counter() - started, preview, stage))
         if conditioning.changes_after(step):
-            return _next_conditioning(pipe_, conditioning.at_step(step + 1), len(seeds), tensors)
+            return _next_conditioning(pipe_, conditioning.at_step(step + 1), batch, tensors)
         return {}
 
+    return step_end
+
+
+def callback_tensors(model: LoadedModel, conditioning) -> list[str]:
+    return ["latents", *(_EDITED_TENSORS[model.kind] if conditioning.changes else [])]
+
+
+def _run_pipeline(
+    model, request, conditioning, seeds, width, height, call, on_step, cancel, last_latents=None
+) -> list[Image.Image]:
+    pipe = model.pipe
+    last_latents = {} if last_latents is None else last_latents
+    step_end = step_callback(
+        model, conditioning, len(seeds), call, request.steps, on_step, cancel, last_latents=last_latents
+    )
     positive, negative = conditioning.at_step(0)
     kwargs = dict(
         **_embeds_kwargs(positive, negative, len(seeds)),
@@ -176,7 +207,7 @@ def _run_pipeline(model, request, conditioning, seeds, width, height, call, on_s
         height=height,
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
         callback_on_step_end=step_end,
-        callback_on_step_end_tensor_inputs=["latents", *(_EDITED_TENSORS[model.kind] if conditioning.changes else [])],
+        callback_on_step_end_tensor_inputs=callback_tensors(model, conditioning),
     )
     try:
         return pipe(**kwargs).images

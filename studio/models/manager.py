@@ -65,10 +65,42 @@ class LoadedModel:
     """What LoRA blend the pipeline carries; owned and read only by `studio.lora.blend`."""
 
     _hash: Future | None = None
+    _mode_pipes: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
         return self.source.name
+
+    def pipeline_for(self, mode: str):
+        """The pipeline for "txt2img", "img2img" or "inpaint", sharing this model's component objects.
+
+        Made once with diffusers' `from_pipe` (the same UNet, VAE, text encoders and LoRA layers: no second copy
+        of any weight) and cached until the model is parked or dropped (`forget_mode_pipelines`).
+        """
+        if mode == "txt2img":
+            return self.pipe
+        if mode not in _MODE_PIPELINES:
+            raise ValueError(f"mode={mode!r}; use 'txt2img', 'img2img' or 'inpaint'")
+        pipe = self._mode_pipes.get(mode)
+        if pipe is None:
+            import diffusers
+
+            pipeline_class = getattr(diffusers, _MODE_PIPELINES[mode][self.kind])
+            # `from_pipe` casts the shared modules to its `dtype` (float32 by default!): pass the one they were
+            # loaded in, which makes the cast a no-op (it still warns, once per module: not worth showing).
+            with _quiet("diffusers.models.modeling_utils"):
+                pipe = pipeline_class.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
+            pipe.set_progress_bar_config(disable=True)
+            # Offload hooks live on the shared modules; the new pipeline must re-arm them after each call too.
+            for attribute in ("_all_hooks", "_offload_device", "_offload_gpu_id"):
+                if hasattr(self.pipe, attribute):
+                    setattr(pipe, attribute, getattr(self.pipe, attribute))
+            self._mode_pipes[mode] = pipe
+        pipe.scheduler = self.pipe.scheduler
+        return pipe
+
+    def forget_mode_pipelines(self) -> None:
+        self._mode_pipes.clear()
 
     @property
     def model_hash(self) -> str:
@@ -85,6 +117,23 @@ class LoadedModel:
         if self.source.origin in ("single-file", "pickle", "folder", "hub"):
             self._hash = executor.submit(_weights_hash, self, cache)
         # Demo models hash their in-memory UNet: milliseconds, and done at first use before any LoRA is applied.
+
+
+_MODE_PIPELINES = {
+    "img2img": {ModelKind.SD15: "StableDiffusionImg2ImgPipeline", ModelKind.SDXL: "StableDiffusionXLImg2ImgPipeline"},
+    "inpaint": {ModelKind.SD15: "StableDiffusionInpaintPipeline", ModelKind.SDXL: "StableDiffusionXLInpaintPipeline"},
+}
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _done(value) -> Future:
@@ -290,6 +339,7 @@ class ModelManager:
 
     def _park(self, model: LoadedModel) -> None:
         """Move a pipeline off the accelerator, keeping it in RAM if the cache allows."""
+        model.forget_mode_pipelines()
         if model.plan is not None and model.plan.mode in OFFLOAD_MODES:
             model.pipe.remove_all_hooks()
             if model.plan.mode == "sequential-offload":
@@ -305,7 +355,8 @@ class ModelManager:
     def _evict_beyond_limit(self) -> None:
         evicted = False
         while len(self._cache) > self.config.cached_pipelines:
-            name, _evicted = self._cache.popitem(last=False)
+            name, evicted_model = self._cache.popitem(last=False)
+            evicted_model.forget_mode_pipelines()
             evicted = True
             log.info("Dropped %s from the RAM cache", name)
         if evicted:
