@@ -13,7 +13,7 @@ from contextlib import closing
 import gradio as gr
 
 from studio.engine import Finished, LoadProgress, Studio, form_from_png_info, scheduler_names, size_presets
-from studio.errors import StudioError
+from studio.errors import InvalidRequestError, StudioError
 from studio.generation.request import GenerationRequest, StepInfo
 from studio.ui import image_inputs as modes
 from studio.ui.common import GPU_QUEUE, format_seconds, stopper, user_errors
@@ -47,8 +47,7 @@ def build_request(studio: Studio, mode: str, values: dict) -> GenerationRequest:
     fields["cfg"] = float(fields["cfg"])
     fields["model"] = (fields["model"] or "").strip() or studio.config.default_model
     fields["prompt"], fields["negative_prompt"] = fields["prompt"] or "", fields["negative_prompt"] or ""
-    extra = modes.HIRES_FIELDS if mode == "txt2img" else modes.INPAINT_FIELDS if mode == "inpaint" else []
-    fields.update(modes.typed({name: values[name] for name in extra if name in values}))
+    fields.update(modes.typed({name: values[name] for name in modes.MODE_FIELDS[mode] if name in values}))
     if mode != "txt2img":
         fields["init_image"] = values.get("image")
     if mode == "inpaint":
@@ -200,28 +199,36 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         return run
 
     endpoints = {
-        "generate": ("txt2img", {}, modes.HIRES_FIELDS),
-        "img2img": ("img2img", {"image": api_image}, modes.IMG2IMG_FIELDS),
-        "inpaint": ("inpaint", {"image": api_image, "mask": api_mask}, modes.INPAINT_FIELDS),
+        "generate": ("txt2img", {}),
+        "img2img": ("img2img", {"image": api_image}),
+        "inpaint": ("inpaint", {"image": api_image, "mask": api_mask}),
     }
-    for api_name, (mode_name, files, wanted) in endpoints.items():
-        named = files | shared | {"model": api_model} | {name: mode_controls[name] for name in wanted} | extras
+    for api_name, (mode_name, files) in endpoints.items():
+        own = {name: mode_controls[name] for name in modes.MODE_FIELDS[mode_name]}
+        named = files | shared | {"model": api_model} | own | extras
         api_trigger.click(endpoint(mode_name), inputs_kwargs=named, outputs=outputs, api_name=api_name, **GPU_QUEUE)
 
-    def from_page(values):
-        """The page's Generate: the mode's controls (and painted mask) into a request; a failure into the status line."""
+    def page_request(values: dict) -> GenerationRequest:
         picked = modes.MODES[values[mode]]
         fields = {name: values[component] for name, component in shared.items()}
         fields |= modes.page_values(images | hires, values)
         fields["loras"] = values.get(lora_picks) if lora_picks is not None else None
         if picked == "img2img":
             fields["image"] = values[images["init_image"]]
+            if fields["image"] is None:
+                raise InvalidRequestError(
+                    "Image to image needs an input picture: drop, upload or paste one, or use Send to img2img."
+                )
         elif picked == "inpaint":
             fields["image"], fields["mask"] = modes.editor_image_and_mask(
                 values[images["editor"]], values[images["mask_upload"]]
             )
+        return build_request(studio, picked, fields)
+
+    def from_page(values):
+        """The page's Generate (all controls as a dict); a failure goes to the status line, not an overlay."""
         try:
-            yield from stream(build_request(studio, picked, fields), values[session_images])
+            yield from stream(page_request(values), values[session_images])
         except StudioError as error:
             yield {status: f"❌ Not generated: {error}"}
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
+from studio.errors import InvalidRequestError
+
 MODES = {"Text to image": "txt2img", "Image to image": "img2img", "Inpaint": "inpaint"}
 RESIZE_MODES = ["just resize", "crop and resize", "resize and fill"]
 MASKED_CONTENT = ["original", "fill", "latent noise", "latent nothing"]
@@ -24,6 +26,7 @@ INPAINT_FIELDS = IMG2IMG_FIELDS + [
     "inpaint_full_res",
     "inpaint_full_res_padding",
 ]
+MODE_FIELDS = {"txt2img": HIRES_FIELDS, "img2img": IMG2IMG_FIELDS, "inpaint": INPAINT_FIELDS}
 INTEGER_FIELDS = {"hires_width", "hires_height", "hires_steps", "mask_blur", "inpaint_full_res_padding"}
 FLOAT_FIELDS = {"strength", "hires_scale", "hires_denoise"}
 
@@ -133,7 +136,7 @@ def page_values(c: dict, values: dict) -> dict:
     return fields
 
 
-def editor_image_and_mask(editor: dict | None, uploaded: Image.Image | None) -> tuple[Image.Image | None, Image.Image]:
+def editor_image_and_mask(editor: dict | None, uploaded: Image.Image | None) -> tuple[Image.Image, Image.Image]:
     """The editor's picture (RGB) and the mask: white where any stroke was painted, or where the upload is light."""
     background = (editor or {}).get("background")
     image = background.convert("RGB") if background is not None else None
@@ -146,6 +149,10 @@ def editor_image_and_mask(editor: dict | None, uploaded: Image.Image | None) -> 
         mask = _union(mask, painted)
     if uploaded is not None:
         mask = _union(mask, uploaded.convert("L").point(lambda v: 255 if v >= 128 else 0))
+    if image is None:
+        raise InvalidRequestError("Inpaint needs a picture: drop one on the editor, or use Send to inpaint.")
+    if mask.getbbox() is None:
+        raise InvalidRequestError("Nothing is masked: paint over what to repaint with the brush, or upload a mask.")
     return image, mask
 
 
