@@ -12,7 +12,7 @@ from studio.errors import InvalidRequestError
 from studio.ui.generate_tab import FORM_FIELDS, build_request
 from studio.ui.image_inputs import editor_image_and_mask
 
-FORM = dict(zip(FORM_FIELDS, ["", "a lake", None, 2.0, 7, 5.0, 64.0, 64.0, "Euler", 1.0, 1.0, 1.0]))
+FORM = dict(zip(FORM_FIELDS, ["", "a lake", None, 10.0, 7, 5.0, 64.0, 64.0, "Euler", 1.0, 1.0, 1.0]))
 
 
 def painted(size=(64, 48), box=(0, 0, 20, 48)) -> Image.Image:
@@ -54,7 +54,7 @@ def test_each_mode_builds_its_request_with_whole_numbers_and_the_default_model(s
     picture = Image.new("RGB", (64, 64), "gray")
     txt2img = build_request(studio, "txt2img", {**FORM, "hires_scale": 2, "hires_steps": 3.0, "image": picture})
     assert txt2img.mode == "txt2img" and txt2img.model == studio_config.default_model
-    assert (txt2img.steps, txt2img.width, txt2img.hires_steps, txt2img.hires_scale) == (2, 64, 3, 2.0)
+    assert (txt2img.steps, txt2img.width, txt2img.hires_steps, txt2img.hires_scale) == (10, 64, 3, 2.0)
     assert all(type(v) is int for v in (txt2img.steps, txt2img.seed, txt2img.batch_size, txt2img.hires_steps))
     assert txt2img.negative_prompt == "" and txt2img.init_image is None  # txt2img ignores a stray image
     img2img = build_request(

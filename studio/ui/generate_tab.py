@@ -11,6 +11,7 @@ import time
 from contextlib import closing
 
 import gradio as gr
+from PIL import Image
 
 from studio.engine import Finished, LoadProgress, Studio, form_from_png_info, scheduler_names, size_presets
 from studio.errors import InvalidRequestError, StudioError
@@ -161,17 +162,20 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     extras = {"session": session_images} | ({"loras": lora_picks} if lora_picks is not None else {})
     outputs = [status, preview, gallery, session_images, infotext, last_seed, selected]
 
-    def stream(request: GenerationRequest, session: list):
+    def stream(request: GenerationRequest, session: list, *, page: bool = False):
         total = request.batch_count
         with closing(studio.generate_stream(request)) as events:  # a closed page stops the work
             for event in events:
                 if isinstance(event, LoadProgress):
                     yield {status: f"⏳ {event.message} ({event.fraction:.0%})"}
+                elif isinstance(event, StepInfo) and event.stage == "first pass":
+                    yield {status: f"Image {event.image_index + 1}/{total} · first pass done", preview: event.preview}
                 elif isinstance(event, StepInfo):
+                    shown = {preview: event.preview} if event.stage != "hires" else {}  # keep the first pass in view
                     yield {
-                        status: f"Image {event.image_index + 1}/{total} · step {event.step}/{event.total_steps} · "
-                        f"ETA {format_seconds(event.eta)}",
-                        preview: event.preview,
+                        status: f"Image {event.image_index + 1}/{total} · {'hires ' if event.stage else ''}step "
+                        f"{event.step}/{event.total_steps} · ETA {format_seconds(event.eta)}",
+                        **shown,
                     }
                 elif isinstance(event, Finished):
                     paths = [str(p) for p in event.paths]
@@ -183,7 +187,8 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
                         status: f"{note} {len(paths)} image(s) in {result.seconds:.1f}s, seed {first_seed}.",
                         # The last step's preview is a small latent sketch; show the finished image instead.
                         preview: paths[0] if paths else None,
-                        gallery: session,
+                        # On the page: back to the thumbnails (an enlarged older pick would not be what Send sends).
+                        gallery: gr.Gallery(session, selected_index=None) if page else session,
                         session_images: session,
                         infotext: result.infotexts[0] if result.infotexts else "",
                         last_seed: result.seeds[0] if result.seeds else None,
@@ -228,7 +233,7 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     def from_page(values):
         """The page's Generate (all controls as a dict); a failure goes to the status line, not an overlay."""
         try:
-            yield from stream(page_request(values), values[session_images])
+            yield from stream(page_request(values), values[session_images], page=True)
         except StudioError as error:
             yield {status: f"❌ Not generated: {error}"}
 
@@ -325,33 +330,39 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         preprocess=False,
     )
 
-    def form_values(text: str) -> list:
+    fillable = dict(shared) | {name: hires[name] for name in modes.HIRES_FIELDS}  # what an infotext can set
+
+    def form_values(text: str, **known) -> list:
         from studio.generation.infotext import parse_infotext
 
-        values = form_from_png_info(parse_infotext(text)) if text else {}
-        return [gr.update(value=values[name]) if name in values else gr.update() for name in FORM_FIELDS]
+        values = (form_from_png_info(parse_infotext(text)) if text else {}) | known
+        return [gr.update(value=values[name]) if name in values else gr.update() for name in fillable]
 
-    send_to_form.click(form_values, inputs=png_text, outputs=form, api_visibility="private")
+    send_to_form.click(form_values, inputs=png_text, outputs=list(fillable.values()), api_visibility="private")
 
     def send(target: str):
         """Send an image (a gallery pick or a PNG-info upload) to img2img or inpaint, with its parameters."""
+        unchanged = [gr.update()] * (len(fillable) + 3)
 
         def handler(image):
             path = _path(image) if image else None
             if path is None:
-                return [gr.update()] * (len(form) + 3) + ["Pick an image in the gallery (or drop a PNG) first."]
+                return unchanged + ["Pick an image in the gallery (or drop a PNG) first."]
             try:
-                text = studio.read_png_info(path).get("infotext", "")
-            except StudioError as error:
-                return [gr.update()] * (len(form) + 3) + [f"❌ {error}"]
+                text = studio.read_png_info(path).get("infotext", "")  # refuses bombs before the size is read
+                with Image.open(path) as opened:
+                    width, height = (max(64, round(side / 8) * 8) for side in opened.size)
+            except (StudioError, OSError) as error:
+                return unchanged + [f"❌ {error}"]
             editor = {"background": path, "layers": [], "composite": path} if target == "inpaint" else gr.update()
             init = path if target == "img2img" else gr.update()
             note = f"Sent to {target}: paint a mask, then Generate." if target == "inpaint" else "Sent to img2img."
-            return form_values(text) + [modes.mode_label(target), init, editor, note]
+            # The picture's own size: after a hires fix it is larger than the infotext's first-pass size.
+            return form_values(text, width=width, height=height) + [modes.mode_label(target), init, editor, note]
 
         return handler
 
-    send_outputs = form + [mode, images["init_image"], images["editor"], status]
+    send_outputs = list(fillable.values()) + [mode, images["init_image"], images["editor"], status]
     for button, source, target in (
         (gallery_to_img2img, selected, "img2img"),
         (gallery_to_inpaint, selected, "inpaint"),
