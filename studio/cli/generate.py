@@ -8,6 +8,7 @@ from pathlib import Path
 from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
 from studio.generation.request import GenerationRequest
 from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from studio.generation.upscalers import check_upscaler
 
 
 def register(subparsers) -> None:
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-skip", type=int, default=1)
     parser.add_argument("--lora", type=parse_lora, action="append", default=[], metavar="NAME:WEIGHT")
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the outputs folder)")
+    _add_hires_options(parser)
     add_config_options(parser)
     parser.set_defaults(handler=run)
 
@@ -50,9 +52,12 @@ def run(args) -> int:
         batch_count=args.count,
         clip_skip=args.clip_skip,
         loras=tuple(args.lora),
+        **_hires_fields(args),
     )
     request.validate()
     resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    if request.hires:
+        check_upscaler(request.hires_upscaler, config)
     quiet_libraries(verbose=args.verbose)
     from tqdm import tqdm
 
@@ -60,8 +65,8 @@ def run(args) -> int:
     from studio.generation.run import generate
     from studio.models.manager import ModelManager
 
-    bar = tqdm(total=args.steps * args.count, desc="generating", unit="step", file=sys.stderr, leave=False)
-    result = generate(ModelManager(config), request, on_step=lambda info: bar.update(1))
+    bar = tqdm(total=_total_steps(request), desc="generating", unit="step", file=sys.stderr, leave=False)
+    result = generate(ModelManager(config), request, on_step=lambda info: bar.update(info.stage != "first pass"))
     bar.close()
     if args.out is not None:
         folder = args.out
@@ -76,3 +81,38 @@ def run(args) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+# --- hires fix -------------------------------------------------------------------------------------------------
+
+
+def _add_hires_options(parser) -> None:
+    group = parser.add_argument_group("hires fix (A1111): generate, upscale, then image-to-image at the big size")
+    group.add_argument("--hires", type=float, default=1.0, metavar="SCALE", help="upscale by SCALE (1 = off)")
+    group.add_argument("--hires-width", type=int, default=0, help="resize width to (0: from the scale)")
+    group.add_argument("--hires-height", type=int, default=0, help="resize height to (0: from the scale)")
+    group.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (0: same as --steps)")
+    group.add_argument("--hires-denoise", type=float, default=0.7, help="second-pass denoising strength")
+    group.add_argument(
+        "--upscaler", default="Latent", help="Latent, Lanczos, ... or a file in models/upscalers/ (see 'upscalers')"
+    )
+
+
+def _hires_fields(args) -> dict:
+    return dict(
+        hires_scale=args.hires,
+        hires_width=args.hires_width,
+        hires_height=args.hires_height,
+        hires_steps=args.hires_steps,
+        hires_denoise=args.hires_denoise,
+        hires_upscaler=args.upscaler,
+    )
+
+
+def _total_steps(request: GenerationRequest) -> int:
+    steps = request.steps
+    if request.hires:
+        from studio.generation.hires import pipeline_steps
+
+        steps += pipeline_steps(request.hires_steps or request.steps, request.hires_denoise)[1]
+    return steps * request.batch_count

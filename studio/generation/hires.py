@@ -100,11 +100,11 @@ class HiresFix:
     def run(self, model, images, latents, seeds, call, on_step, cancel) -> list[Image.Image]:
         """The second pass over one pipeline call's first-pass `images` (and their final `latents`)."""
         from studio.generation.run import (
-            _decode_with_tiling,
             _embeds_kwargs,
             _out_of_memory,
             _Stopped,
             callback_tensors,
+            decode_in_tiles_after_sampling,
             step_callback,
         )
 
@@ -136,11 +136,10 @@ class HiresFix:
                 callback_on_step_end_tensor_inputs=callback_tensors(model, self.conditioning),
             ).images
         except torch.OutOfMemoryError as e:
-            if len(last_latents) and pipe.scheduler.step_index is not None and not pipe.vae.use_tiling:
-                finished = pipe.scheduler.step_index >= len(pipe.scheduler.timesteps)
-                if finished:  # the decode of the big image is the peak: decode in tiles
-                    return _decode_with_tiling(model, last_latents["latents"])
-            raise _out_of_memory(model, final_w, final_h, len(seeds)) from e
+            decoded = decode_in_tiles_after_sampling(model, pipe, last_latents)
+            if decoded is None:
+                raise _out_of_memory(model, final_w, final_h, len(seeds)) from e
+            return decoded
 
 
 def _crop_latents(latents: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -134,6 +134,35 @@ def _parameters(image: Image.Image) -> str | None:
     return text
 
 
+def image_fields(info: dict) -> dict:
+    """`GenerationRequest` image-to-image / inpaint fields from parsed infotext (A1111 names), for "Send to".
+
+    Keys A1111 writes only when they differ from its defaults read back as those defaults, so an inpaint
+    infotext without "Masked content" means "original", one without "Inpaint area" means the whole picture.
+    """
+    fields = {}
+    try:
+        if "Denoising strength" in info:
+            fields["strength"] = float(info["Denoising strength"])
+        if "Mask blur" in info:
+            fields["mask_blur"] = int(info["Mask blur"])
+        if "Masked area padding" in info:
+            fields["inpaint_full_res_padding"] = int(info["Masked area padding"])
+    except ValueError:
+        pass  # a hand-edited value: leave the form as it is
+    from studio.generation.images import MASKED_CONTENT, RESIZE_MODES
+
+    if info.get("Resize mode", "").lower() in RESIZE_MODES:
+        fields["resize_mode"] = info["Resize mode"].lower()
+    if "Mask blur" in info or "Inpaint area" in info or "Mask mode" in info or "Masked content" in info:
+        fields["inpaint_full_res"] = info.get("Inpaint area") == "Only masked"
+        fields["inpaint_not_masked"] = info.get("Mask mode") == "Inpaint not masked"
+        content = info.get("Masked content", "original")
+        if content in MASKED_CONTENT:
+            fields["masked_content"] = content
+    return fields
+
+
 def hires_params(request) -> dict:
     """A1111's hires fix keys for a `GenerationRequest` ({} without the hires fix); "Denoising strength" is
     written with the main parameters, after "Model", where A1111 puts it."""

@@ -7,10 +7,12 @@ torch and diffusers are imported, so a typo is reported in a moment, not after a
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from PIL import Image
 
 from studio.errors import InvalidRequestError
+from studio.generation import images
 from studio.generation.schedulers import DEFAULT_SCHEDULER, check_scheduler_name
 from studio.models.kinds import ModelKind
 from studio.validation import check_range, check_text_length
@@ -71,6 +73,7 @@ class GenerationRequest:
     """A1111 "Inpaint area: Only masked": work at full size on a padded box around the mask, paste back."""
 
     inpaint_full_res_padding: int = 32
+    """Pixels added around the mask's box for "Only masked"."""
 
     @property
     def mode(self) -> str:
@@ -129,9 +132,7 @@ class GenerationRequest:
         self._validate_hires()
 
     def _validate_images(self) -> None:
-        """The image-to-image and inpaint fields (sizes of the pictures themselves: `images.check_image`)."""
-        from studio.generation import images
-
+        """The image-to-image and inpaint fields: pictures, ranges and choices, before any model loads."""
         if self.init_image is None:
             if self.mask is not None:
                 raise InvalidRequestError("A mask needs an input image: give init_image too (or drop the mask).")
@@ -141,6 +142,11 @@ class GenerationRequest:
             raise InvalidRequestError(
                 f"strength={self.strength} is out of range; use a denoising strength above 0 and at most 1."
             )
+        if int(self.steps * self.strength) < 1:
+            raise InvalidRequestError(
+                f"strength={self.strength} with steps={self.steps} leaves no sampling step (image-to-image runs "
+                f"steps x strength of them); use at least {math.ceil(1 / self.strength)} steps or a higher strength."
+            )
         _check_choice("resize_mode", self.resize_mode, images.RESIZE_MODES)
         if self.mask is None:
             return
@@ -148,6 +154,7 @@ class GenerationRequest:
         check_range("mask_blur", self.mask_blur, 0, 64)
         check_range("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, 256)
         _check_choice("masked_content", self.masked_content, images.MASKED_CONTENT)
+        images.check_mask_area(self.mask, inverted=self.inpaint_not_masked)
 
     def _validate_hires(self) -> None:
         """The hires fix fields; whether the upscaler exists is checked against the folder (`upscalers.check`)."""
@@ -207,6 +214,8 @@ class GenerationResult:
     model_name: str
     seconds: float
     interrupted: bool = False
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Things the user should know that did not stop the run ("the mask was stretched to the picture's size")."""
 
 
 # Sizes people pick: SD1.5 around 512 px; SDXL's training aspect-ratio buckets around 1024 px.

@@ -1,4 +1,4 @@
-"""Text-to-image generation: one `GenerationRequest` in, images with A1111 infotext out.
+"""Generation (text-to-image, image-to-image, inpainting): one `GenerationRequest` in, images with A1111 infotext out.
 
     result = generate(manager, request, on_step=print_progress, cancel=stop_event)
 
@@ -6,6 +6,8 @@ The request is validated before any model loads. Each image i of a run uses seed
 generator, so any image can be reproduced alone, on any device, from the seed in its infotext.
 Prompts are read the A1111 way (`studio.generation.prompts`: weights, long prompts, BREAK, prompt editing) and
 reach the pipeline as embeddings; edits and alternations swap them between steps in the step callback.
+A request with an input picture (and a mask) runs the img2img / inpaint pipeline made from the loaded one
+(`LoadedModel.pipeline_for`: same weights, same LoRA blend); what that adds is in `studio.generation.img2img`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from studio.errors import OutOfMemoryError
 from studio.generation import infotext
 from studio.generation.embeddings import embeddings_for_prompt
 from studio.generation.hires import HiresFix
+from studio.generation.img2img import ImageJob, infotext_params, output_size, plan_images
 from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
 from studio.generation.schedulers import a1111_sampler, make_scheduler
@@ -80,6 +83,7 @@ def _infotext(
         "Model hash": model.model_hash,
         "Model": model.name,
         "Denoising strength": f"{request.hires_denoise:g}" if request.hires else None,
+        **infotext_params(request),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         **infotext.hires_params(request),
         "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
@@ -115,8 +119,8 @@ def generate(
     started = time.perf_counter()
     hires_fix = HiresFix.load(request, manager) if request.hires else None  # a bad upscaler fails before loading
     with manager.acquire(request.model, on_progress=on_load) as model:
-        width = request.width or model.kind.native_size
-        height = request.height or model.kind.native_size
+        width, height = output_size(model, request)
+        job = plan_images(model, request, width, height)
         loras = _apply_loras(model, request.loras, manager.config.loras_dir)
         pipe = model.pipe
         pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
@@ -140,7 +144,7 @@ def generate(
         except torch.OutOfMemoryError as e:
             raise _out_of_memory(model, width, height, request.batch_size) from e
         first_seed = _pick_seed(request.seed)
-        result = GenerationResult([], [], [], model.name, 0.0)
+        result = GenerationResult([], [], [], model.name, 0.0, notes=list(job.prepared.notes) if job else [])
         for call in range(request.batch_count):
             if cancel.is_set():
                 result.interrupted = True
@@ -149,7 +153,7 @@ def generate(
             try:
                 latents = {}
                 images = _run_pipeline(
-                    model, request, conditioning, seeds, width, height, call, on_step, cancel, latents
+                    model, request, conditioning, seeds, width, height, call, on_step, cancel, job, latents
                 )
                 if hires_fix is not None:
                     images = hires_fix.run(model, images, latents["latents"], seeds, call, on_step, cancel)
@@ -191,33 +195,46 @@ def callback_tensors(model: LoadedModel, conditioning) -> list[str]:
 
 
 def _run_pipeline(
-    model, request, conditioning, seeds, width, height, call, on_step, cancel, last_latents=None
+    model, request, conditioning, seeds, width, height, call, on_step, cancel, job: ImageJob | None, last_latents=None
 ) -> list[Image.Image]:
-    pipe = model.pipe
+    pipe = model.pipeline_for(job.mode if job else "txt2img")
+    total_steps = job.sampling_steps(request.steps) if job else request.steps
     last_latents = {} if last_latents is None else last_latents
     step_end = step_callback(
-        model, conditioning, len(seeds), call, request.steps, on_step, cancel, last_latents=last_latents
+        model, conditioning, len(seeds), call, total_steps, on_step, cancel, last_latents=last_latents
     )
     positive, negative = conditioning.at_step(0)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     kwargs = dict(
         **_embeds_kwargs(positive, negative, len(seeds)),
         num_inference_steps=request.steps,
         guidance_scale=request.cfg,
-        width=width,
-        height=height,
-        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        generator=generators,
         callback_on_step_end=step_end,
         callback_on_step_end_tensor_inputs=callback_tensors(model, conditioning),
     )
     try:
-        return pipe(**kwargs).images
+        if job is None:
+            return pipe(**kwargs, width=width, height=height).images
+        kwargs.update(job.pipeline_kwargs(pipe, seeds, generators, width, height))
+        return job.finish(pipe(**kwargs).images)
     except torch.OutOfMemoryError as e:
-        step_index = pipe.scheduler.step_index
-        denoised = len(last_latents) and step_index is not None and step_index >= request.steps
-        if denoised and not pipe.vae.use_tiling:
-            # Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
-            return _decode_with_tiling(model, last_latents["latents"])
-        raise _out_of_memory(model, width, height, len(seeds)) from e
+        decoded = decode_in_tiles_after_sampling(model, pipe, last_latents)
+        if decoded is None:
+            raise _out_of_memory(model, width, height, len(seeds)) from e
+        return job.finish(decoded) if job else decoded
+
+
+def decode_in_tiles_after_sampling(model: LoadedModel, pipe, last_latents: dict) -> list[Image.Image] | None:
+    """After running out of memory: the images decoded in tiles if sampling had finished (None if it had not).
+
+    Decode is the peak at large sizes; decoding in tiles needs a fraction of the memory.
+    """
+    step_index = pipe.scheduler.step_index
+    denoised = len(last_latents) and step_index is not None and step_index >= len(pipe.scheduler.timesteps)
+    if denoised and not pipe.vae.use_tiling:
+        return _decode_with_tiling(model, last_latents["latents"])
+    return None
 
 
 def _out_of_memory(model: LoadedModel, width: int, height: int, batch: int) -> OutOfMemoryError:

@@ -68,8 +68,8 @@ def check_upscaler(name: str, config: StudioConfig) -> Path | None:
     """Refuse an unknown or unsafe upscaler in one line; the model file's path (None for a built-in one)."""
     if name in BUILTIN:
         return None
-    path = upscalers_dir(config) / name
-    if Path(name).name != name or not path.is_file():
+    path = _model_file(upscalers_dir(config), name)
+    if Path(name).name != name or path is None:
         known = list_upscalers(config)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -85,6 +85,14 @@ def check_upscaler(name: str, config: StudioConfig) -> Path | None:
     if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
         raise InvalidRequestError(f"Upscaler {name} is not a model file; use a .safetensors upscaler model.")
     return path
+
+
+def _model_file(folder: Path, name: str) -> Path | None:
+    """The file `name`, or `name` plus a model suffix: A1111's infotext names upscaler models without one."""
+    for candidate in (name, *(name + suffix for suffix in (".safetensors", *PICKLE_SUFFIXES))):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    return None
 
 
 @dataclasses.dataclass
@@ -155,7 +163,7 @@ def _run_model(descriptor, image: Image.Image, width: int, height: int) -> Image
     import torch
 
     parameter = next(descriptor.model.parameters())
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)[None]
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None]
     tensor = pixels.to(device=parameter.device, dtype=parameter.dtype) / 255
     for _ in range(3):
         if tensor.shape[-1] >= width and tensor.shape[-2] >= height:
