@@ -41,15 +41,7 @@ def build_image_inputs(boxes: dict) -> dict:
     """
     c = {}
     with gr.Group(visible=False) as boxes["img2img"]:
-        c["init_image"] = gr.Image(
-            label="Input image (drop, upload or paste)",
-            type="pil",
-            image_mode="RGB",
-            sources=["upload", "clipboard"],
-            format="png",
-            height=300,
-            elem_id="init-image",
-        )
+        c["init_image"] = _picture("Input image (drop, upload or paste)", "RGB", 300, "init-image")
     with gr.Group(visible=False) as boxes["inpaint"]:
         c["editor"] = gr.ImageEditor(
             label="Image and mask: paint over what to repaint",
@@ -65,15 +57,7 @@ def build_image_inputs(boxes: dict) -> dict:
             elem_id="inpaint-editor",
         )
         with gr.Accordion("Or upload a mask (white = repaint)", open=False):
-            c["mask_upload"] = gr.Image(
-                label="Mask",
-                type="pil",
-                image_mode="L",
-                sources=["upload", "clipboard"],
-                format="png",
-                height=200,
-                elem_id="mask-upload",
-            )
+            c["mask_upload"] = _picture("Mask", "L", 200, "mask-upload")
     with gr.Group(visible=False) as boxes["image_settings"]:
         with gr.Row():
             c["strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength")
@@ -88,6 +72,19 @@ def build_image_inputs(boxes: dict) -> dict:
                 0, 256, value=32, step=4, precision=0, label="Only masked padding, pixels"
             )
     return c
+
+
+def _picture(label: str, image_mode: str, height: int, elem_id: str) -> gr.Image:
+    # PNG: Gradio's default webp would blur a mask's edge and change the picture before it is drawn over.
+    return gr.Image(
+        label=label,
+        type="pil",
+        image_mode=image_mode,
+        sources=["upload", "clipboard"],
+        format="png",
+        height=height,
+        elem_id=elem_id,
+    )
 
 
 def build_hires_inputs(upscalers: list[str], boxes: dict) -> dict:
