@@ -106,6 +106,17 @@ class Studio:
 
         return pick_preset(kind, detected_vram_bytes())  # asks CUDA: imports torch
 
+    def training_progress(self) -> str | None:
+        """How far the running training run is ("step 40/500 · ... · ETA 4m00s"), or None when no run holds the GPU."""
+        for job in self.jobs.running("training"):
+            event = job.latest
+            if event is None:
+                return "starting"
+            if event.kind == "step":
+                return event.progress_text()
+            return f"step {event.step}" if event.step else (event.message.splitlines() or [event.kind])[0]
+        return None
+
     def stop_training(self) -> None:
         """Stop the training run at its next step; it saves a checkpoint that Resume continues from."""
         self.stop("training")

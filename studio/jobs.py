@@ -22,6 +22,8 @@ class Job:
         self.name = name
         self.cancel = threading.Event()
         self._events: queue.Queue = queue.Queue()
+        self.latest: Any = None
+        """The newest event emitted, for a glance at progress by someone not reading the events (the Generate tab)."""
         self._work = work
         self._result: Any = None
         self._error: BaseException | None = None
@@ -30,6 +32,7 @@ class Job:
 
     def emit(self, event: Any) -> None:
         """Called by the work to report progress; never blocks."""
+        self.latest = event
         self._events.put(event)
 
     def start(self) -> "Job":

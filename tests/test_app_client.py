@@ -1,7 +1,7 @@
 """The launched app driven by gradio_client from this (separate) process, as scripts and other tools use it.
 
-Covers every public api_name of the Generate tab: /generate, /stop, /png_info, /list_models, /history,
-/list_embeddings.
+Covers every public api_name of the Generate tab: /generate, /img2img, /inpaint, /stop, /png_info, /list_models,
+/history, /list_embeddings.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image
 
 from studio.generation.infotext import parse_infotext, read_infotext
 from studio.models.kinds import ModelKind
-from tests.helpers import pixels, wait_until
+from tests.helpers import landscape, pixels, wait_until
 
 SMALL = dict(steps=2, cfg=7.0, width=64, height=64, scheduler="Euler", batch_size=1, batch_count=1, clip_skip=1)
 
@@ -227,3 +227,111 @@ def test_an_embedding_named_through_the_api_is_used_and_its_hash_round_trips(cli
     listed = client.predict(api_name="/list_embeddings")  # the Generate tab's embeddings table
     assert ["ApiStyle", "SD1.5", 2, digest[:12], ""] in listed["data"]
     assert parsed["Prompt"] == "snowy mountains, ApiStyle" and parsed["TI hashes"] == f"ApiStyle: {digest[:12]}"
+
+
+# --- the endpoints' parameters, image to image and inpaint ----------------------------------------------------
+
+
+def parameters(client: Client, endpoint: str) -> dict:
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"][endpoint]
+    return {p["parameter_name"]: p for p in info["parameters"]}
+
+
+def test_generate_needs_only_a_prompt_and_its_whole_numbers_are_integers(client):
+    required = {
+        endpoint: [name for name, p in parameters(client, endpoint).items() if not p["parameter_has_default"]]
+        for endpoint in ("/generate", "/img2img", "/inpaint")
+    }
+    assert required == {
+        "/generate": ["prompt"],
+        "/img2img": ["image", "prompt"],
+        "/inpaint": ["image", "mask", "prompt"],
+    }
+    generate_parameters = parameters(client, "/generate")
+    for name in ("steps", "seed", "width", "height", "batch_size", "batch_count", "clip_skip", "hires_steps"):
+        assert generate_parameters[name]["python_type"]["type"] == "int", name
+        assert type(generate_parameters[name]["parameter_default"]) is int, name
+    assert generate_parameters["model"]["python_type"]["type"] == "str"  # any name, not only the start-up list
+    # Only the prompt (and a small size, so the test is quick): everything else takes its default.
+    status, _preview, gallery, info, seed = client.predict(
+        prompt="just a prompt", steps=2, width=64, height=64, api_name="/generate"
+    )
+    parsed = parse_infotext(info)
+    assert status.startswith("Done.") and type(seed) is int and Path(gallery[0]["image"]).exists()
+    assert (parsed["Sampler"], parsed["Schedule type"], parsed["CFG scale"]) == ("DPM++ 2M", "Karras", "7")
+    assert parsed.get("Negative prompt", "") == "" and parsed["Model"] == "demo-sd15"
+
+
+def test_a_hub_id_is_taken_as_a_model_name(client):
+    # Offline: the Hub id is looked up (not refused as an unknown choice), and the error says what to do.
+    with pytest.raises(AppError, match="'someone/some-model' is not in the local Hub cache"):
+        client.predict(prompt="x", model="someone/some-model", steps=2, width=64, height=64, api_name="/generate")
+
+
+def img2img(client: Client, source: Path, **overrides):
+    args = {**SMALL, "steps": 10, "seed": 5, **overrides}
+    status, _preview, gallery, info, _seed = client.predict(
+        handle_file(str(source)), prompt="snowy mountains", api_name="/img2img", **args
+    )
+    assert status.startswith("Done."), status
+    return pixels(Image.open(gallery[0]["image"])), parse_infotext(info)
+
+
+def test_img2img_follows_the_input_image_by_denoising_strength(client, tmp_path):
+    sources = [tmp_path / "a.png", tmp_path / "b.png"]
+    for seed, source in zip((3, 8), sources):
+        landscape(96, 64, seed=seed).save(source)  # wider than asked: "crop and resize" keeps the middle
+    light = [img2img(client, source, strength=0.3, resize_mode="crop and resize") for source in sources]
+    heavy = [img2img(client, source, strength=1.0, resize_mode="crop and resize")[0] for source in sources]
+    assert light[0][0].shape == (64, 64, 3)
+    # The tiny model's VAE is random, so no output looks like its input; but at a low strength two inputs give two
+    # different images, and at full strength (the input noised away) nearly the same one.
+    assert np.abs(light[0][0] - light[1][0]).mean() > 2 * np.abs(heavy[0] - heavy[1]).mean()
+    assert light[0][1]["Denoising strength"] == "0.3"
+    again, _ = img2img(client, sources[0], strength=0.3, resize_mode="crop and resize")
+    assert np.array_equal(again, light[0][0])  # same seed, same image
+
+
+def test_inpaint_repaints_the_white_of_the_mask_and_keeps_the_rest(client, tmp_path):
+    source, mask = tmp_path / "source.png", tmp_path / "mask.png"
+    landscape(64, 64, seed=4).save(source)
+    white_left = Image.new("L", (64, 64), 0)
+    white_left.paste(255, (0, 0, 32, 64))
+    white_left.save(mask)
+    status, _preview, gallery, info, _seed = client.predict(
+        handle_file(str(source)),
+        handle_file(str(mask)),
+        prompt="a lake",
+        masked_content="latent noise",
+        mask_blur=0,
+        strength=1.0,
+        api_name="/inpaint",
+        **{**SMALL, "steps": 4, "seed": 6},
+    )
+    assert status.startswith("Done."), status
+    before, after = pixels(Image.open(source)), pixels(Image.open(gallery[0]["image"]))
+    change = np.abs(after - before).mean(axis=(0, 2))  # per column
+    assert change[:28].mean() > 5 * max(change[36:].mean(), 0.5), change.round(1)
+    assert parse_infotext(info)["Masked content"] == "latent noise"
+
+
+def test_hires_fix_draws_a_second_pass_at_the_larger_size(client):
+    job = client.submit(
+        prompt="snowy mountains",
+        hires_scale=2.0,
+        hires_upscaler="Latent",
+        hires_steps=2,
+        hires_denoise=0.5,
+        api_name="/generate",
+        **{**SMALL, "seed": 31},
+    )
+    status, _preview, gallery, info, _seed = job.result(timeout=120)
+    assert status.startswith("Done."), status
+    assert Image.open(gallery[0]["image"]).size == (128, 128)
+    parsed = parse_infotext(info)
+    assert (parsed["Size"], parsed["Hires upscale"], parsed["Hires upscaler"]) == (
+        "64x64",
+        "2",
+        "Latent",
+    )  # A1111: Size is the first pass
+    assert any("hires step" in str(out[0]) for out in job.outputs())  # the progress says which pass runs
