@@ -72,6 +72,7 @@ def build_plot_tab(studio: Studio, *, generate: dict, lora_picks: gr.State, tab:
         adapter_choices(studio),
         multiselect=True,
         label="Adapters (strength 1, added to the LoRA tab's blend; each model uses the ones made for it)",
+        allow_custom_value=True,  # API clients name adapters added after the page loaded; the engine checks names
         elem_id="plot-adapters",
     )
     with gr.Row():
@@ -121,7 +122,9 @@ def build_plot_tab(studio: Studio, *, generate: dict, lora_picks: gr.State, tab:
         seed, width, height, scheduler, batch_size, batch_count, clip_skip, loras=None,
     ):  # fmt: skip
         # Named parameters become the keyword names of the /plot API for gradio_client.
-        specs, base = parts(list(locals().values()))
+        form_values = [model, prompt, negative_prompt, steps, cfg, seed, width, height, scheduler]
+        specs, base = parts([x_type, x_values, y_type, y_values, z_type, z_values, adapters, *form_values,
+                             batch_size, batch_count, clip_skip, loras])  # fmt: skip
         request = PlotRequest(base, *(_axis(specs[i], specs[i + 1]) for i in (0, 2, 4)))
         yield from stream(request, slider=False)
 
