@@ -81,8 +81,13 @@ def build_plot_tab(studio: Studio, *, generate: dict, lora_picks: gr.State, tab:
         ab_button = gr.Button("A/B: base vs blend", elem_id="plot-ab")
         stop_button = gr.Button("Stop", variant="stop", elem_id="plot-stop")
     status = gr.Markdown("Settings not on an axis come from the Generate tab.", elem_id="plot-status")
-    grid = gr.Image(label="Grid (saved with its parameters)", type="filepath", interactive=False, elem_id="plot-grid")
-    ab = gr.ImageSlider(label="A/B: drag to compare", type="filepath", visible=False, elem_id="plot-ab-slider")
+    with gr.Row():
+        with gr.Column(scale=3):
+            grid = gr.Image(
+                label="Grid (saved with its parameters)", type="filepath", interactive=False, elem_id="plot-grid"
+            )
+        with gr.Column(scale=2):
+            ab = gr.ImageSlider(label="A/B: drag the line to compare", type="filepath", elem_id="plot-ab-slider")
     with gr.Row():
         with gr.Column(scale=3):
             cells = gr.Gallery(label="Cells (click to open)", columns=6, height=300, elem_id="plot-cells")
@@ -108,7 +113,7 @@ def build_plot_tab(studio: Studio, *, generate: dict, lora_picks: gr.State, tab:
                     {"label": lab, "file": p, "infotext": t} for lab, p, t in zip(event.labels, paths, event.infotexts)
                 ]
                 note = f"Done: seed {event.seed}, {len(paths)} cells ({event.rendered} drawn), saved {event.path.name}."
-                pair = gr.update(value=(paths[0], paths[-1]), visible=True) if slider else gr.update(visible=False)
+                pair = (paths[0], paths[-1]) if slider else None
                 yield [note, str(event.path), pair, list(zip(paths, event.labels)), table]
 
     def parts(args):
