@@ -61,3 +61,9 @@ def test_a_bad_axis_is_a_clear_error_and_the_app_keeps_serving(client):
             x_type="steps", x_values="ten", y_type="", y_values="", **NO_Z, adapters=[], **FORM, api_name="/plot"
         )
     assert "demo-sd15" in str(client.predict(api_name="/list_models"))
+
+
+def test_base_vs_fine_tuned_without_adapters_says_what_to_pick(client):
+    # The one-click plot itself (two models x three strengths) is drawn in tests/test_plot_browser.py.
+    with pytest.raises(AppError, match="pick an SD1.5 and an SDXL LoRA under 'Adapters'"):
+        client.predict(*[""] * 6, [], *FORM.values(), api_name="/compare_finetuned")

@@ -5,9 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
-from studio.generation.request import GenerationRequest
-from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from studio.cli.common import (
+    add_config_options,
+    add_sampling_options,
+    config_from_args,
+    quiet_libraries,
+    sampling_request,
+)
 
 
 def register(subparsers) -> None:
@@ -15,18 +19,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--model", required=True, help="demo-sd15, demo-sdxl, a models-folder entry, a path or a Hub id"
     )
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative", default="", help="negative prompt")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--seed", type=int, default=-1, help="-1 for random (the seed used is in the PNG)")
-    parser.add_argument("--width", type=int, default=None, help="default: the model's native size")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of: {', '.join(SCHEDULER_NAMES)}")
+    add_sampling_options(parser)
     parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--count", type=int, default=1, help="calls in a row (batch count)")
-    parser.add_argument("--clip-skip", type=int, default=1)
-    parser.add_argument("--lora", type=parse_lora, action="append", default=[], metavar="NAME:WEIGHT")
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the outputs folder)")
     add_config_options(parser)
     parser.set_defaults(handler=run)
@@ -36,21 +31,7 @@ def run(args) -> int:
     from studio.models.sources import resolve_model
 
     config = config_from_args(args)
-    request = GenerationRequest(
-        model=args.model,
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        steps=args.steps,
-        cfg=args.cfg,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        scheduler=args.scheduler,
-        batch_size=args.batch,
-        batch_count=args.count,
-        clip_skip=args.clip_skip,
-        loras=tuple(args.lora),
-    )
+    request = sampling_request(args, args.model, batch_size=args.batch, batch_count=args.count)
     request.validate()
     resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
     quiet_libraries(verbose=args.verbose)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
+from studio.cli.common import (
+    add_config_options,
+    add_sampling_options,
+    config_from_args,
+    quiet_libraries,
+    sampling_request,
+)
 from studio.errors import InvalidRequestError
-from studio.generation.request import GenerationRequest
-from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from studio.lora.plot_axes import parse_axis
 from studio.lora.requests import PlotRequest
 
@@ -28,16 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--y", default=None, help="a second axis (rows)")
     parser.add_argument("--z", default=None, help="a third axis (one grid block per value)")
     parser.add_argument("--model", default=None, help="base model (default: the first value of a model axis)")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative", default="", help="negative prompt")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--seed", type=int, default=-1, help="one seed for every cell; -1 picks one")
-    parser.add_argument("--width", type=int, default=None, help="default: the model's native size")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of: {', '.join(SCHEDULER_NAMES)}")
-    parser.add_argument("--clip-skip", type=int, default=1)
-    parser.add_argument("--lora", type=parse_lora, action="append", default=[], metavar="NAME:WEIGHT")
+    add_sampling_options(parser)
     add_config_options(parser)
     parser.set_defaults(handler=run)
 
@@ -52,19 +47,7 @@ def run(args) -> int:
     model = args.model or (models[0] if models else None)
     if not model:
         raise InvalidRequestError("Name the base model: --model NAME, or an axis model=A,B.")
-    base = GenerationRequest(
-        model=model,
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        steps=args.steps,
-        cfg=args.cfg,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        scheduler=args.scheduler,
-        clip_skip=args.clip_skip,
-        loras=tuple(args.lora),
-    )
+    base = sampling_request(args, model)
     request = PlotRequest(base, *axes)
     request.validate()
     # Every model and adapter is named before the heavy imports: a typo costs a moment, not a model load.
