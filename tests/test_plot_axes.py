@@ -84,6 +84,8 @@ def test_two_models_each_at_its_own_scale_with_its_own_adapters():
     assert (sd15.width, sd15.height, sd15.loras) == (512, 768, (("alps", 1.0),))
     assert (sdxl.width, sdxl.height, sdxl.loras) == (1024, 1536, (("alps-xl", 1.0),))  # native: 512 -> 1024
     assert cells[2].request.loras == ()
+    ab = PlotRequest(base, parse_axis("blend=off, on")).cells(model_kind=KINDS.get, adapter_kind=ADAPTERS.get)
+    assert ab[1].request.loras == (("alps", 1.0),)  # no model axis: still only the adapters made for the model
     sized = PlotRequest(base, parse_axis("size=256x256"), parse_axis("model=demo-sd15, demo-sdxl"))
     assert {(c.request.width, c.request.height) for c in sized.cells(model_kind=KINDS.get)} == {(256, 256)}
 

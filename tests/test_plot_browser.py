@@ -1,5 +1,5 @@
 """A real browser (Debian's Chromium, Playwright) on the Compare tab: the one-click SD1.5 + SDXL "base vs fine-tuned"
-plot with the Generate tab's settings, seen at 1280x720 and 1440x900, then a cell sent back to Generate."""
+plot with the Generate tab's settings, seen at 1280x720 and 1440x900, a cell sent back to Generate, then A/B."""
 
 from __future__ import annotations
 
@@ -69,3 +69,13 @@ def test_a_picked_cell_goes_to_generate(page):
     page.locator("#plot-send").click()
     expect(page.get_by_label("Prompt", exact=True)).to_have_value("ridges <lora:br-plot-xl:1>")
     expect(page.locator("#model-picker input")).to_have_value(re.compile("demo-sdxl"))
+
+
+def test_ab_shows_base_and_blend_behind_a_slider(page):
+    fill_form(page, prompt="ridges", seed=7, steps=1, width=64, height=64)  # Generate now has demo-sdxl (sent above)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#plot-ab").click()  # the SDXL adapter of the two picked: the SD1.5 one is left out for this model
+    expect(page.locator("#plot-status")).to_contain_text("Done: seed 7, 2 cells (2 drawn)", timeout=300_000)
+    slider = page.locator("#plot-ab-slider")
+    expect(slider.locator("img")).to_have_count(2)
+    page.screenshot(path=str(SCREENSHOTS / "compare-ab.png"))

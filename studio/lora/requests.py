@@ -79,14 +79,14 @@ class PlotRequest:
     def cells(self, *, model_kind=None, adapter_kind=None) -> list[PlotCell]:
         """Every cell's request, z then y then x (x fastest).
 
-        With `model_kind(name)` / `adapter_kind(name)` (ModelKind or None), a model axis draws each model at its
+        With `model_kind(name)` / `adapter_kind(name)` (ModelKind or None), a cell keeps only the adapters made for its
+        model's kind (the tab's adapter list may hold SD1.5 and SDXL ones), and a model axis draws each model at its
         own scale (the base size times native(model) / native(base model): 512 px SD1.5 -> 1024 px SDXL) unless a
-        size axis sets it, and a cell keeps only the adapters made for its model's kind.
+        size axis sets it.
         """
         axes = [(i, axis) for i, axis in enumerate(self.axes) if axis]
         axes.sort(key=lambda pair: pair[1].key != "model")  # the model first: the other axes override its size
         has_size = any(axis.key == "size" for _i, axis in axes)
-        has_model = any(axis.key == "model" for _i, axis in axes)
         base = dataclasses.replace(self.base, batch_size=1, batch_count=1)
         cells = []
         for position in itertools.product(*(range(n) for n in reversed(self.shape))):
@@ -94,7 +94,7 @@ class PlotRequest:
             request = base
             for i, axis in axes:
                 request = axis.apply(request, axis.values[position[i]])
-            if model_kind is not None and has_model:
+            if model_kind is not None:
                 request = _fit_model(request, base, model_kind, adapter_kind, keep_size=has_size)
             cells.append(PlotCell(position, request))
         return cells
