@@ -7,7 +7,7 @@ This module imports the heavy modules inside the methods that use them, so impor
 Every background job lives in `self.jobs` under a slot, and each Stop button stops its own slot:
 
     "generate"  Generate tab          "evaluate"  Evaluate tab          "export"   data set export
-    "compare"   LoRA comparison grid  "import"    LoRA import from Hub  "push"     Share tab upload
+    "plot"      Compare tab X/Y/Z     "import"    LoRA import from Hub  "push"     Share tab upload
     "training"  Train tab
 
 Closing a stream (a closed page, a cancelled API call) cancels its job, except training: a run of hours
@@ -30,7 +30,7 @@ from studio.models.sources import ModelSource, list_models
 if TYPE_CHECKING:
     from studio.models.manager import ModelManager
 
-SLOTS = ("generate", "evaluate", "export", "compare", "import", "push", "training")
+SLOTS = ("generate", "evaluate", "export", "plot", "import", "push", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +172,7 @@ class Studio:
         """Stop an upload between chunks; the Hub repo keeps its previous commit."""
         self.stop("push")
 
-    # --- LoRA library, blending, comparison grids (studio.lora, studio.lora.compare) ---
+    # --- LoRA library, blending, X/Y/Z plots (studio.lora, studio.lora.plot) ---
 
     def loras(self) -> list:
         """Every adapter in loras/ with its kind, format, rank, hash and problem (read from headers only)."""
@@ -198,14 +198,14 @@ class Studio:
 
         return save_blend(request, loras_dir=self.config.loras_dir)
 
-    def compare_stream(self, request) -> Iterator:
-        """Render a `CompareRequest` grid in a background thread: `LoadProgress` events, then the CompareResult."""
-        from studio.lora.compare import compare
+    def plot_stream(self, request) -> Iterator:
+        """Render a `PlotRequest` (X/Y/Z plot, A/B) in a background thread: `LoadProgress`, then the PlotResult."""
+        from studio.lora.plot import plot
 
         request.validate()
         return self._follow(
-            "compare",
-            lambda job: compare(
+            "plot",
+            lambda job: plot(
                 self.manager,
                 request,
                 outputs_dir=self.config.outputs_dir,

@@ -1,6 +1,6 @@
 """Every public API name of the launched app is driven by gradio_client somewhere in the tests.
 
-This file covers the endpoints no tab's own tests call (Stop buttons with nothing running, A/B compare, the
+This file covers the endpoints no tab's own tests call (Stop buttons with nothing running, the
 Share tab's adapter list, Hub import with no network), and fails when a new public endpoint has no test at all.
 """
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from gradio_client.exceptions import AppError
 
-from studio.lora.compare import read_grid_cells
 from tests.helpers import add_lora
 
 TESTS = Path(__file__).resolve().parent
@@ -48,29 +47,6 @@ def test_share_tab_lists_the_adapters_studio_wrote(client, studio_running_app):
     assert status.startswith("Saved api-mix"), status
     choices = str(client.predict(api_name="/list_adapters"))
     assert "api-mix" in choices and "'api-alps'" in choices
-
-
-def test_ab_compare_is_base_next_to_the_blend_with_one_seed(client, studio_running_app):
-    status, grid = client.predict(
-        "demo-sd15",
-        "ridges",
-        9,
-        2,
-        "0, 1",
-        "each LoRA",
-        True,
-        "api-alps",
-        *NO_SLOTS,
-        0.8,
-        *ONE,
-        api_name="/compare_ab",
-    )
-    assert status.startswith("Done: seed 9"), status
-    cells = read_grid_cells(Path(grid))
-    assert len(cells) == 2  # base | blend
-    infotexts = list(cells.values())
-    assert sum("<lora:api-alps:0.8>" in text for text in infotexts) == 1
-    assert all("Seed: 9," in text for text in infotexts)
 
 
 def test_hub_import_without_network_is_a_clear_error_and_the_app_keeps_serving(client):

@@ -48,6 +48,7 @@ def run_cli(folders: Path, tmp_path: Path, *args: str) -> subprocess.CompletedPr
 
 TRAIN = ["train", "--model", "demo-sd15", "--name", "x"]
 GENERATE = ["generate", "--model", "demo-sd15", "--prompt", "mountains"]
+PLOT = ["plot", "--model", "demo-sd15", "--prompt", "mountains"]
 CASES = {
     "train-missing-folder": (TRAIN + ["--data", "{root}/no/such/folder"], "{root}/no/such/folder"),
     "train-empty-folder": (TRAIN + ["--data", "{root}/empty"], "{root}/empty has no"),
@@ -68,6 +69,10 @@ CASES = {
     ),
     "export-no-prompt": (["export-dataset", "--model", "demo-sd15", "--out", "{root}/out"], "prompt"),
     "push-missing-adapter": (["push", "nope", "--repo", "alice/nope", "--loras-dir", "{root}/loras"], "'nope'"),
+    "plot-bad-axis-type": (PLOT + ["--x", "strenth=0,1"], "Did you mean strength?"),
+    "plot-bad-range": (PLOT + ["--x", "steps=1-3 (+x)"], "'1-3 (+x)' is not a number or a range"),
+    "plot-unknown-adapter": (PLOT + ["--x", "lora:nope=0,1", "--loras-dir", "{root}/loras"], "No LoRA named 'nope'"),
+    "plot-unknown-model": (PLOT + ["--x", "model=demo-sd15,nope-xl"], "'nope-xl' was not found"),
 }
 
 

@@ -23,7 +23,8 @@ from studio.evaluation.requests import Candidate, EvaluationRequest, ExportReque
 from studio.evaluation.results import ExportResult
 from studio.generation.request import GenerationRequest, StepInfo
 from studio.hub.adapters import PushRequest
-from studio.lora.requests import CompareRequest, CompareRow
+from studio.lora.plot_axes import parse_axis
+from studio.lora.requests import PlotRequest
 from tests.builders import save_tiny_feature_model
 from tests.helpers import write_trained_adapter
 from tests.hub_server import HubServer
@@ -174,12 +175,11 @@ def test_closing_an_evaluation_stream_stops_the_evaluation(config, tmp_path):
     assert job.error is None and job.result.interrupted
 
 
-def test_closing_a_compare_stream_stops_the_grid(config):
-    request = CompareRequest(
-        model="demo-sd15", prompt="p", rows=(CompareRow("base"),), strengths=(0.0, 1.0), steps=150, width=64, height=64
-    )
+def test_closing_a_plot_stream_stops_the_grid(config):
+    base = GenerationRequest(model="demo-sd15", prompt="p", steps=150, width=64, height=64)
+    request = PlotRequest(base, parse_axis("seed=1, 2"))
     studio = Studio(config)
-    job = close_after_first_event(studio, "compare", studio.compare_stream(request))
+    job = close_after_first_event(studio, "plot", studio.plot_stream(request))
     assert isinstance(job.error, CancelledError)
     assert not list(config.outputs_dir.glob("grids/*/*.png"))
 
@@ -217,7 +217,7 @@ def test_each_stop_reaches_only_its_own_slot(config):
     stream = studio.generate_stream(GenerationRequest(**LONG, batch_count=100))
     next(stream)
     (job,) = studio.jobs.running("generate")
-    for slot in ("evaluate", "export", "compare", "import", "push", "training"):
+    for slot in ("evaluate", "export", "plot", "import", "push", "training"):
         studio.stop(slot)
     assert not job.cancel.is_set()
     studio.stop("generate")

@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from studio.cli import embeddings, evaluate, export_dataset, generate, loras, models, push, train, upscalers
+from studio.cli import embeddings, evaluate, export_dataset, generate, loras, models, plot, push, train, upscalers
 from studio.errors import StudioError
 
-COMMANDS = [generate, models, evaluate, export_dataset, push, train, loras, embeddings, upscalers]
+COMMANDS = [generate, models, evaluate, export_dataset, push, train, loras, embeddings, plot, upscalers]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ from pathlib import Path
 from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
 from studio.errors import InvalidRequestError
 from studio.generation.infotext import parse_lora_weight
+from studio.generation.request import GenerationRequest
+from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +40,37 @@ def config_from_args(args: argparse.Namespace) -> StudioConfig:
         memory_mode=args.memory_mode,
         vae_tiling=args.vae_tiling,
         allow_pickle=args.allow_pickle,
+    )
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """The prompt and sampler flags of one image (generate, plot); `sampling_request` reads them back."""
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--seed", type=int, default=-1, help="-1 for random (the seed used is in the PNG)")
+    parser.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of: {', '.join(SCHEDULER_NAMES)}")
+    parser.add_argument("--clip-skip", type=int, default=1)
+    parser.add_argument("--lora", type=parse_lora, action="append", default=[], metavar="NAME:WEIGHT")
+
+
+def sampling_request(args: argparse.Namespace, model: str, **extra) -> GenerationRequest:
+    return GenerationRequest(
+        model=model,
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        steps=args.steps,
+        cfg=args.cfg,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        scheduler=args.scheduler,
+        clip_skip=args.clip_skip,
+        loras=tuple(args.lora),
+        **extra,
     )
 
 

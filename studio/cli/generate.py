@@ -12,10 +12,15 @@ import datetime
 import sys
 from pathlib import Path
 
-from studio.cli.common import add_config_options, config_from_args, parse_lora, quiet_libraries
+from studio.cli.common import (
+    add_config_options,
+    add_sampling_options,
+    config_from_args,
+    quiet_libraries,
+    sampling_request,
+)
 from studio.generation import images
 from studio.generation.request import GenerationRequest
-from studio.generation.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from studio.generation.upscalers import check_upscaler
 
 
@@ -24,20 +29,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--model", required=True, help="demo-sd15, demo-sdxl, a models-folder entry, a path or a Hub id"
     )
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative", default="", help="negative prompt")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--seed", type=int, default=-1, help="-1 for random (the seed used is in the PNG)")
-    parser.add_argument(
-        "--width", type=int, default=None, help="default: the model's native size (pictures: their own shape)"
-    )
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of: {', '.join(SCHEDULER_NAMES)}")
+    add_sampling_options(parser)
     parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--count", type=int, default=1, help="calls in a row (batch count)")
-    parser.add_argument("--clip-skip", type=int, default=1)
-    parser.add_argument("--lora", type=parse_lora, action="append", default=[], metavar="NAME:WEIGHT")
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the outputs folder)")
     group = parser.add_argument_group("image-to-image and inpainting (A1111 names)")
     source = group.add_mutually_exclusive_group()
@@ -104,20 +98,11 @@ def run(args) -> int:
 
 
 def _request(args) -> GenerationRequest:
-    request = GenerationRequest(
-        model=args.model,
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        steps=args.steps,
-        cfg=args.cfg,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        scheduler=args.scheduler,
+    request = sampling_request(
+        args,
+        args.model,
         batch_size=args.batch,
         batch_count=args.count,
-        clip_skip=args.clip_skip,
-        loras=tuple(args.lora),
         strength=args.strength,
         resize_mode=args.resize_mode,
         mask=images.load_image(args.mask, what="mask") if args.mask is not None else None,

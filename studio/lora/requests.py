@@ -1,16 +1,18 @@
-"""What the LoRA tab asks for: a live blend, a comparison grid, a blend saved as a new adapter.
+"""What the LoRA and Compare tabs ask for: a live blend, an X/Y/Z plot, a blend saved as a new adapter.
 
-Torch-free on purpose: the UI builds and checks these requests without importing torch; the work
-is in blend.py, compare.py and merge.py.
+Torch-free on purpose: the UI and the CLI build and check these requests without importing torch; the work
+is in blend.py, plot.py and merge.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from studio.errors import InvalidRequestError
 from studio.generation.request import GenerationRequest
 from studio.lora.folder import check_adapter_name
+from studio.lora.plot_axes import Axis
 from studio.models.kinds import ModelKind
 from studio.validation import check_range
 
@@ -35,58 +37,81 @@ class BlendRequest:
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareRow:
-    label: str
-    loras: tuple[tuple[str, float], ...] = ()
-    """The row's blend at strength 1; empty = the base model ("no LoRA")."""
+class PlotCell:
+    position: tuple[int, int, int]
+    """(x, y, z) index of the cell's values on the three axes."""
+
+    request: GenerationRequest
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareRequest:
-    model: str
-    prompt: str
-    rows: tuple[CompareRow, ...]
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    negative_prompt: str = ""
-    seed: int = -1
-    """One seed for every cell (-1 picks one at random, recorded in every infotext)."""
+class PlotRequest:
+    """An X/Y/Z plot: every setting not on an axis comes from `base` (the Generate tab's form and blend)."""
 
-    steps: int = 20
-    cfg: float = 7.0
-    width: int | None = None
-    height: int | None = None
-    scheduler: str | None = None
+    base: GenerationRequest
+    x: Axis | None = None
+    y: Axis | None = None
+    z: Axis | None = None
+
+    @property
+    def axes(self) -> tuple[Axis | None, Axis | None, Axis | None]:
+        return self.x, self.y, self.z
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(len(axis.values) if axis else 1 for axis in self.axes)
 
     def validate(self) -> None:
-        if not self.rows:
-            raise InvalidRequestError("A comparison needs at least one row (a LoRA, a blend or 'no LoRA').")
-        if not self.strengths:
-            raise InvalidRequestError("A comparison needs at least one strength column, e.g. 0, 0.5, 1.")
-        if len(self.rows) * len(self.strengths) > MAX_CELLS:
-            raise InvalidRequestError(
-                f"{len(self.rows)} rows x {len(self.strengths)} strengths = {len(self.rows) * len(self.strengths)} "
-                f"images; use at most {MAX_CELLS}."
-            )
-        for strength in self.strengths:
-            if not -2.0 <= strength <= 2.0:
-                raise InvalidRequestError(f"Strength {strength} is out of range; use -2 to 2.")
-        for row in self.rows:
-            self.cell(row, 1.0).validate()
+        axes = [axis for axis in self.axes if axis]
+        if not axes:
+            raise InvalidRequestError("A plot needs at least one axis, e.g. X = LoRA strength 0, 0.5, 1.")
+        keys = [axis.key for axis in axes]
+        if len(set(keys)) < len(keys):
+            raise InvalidRequestError(f"Two axes vary the same setting ({', '.join(keys)}); give each axis its own.")
+        x, y, z = self.shape
+        if x * y * z > MAX_CELLS:
+            raise InvalidRequestError(f"{x} x {y} x {z} = {x * y * z} images; use at most {MAX_CELLS} cells.")
+        for axis in axes:
+            axis.check(self.base)
+        for cell in self.cells():
+            cell.request.validate()
 
-    def cell(self, row: CompareRow, strength: float) -> GenerationRequest:
-        extra = {"scheduler": self.scheduler} if self.scheduler else {}
-        return GenerationRequest(
-            model=self.model,
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            steps=self.steps,
-            cfg=self.cfg,
-            seed=self.seed,
-            width=self.width,
-            height=self.height,
-            loras=tuple((name, weight * strength) for name, weight in row.loras),
-            **extra,
-        )
+    def cells(self, *, model_kind=None, adapter_kind=None) -> list[PlotCell]:
+        """Every cell's request, z then y then x (x fastest).
+
+        With `model_kind(name)` / `adapter_kind(name)` (ModelKind or None), a cell keeps only the adapters made for its
+        model's kind (the tab's adapter list may hold SD1.5 and SDXL ones), and a model axis draws each model at its
+        own scale (the base size times native(model) / native(base model): 512 px SD1.5 -> 1024 px SDXL) unless a
+        size axis sets it.
+        """
+        axes = [(i, axis) for i, axis in enumerate(self.axes) if axis]
+        axes.sort(key=lambda pair: pair[1].key != "model")  # the model first: the other axes override its size
+        has_size = any(axis.key == "size" for _i, axis in axes)
+        base = dataclasses.replace(self.base, batch_size=1, batch_count=1)
+        cells = []
+        for position in itertools.product(*(range(n) for n in reversed(self.shape))):
+            position = tuple(reversed(position))
+            request = base
+            for i, axis in axes:
+                request = axis.apply(request, axis.values[position[i]])
+            if model_kind is not None:
+                request = _fit_model(request, base, model_kind, adapter_kind, keep_size=has_size)
+            cells.append(PlotCell(position, request))
+        return cells
+
+
+def _fit_model(request, base, model_kind, adapter_kind, *, keep_size: bool) -> GenerationRequest:
+    kind, base_kind = model_kind(request.model), model_kind(base.model)
+    if kind is None:
+        return request
+    if adapter_kind is not None:
+        loras = tuple((n, w) for n, w in request.loras if adapter_kind(n) in (None, kind))
+        request = dataclasses.replace(request, loras=loras)
+    if keep_size or kind is base_kind or request.width is None or base_kind is None:
+        return request
+    scale = kind.native_size / base_kind.native_size
+    width, height = (min(4096, max(64, round(side * scale / 8) * 8)) for side in (request.width, request.height))
+    return dataclasses.replace(request, width=width, height=height)
 
 
 @dataclasses.dataclass(frozen=True)

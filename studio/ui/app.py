@@ -8,6 +8,7 @@ from studio.engine import Studio
 from studio.ui.evaluate_tab import build_evaluate_tab
 from studio.ui.generate_tab import build_generate_tab
 from studio.ui.lora_tab import build_lora_tab
+from studio.ui.plot_tab import build_plot_tab
 from studio.ui.share_tab import build_share_tab
 from studio.ui.train_tab import build_train_tab
 
@@ -20,11 +21,13 @@ def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="Studio") as app:
         gr.Markdown("## Studio: Stable Diffusion 1.5 and SDXL on your own GPU")
         lora_picks = gr.State([])  # the LoRA tab's blend, used by Generate: [(name, weight)]
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 generate = build_generate_tab(studio, lora_picks=lora_picks)
             with gr.Tab("LoRA", id="lora"):
                 lora = build_lora_tab(studio, model=generate["model"], lora_picks=lora_picks)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                build_plot_tab(studio, generate=generate, lora_picks=lora_picks, tab=compare_tab, tabs=tabs)
             with gr.Tab("Train", id="train"):
                 train = build_train_tab(studio)
             with gr.Tab("Evaluate", id="evaluate"):

@@ -395,7 +395,15 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
     history_refresh.click(list_history, outputs=history_gallery, api_name="history")
     history_panel.expand(list_history, outputs=history_gallery, api_visibility="private")  # fresh on every open
 
-    return {"model": model, "prompt": prompt, "seed": seed, "width": width, "height": height, "gallery": gallery}
+    return {
+        "model": model,
+        "prompt": prompt,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "gallery": gallery,
+        "form": form,  # in FORM_FIELDS order: the Compare tab plots with these settings and fills them back
+    }
 
 
 def _path(value) -> str | None:

@@ -1,5 +1,5 @@
 """LoRA tab: the library (incompatible adapters greyed with the reason), a live blend with strength sliders,
-fuse, "save blend as new LoRA", same-seed comparison grids and A/B, import from the Hub.
+fuse, "save blend as new LoRA", import from the Hub (same-seed comparisons are the Compare tab, plot_tab.py).
 
 The blend applies as soon as a slider is released (one `set_adapters` call on adapters that stay loaded) and
 is shared with the Generate tab through `lora_picks`, so the next generation uses it.
@@ -14,12 +14,11 @@ import gradio as gr
 from PIL import Image
 
 from studio.engine import LoadProgress, Studio
-from studio.errors import InvalidRequestError, StudioError
-from studio.lora.requests import BlendRequest, CompareRequest, CompareRow, SaveBlendRequest
-from studio.ui.common import GPU_QUEUE, stopper, user_errors
+from studio.errors import StudioError
+from studio.lora.requests import BlendRequest, SaveBlendRequest
+from studio.ui.common import GPU_QUEUE, user_errors
 
 SLOTS = 4
-ROW_MODES = ["each LoRA", "the blend", "each LoRA and the blend"]
 
 
 def library_view(studio: Studio, model: str | None):
@@ -72,22 +71,6 @@ def _blend(names, weights) -> tuple[tuple[str, float], ...]:
     return tuple((name, float(weight)) for name, weight in zip(names, weights) if name)
 
 
-def _strengths(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.replace(";", ",").split(",") if part.strip())
-    except ValueError:
-        raise InvalidRequestError(f"Strengths {text!r} must be numbers separated by commas, e.g. 0, 0.5, 1.") from None
-
-
-def compare_rows(blend, mode: str, include_base: bool) -> tuple[CompareRow, ...]:
-    rows = [CompareRow("no LoRA")] if include_base else []
-    if mode in ("each LoRA", "each LoRA and the blend"):
-        rows += [CompareRow(f"{name} ({weight:g})", ((name, weight),)) for name, weight in blend]
-    if mode in ("the blend", "each LoRA and the blend") and blend:
-        rows.append(CompareRow(" + ".join(name for name, _w in blend), tuple(blend)))
-    return tuple(rows)
-
-
 def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
     """Build the tab; `model` is the Generate tab's model picker, `lora_picks` the blend it generates with."""
     with gr.Row():
@@ -132,26 +115,6 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
                 save_name = gr.Textbox(label="New LoRA name", placeholder="my_blend", elem_id="lora-save-name")
                 overwrite = gr.Checkbox(label="Overwrite an existing LoRA of that name")
                 save_button = gr.Button("Save blend", elem_id="lora-save")
-    with gr.Accordion("Compare with the same seed", open=False):
-        with gr.Row():
-            prompt = gr.Textbox(label="Prompt", scale=3, elem_id="compare-prompt")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random, same for every cell)")
-            steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-        with gr.Row():
-            strengths = gr.Textbox(value="0, 0.25, 0.5, 0.75, 1", label="Strengths (columns)")
-            mode = gr.Radio(ROW_MODES, value="each LoRA", label="Rows")
-            include_base = gr.Checkbox(value=True, label='Add a "no LoRA" row')
-        with gr.Row():
-            compare_button = gr.Button("Compare grid", variant="primary", elem_id="compare-run")
-            ab_button = gr.Button("A/B: base vs blend", elem_id="compare-ab")
-            stop_button = gr.Button("Stop", variant="stop")
-        compare_status = gr.Markdown(elem_id="compare-status")
-        grid = gr.Image(
-            label="Grid (saved with every cell's parameters)",
-            type="filepath",
-            interactive=False,
-            elem_id="compare-grid",
-        )
 
     @user_errors
     def refresh(model_name, *slots):
@@ -204,44 +167,6 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
         api_name="save_blend",
     )
 
-    def run_compare(
-        model_name, prompt_text, seed_value, steps_value, strengths_text, row_mode, base_row, *slots, ab=False
-    ):
-        blend = _blend(slots[:SLOTS], slots[SLOTS:])
-        rows = compare_rows(blend, "the blend", True) if ab else compare_rows(blend, row_mode, base_row)
-        request = CompareRequest(
-            model=model_name,
-            prompt=prompt_text or "",
-            rows=rows,
-            strengths=(1.0,) if ab else _strengths(strengths_text),
-            seed=int(seed_value if seed_value is not None else -1),
-            steps=int(steps_value),
-        )
-        with closing(studio.compare_stream(request)) as events:  # a closed page stops the work
-            for event in events:
-                if isinstance(event, LoadProgress):
-                    yield f"⏳ {event.message} ({event.fraction:.0%})", gr.update()
-                else:
-                    yield f"Done: seed {event.seed}, saved {event.path.name}.", str(event.path)
-
-    compare_inputs = [model, prompt, seed, steps, strengths, mode, include_base, *picks, *weights]
-
-    @user_errors
-    def compare_grid(*args):
-        yield from run_compare(*args)
-
-    @user_errors
-    def compare_ab(*args):
-        yield from run_compare(*args, ab=True)
-
-    grid_run = compare_button.click(
-        compare_grid, inputs=compare_inputs, outputs=[compare_status, grid], api_name="compare", **GPU_QUEUE
-    )
-    ab_run = ab_button.click(
-        compare_ab, inputs=compare_inputs, outputs=[compare_status, grid], api_name="compare_ab", **GPU_QUEUE
-    )
-    stop_button.click(stopper(studio, "compare"), cancels=[grid_run, ab_run], api_visibility="private")
-
     @user_errors
     def import_lora(repo, token_value, *refresh_args):
         with closing(studio.import_lora_stream((repo or "").strip(), token_value or None)) as events:
@@ -263,6 +188,5 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State) -> dict:
         "picks": picks,
         "weights": weights,
         "status": status,
-        "grid": grid,
         "refresh": (refresh, refresh_inputs, refresh_outputs),
     }
