@@ -23,6 +23,7 @@ from PIL import Image
 from studio.errors import OutOfMemoryError
 from studio.generation import infotext
 from studio.generation.embeddings import embeddings_for_prompt
+from studio.generation.memory_plan import plan_generation
 from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
 from studio.generation.schedulers import a1111_sampler, make_scheduler
@@ -112,6 +113,10 @@ def generate(
     with manager.acquire(request.model, on_progress=on_load) as model:
         width = request.width or model.kind.native_size
         height = request.height or model.kind.native_size
+        # Refuse, or split the batch / tile the decode, before any work if this would not fit in memory.
+        plan = plan_generation(
+            model, request, width, height, device=manager.device, available=manager.config.available_memory
+        )
         loras = _apply_loras(model, request.loras, manager.config.loras_dir)
         pipe = model.pipe
         pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
@@ -139,7 +144,9 @@ def generate(
                 break
             seeds = [(first_seed + call * request.batch_size + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
             try:
-                images = _run_pipeline(model, request, conditioning, seeds, width, height, call, on_step, cancel)
+                images = []
+                for part in plan.split(seeds):  # one call, unless the memory plan split the batch
+                    images += _run_pipeline(model, request, conditioning, part, width, height, call, on_step, cancel)
             except _Stopped:
                 result.interrupted = True
                 break
