@@ -339,3 +339,63 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next_export_but_a_run
         os.utime(folder, (old, old))
     assert remove_stale_staging(target) == [stale]
     assert not stale.exists() and running.is_dir() and other.is_dir()  # other names are not this export's business
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # gone: what a killed Studio leaves behind names a pid like this
+
+
+def _leftovers(root: Path) -> dict[str, Path]:
+    """What Studios killed mid-write leave in each folder, beside complete files and folders."""
+    dead, alive = _dead_pid(), os.getppid()  # pytest's parent (the shell) outlives the test: a running writer
+    outputs, loras, models, embeddings = (root / name for name in ("outputs", "loras", "models", "embeddings"))
+    for folder in (outputs / "2026-12-02", loras / "alps", models, embeddings):
+        folder.mkdir(parents=True, exist_ok=True)
+    (outputs / "2026-12-02" / "00001.png").write_bytes(b"complete image")
+    (models / "hashes.json").write_text("{}")
+    (loras / "alps" / "adapter.safetensors").write_bytes(b"complete adapter")
+    paths = {
+        "half image": outputs / "2026-12-02" / f".00001.png.{dead}-abcd1234.tmp",
+        "only copy of an image": outputs / "2026-12-02" / f".00002.png.{dead}-abcd1234.tmp",
+        "old-style hash cache temp": models / ".hashes.json.k2j4h5g6.tmp",
+        "running writer's embedding": embeddings / f".mine.safetensors.{alive}-abcd1234.tmp",
+        "staging of an export": loras / f".alps.tmp-{dead}-abcd1234",
+        "only copy of an adapter": loras / f".beta.old-{dead}",
+    }
+    for name, path in paths.items():
+        if name.startswith(("staging", "only copy of an adapter")):
+            (path / ("alps" if "staging" in name else "")).mkdir(parents=True)
+            (path / "adapter.safetensors").write_bytes(b"adapter")
+        else:
+            path.write_bytes(b"part")
+    hour_ago = time.time() - 7200
+    os.utime(paths["old-style hash cache temp"], (hour_ago, hour_ago))  # no pid in the name: its age decides
+    return paths
+
+
+@pytest.mark.parametrize("start", ["app", "cli"])
+def test_leftovers_of_killed_runs_are_cleaned_at_start_keeping_only_copies(tmp_path, start, capsys):
+    from studio.atomic import clean_leftovers, studio_folders
+    from studio.cli import main as cli_main
+
+    paths = _leftovers(tmp_path)
+    config = make_config(tmp_path)
+    if start == "app":
+        clean_leftovers(studio_folders(config))  # what launch.py runs before building the app
+    else:
+        assert cli_main(["loras", *map(str, folders(tmp_path))]) == 0  # any CLI command, before its work
+        capsys.readouterr()
+
+    gone = {"half image", "old-style hash cache temp", "staging of an export", "only copy of an adapter"}
+    assert {name for name, path in paths.items() if not path.exists()} == gone
+    assert (tmp_path / "loras" / "beta" / "adapter.safetensors").read_bytes() == b"adapter"  # put back in place
+    assert (tmp_path / "loras" / "alps" / "adapter.safetensors").read_bytes() == b"complete adapter"
+    assert (tmp_path / "outputs" / "2026-12-02" / "00001.png").read_bytes() == b"complete image"
+    # A normal write afterwards works and leaves nothing hidden behind.
+    from studio.atomic import write_bytes
+
+    write_bytes(tmp_path / "outputs" / "2026-12-02" / "00003.png", b"new")
+    hidden = {p.name for p in (tmp_path / "outputs" / "2026-12-02").iterdir() if p.name.startswith(".")}
+    assert hidden == {paths["only copy of an image"].name}
