@@ -14,6 +14,7 @@ scans of a folder never pick them up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
@@ -24,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+from studio.errors import DiskFullError
 
 # A staging folder untouched this long was left by a killed export, not a running one (exports take seconds).
 STALE_STAGING_SECONDS = 3600
@@ -38,6 +41,50 @@ _OLD_VERSION = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
 _REPLACE_LOCK = threading.RLock()
 
 
+# No room: the disk is full, the user's quota is used up, or a file-size limit (ulimit -f) was reached.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def disk_full_as_error(folder: Path) -> Iterator[None]:
+    """Turn "No space left on device" (and quota / size limits) inside the block into one DiskFullError naming
+    the folder, instead of a traceback. Callers remove what they half-wrote (atomic_file and staging folders do)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as error:
+        # safetensors (Rust) reports I/O failures as its own error: "... I/O error: File too large (os error 27)".
+        code = error.errno if isinstance(error, OSError) else _rust_os_error(str(error))
+        if code not in _NO_ROOM:
+            raise
+        raise DiskFullError(
+            f"No room left to write in {folder} ({os.strerror(code)}); free some disk space or pick "
+            "another folder, then try again. Nothing half-written was kept."
+        ) from error
+
+
+def _rust_os_error(message: str) -> int | None:
+    match = re.search(r"\(os error (\d+)\)", message)
+    return int(match[1]) if match else None
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse before long work when the disk holding `folder` has less than `needed` bytes free (os.statvfs)."""
+    folder = Path(folder)
+    probe = next((p for p in [folder, *folder.parents] if p.exists()), folder)
+    try:
+        stats = os.statvfs(probe)
+    except (OSError, AttributeError):  # Windows has no statvfs: the write itself will tell
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed:
+        raise DiskFullError(
+            f"Only {free / 1024**2:,.0f} MB free on the disk holding {folder}; {what} needs about "
+            f"{needed / 1024**2:,.0f} MB. Free some space or pick another folder."
+        )
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` to write; when the block succeeds it replaces `path`, else it is removed."""
@@ -47,7 +94,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
+        with disk_full_as_error(path.parent):
+            yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; saved files are user data, readable like any other
         os.replace(tmp, path)
     except BaseException:

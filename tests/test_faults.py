@@ -399,3 +399,60 @@ def test_leftovers_of_killed_runs_are_cleaned_at_start_keeping_only_copies(tmp_p
     write_bytes(tmp_path / "outputs" / "2026-12-02" / "00003.png", b"new")
     hidden = {p.name for p in (tmp_path / "outputs" / "2026-12-02").iterdir() if p.name.startswith(".")}
     assert hidden == {paths["only copy of an image"].name}
+
+
+# A child process with a file-size limit (`ulimit -f`): every write past it fails with EFBIG, as a full disk fails
+# with ENOSPC; Python ignores SIGXFSZ, so the write raises instead of killing the process.
+DISK_FULL_CHILD = r"""
+import json, resource, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from studio.errors import DiskFullError
+from studio.generation import outputs
+from studio.lora.merge import save_blend
+from studio.lora.requests import SaveBlendRequest
+from tests.helpers import add_lora
+
+root = Path(sys.argv[1])
+add_lora(root / "loras", "alps")
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+report = {}
+
+def attempt(label, limit, work):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        report[label] = ["ok", str(work())]
+    except DiskFullError as error:
+        report[label] = ["DiskFullError", str(error)]
+
+attempt("big image", 32 * 1024, lambda: outputs.save_images([noise], ["p"], [1], root / "outputs"))
+blend = lambda: save_blend(SaveBlendRequest(name="mix", loras=(("alps", 0.5),)), loras_dir=root / "loras")
+attempt("blend", 1024, blend)
+attempt("small image", 32 * 1024, lambda: outputs.save_images([noise.resize((16, 16))], ["p"], [2], root / "outputs"))
+attempt("blend with room", hard, blend)
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow  # a child process that imports torch
+def test_a_full_disk_gives_one_line_naming_the_folder_and_leaves_nothing_half_written(tmp_path):
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_CHILD, str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for label in ("big image", "blend"):
+        kind, message = report[label]
+        assert kind == "DiskFullError" and "\n" not in message and "File too large" in message
+    assert str(tmp_path / "outputs" / "txt2img") in report["big image"][1]
+    assert f"No room left to write in {tmp_path / 'loras'}" in report["blend"][1]
+    # Then ordinary writes that fit work, and the disk holds finished files only: no half image, no staging folder.
+    assert report["small image"][0] == "ok" and report["blend with room"][0] == "ok"
+    images = sorted(p.name for p in (tmp_path / "outputs").rglob("*") if p.is_file())
+    assert len(images) == 1 and images[0].endswith("-2.png")
+    assert sorted(p.name for p in (tmp_path / "loras").iterdir()) == ["alps", "mix"]
+    assert (tmp_path / "loras" / "mix" / "adapter.json").is_file()
