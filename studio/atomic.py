@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from studio.errors import DiskFullError
+from studio.errors import DiskFullError, FolderNotWritableError
 
 # A staging folder untouched this long was left by a killed export, not a running one (exports take seconds).
 STALE_STAGING_SECONDS = 3600
@@ -83,6 +83,23 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
             f"Only {free / 1024**2:,.0f} MB free on the disk holding {folder}; {what} needs about "
             f"{needed / 1024**2:,.0f} MB. Free some space or pick another folder."
         )
+
+
+def check_writable(folder: Path, what: str, *, probe_bytes: int = 64 * 1024) -> None:
+    """Refuse before long work (training) when `folder` cannot take a file: read-only, not a folder, or no room
+    (a small probe file is written, then dropped: O_TMPFILE leaves no name behind)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with disk_full_as_error(folder), tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"\0" * probe_bytes)
+            probe.flush()
+    except DiskFullError:
+        raise
+    except OSError as error:
+        raise FolderNotWritableError(
+            f"Cannot write to {what} {folder} ({error.strerror or error}); make it writable or pick another folder."
+        ) from error
 
 
 @contextlib.contextmanager
