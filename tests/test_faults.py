@@ -9,6 +9,7 @@ broken metadata.jsonl lines in a training folder (test_dataset), `../` in save-b
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -412,10 +413,12 @@ from studio.errors import DiskFullError
 from studio.generation import outputs
 from studio.lora.merge import save_blend
 from studio.lora.requests import SaveBlendRequest
-from tests.helpers import add_lora
+from studio.training.trainer import preflight
+from tests.helpers import add_lora, make_config, make_photo_folder, quick_request
 
 root = Path(sys.argv[1])
 add_lora(root / "loras", "alps")
+training = quick_request(make_photo_folder(root / "photos"), name="full")
 hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
 noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
 report = {}
@@ -430,6 +433,7 @@ def attempt(label, limit, work):
 attempt("big image", 32 * 1024, lambda: outputs.save_images([noise], ["p"], [1], root / "outputs"))
 blend = lambda: save_blend(SaveBlendRequest(name="mix", loras=(("alps", 0.5),)), loras_dir=root / "loras")
 attempt("blend", 1024, blend)
+attempt("training", 16 * 1024, lambda: preflight(training, make_config(root)))  # before the model loads
 attempt("small image", 32 * 1024, lambda: outputs.save_images([noise.resize((16, 16))], ["p"], [2], root / "outputs"))
 attempt("blend with room", hard, blend)
 print(json.dumps(report))
@@ -445,14 +449,49 @@ def test_a_full_disk_gives_one_line_naming_the_folder_and_leaves_nothing_half_wr
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    for label in ("big image", "blend"):
+    for label in ("big image", "blend", "training"):
         kind, message = report[label]
         assert kind == "DiskFullError" and "\n" not in message and "File too large" in message
     assert str(tmp_path / "outputs" / "txt2img") in report["big image"][1]
     assert f"No room left to write in {tmp_path / 'loras'}" in report["blend"][1]
+    assert f"No room left to write in {tmp_path / 'loras'}" in report["training"][1]
     # Then ordinary writes that fit work, and the disk holds finished files only: no half image, no staging folder.
     assert report["small image"][0] == "ok" and report["blend with room"][0] == "ok"
     images = sorted(p.name for p in (tmp_path / "outputs").rglob("*") if p.is_file())
     assert len(images) == 1 and images[0].endswith("-2.png")
     assert sorted(p.name for p in (tmp_path / "loras").iterdir()) == ["alps", "mix"]
     assert (tmp_path / "loras" / "mix" / "adapter.json").is_file()
+
+
+def test_training_into_a_folder_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path):
+    from studio.errors import FolderNotWritableError
+    from studio.training.trainer import preflight
+
+    photos = make_photo_folder(tmp_path / "photos")
+    config = make_config(tmp_path)
+    (tmp_path / "not-a-folder").write_text("a file where the LoRA folder should be")
+    blocked = dataclasses.replace(config, loras_dir=tmp_path / "not-a-folder" / "loras")
+    with pytest.raises(FolderNotWritableError, match=r"^Cannot write to the LoRA folder .*not-a-folder/loras \(Not a"):
+        preflight(quick_request(photos), blocked)
+    assert preflight(quick_request(photos), config).samples  # the usual folder passes
+    assert not any(p.name.startswith(".") for p in (tmp_path / "loras").iterdir())  # the probe left nothing
+
+
+@pytest.mark.slow  # loads the tiny model and caches latents
+def test_a_data_folder_deleted_while_caching_is_one_line_naming_it(tmp_path):
+    import shutil
+
+    from studio.errors import DatasetError
+    from studio.training.trainer import train
+
+    photos = make_photo_folder(tmp_path / "data" / "photos")
+
+    def delete_after_the_first_image(event):
+        if event.message.startswith("Caching latents 1/"):
+            shutil.rmtree(tmp_path / "data")
+
+    with pytest.raises(DatasetError) as refused:
+        train(quick_request(photos), make_config(tmp_path), on_event=delete_after_the_first_image)
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'data'} is gone (moved or deleted") and "\n" not in message
+    assert list((tmp_path / "loras").iterdir()) == []  # no adapter, no staging folder
