@@ -118,6 +118,14 @@ def test_png_info_tab_refuses_hostile_uploads_and_keeps_serving(client, tmp_path
     assert client.predict(handle_file(gallery[0]["image"]), api_name="/png_info") == infotext
 
 
+def test_the_app_answers_a_nul_byte_prompt_in_one_line_and_keeps_serving(client):
+    with pytest.raises(AppError, match=r"The prompt contains a NUL character \(at position 4\); remove it") as caught:
+        client.predict(model="demo-sd15", prompt="alps\0", negative_prompt="", seed=1, api_name="/generate", **SMALL)
+    assert "Traceback" not in str(caught.value) and "upstream" not in str(caught.value)
+    _status, _preview, gallery, infotext, _seed = generate(client, seed=607)
+    assert gallery and "Seed: 607" in infotext
+
+
 # --- hostile names ---------------------------------------------------------------------------------
 
 
