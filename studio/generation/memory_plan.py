@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
 from studio.errors import OutOfMemoryError
@@ -212,12 +213,28 @@ def system_available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None
     except OSError:
         pass
     if available is None:
-        try:  # macOS, BSD: free pages only (no page cache), a lower bound
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
+        available = _without_proc()
+        if available is None:
             return None
     limit = _cgroup_room()
     return min(available, limit) if limit is not None else available
+
+
+def _without_proc() -> int | None:
+    """Available RAM where there is no /proc (macOS, Windows): psutil when installed (not a requirement), else
+    free pages on systems whose free count means something; None (no plan, the old behaviour) otherwise."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    if sys.platform == "darwin":
+        return None  # macOS counts cached and compressed memory as used: its free pages would refuse too much
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
