@@ -54,6 +54,16 @@ def test_a_16_gb_machine_splits_the_slider_maximum_and_refuses_the_cli_maximum_n
     assert width == height and peak_bytes(SD15_CPU, width, height, 1, tiling=True) <= 12 * GiB
 
 
+def test_an_8_gb_card_with_model_offload_still_runs_sdxl_at_its_native_size():
+    # Offload moves the 5 GB fp16 UNet in for sampling only; CUDA's allocator reuses its blocks for the decode.
+    offloaded = dataclasses.replace(SDXL_GPU, phases_share_memory=True, unet_to_load=5 * GiB)
+    free = int(7.5 * GiB * 0.85)  # an 8 GB card with the text encoders and VAE resident, at USABLE_SHARE
+    plan = choose_plan(offloaded, 1024, 1024, 1, available=free, device="cuda")
+    assert (plan.per_call, plan.vae_tiling, plan.note) == (1, False, "")
+    four = choose_plan(offloaded, 1024, 1024, 4, available=free, device="cuda")
+    assert (four.per_call, four.vae_slicing) == (4, True) and "one decode at a time" in four.note
+
+
 def test_free_memory_is_read_from_meminfo(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n")

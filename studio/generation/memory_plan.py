@@ -55,6 +55,12 @@ class PipelineShape:
     """Image size of one tile when the VAE decodes in tiles (`vae.tile_sample_min_size`)."""
 
     latent_scale: int = 8
+    phases_share_memory: bool = False
+    """CUDA: the caching allocator hands sampling's freed blocks to the decode, so the peak is the larger phase.
+    On a CPU freed activations mostly stay with the process (glibc keeps small blocks): the peaks add up."""
+
+    unet_to_load: int = 0
+    """Bytes of UNet weights that model offload moves onto the GPU for sampling only (not there while decoding)."""
 
     @classmethod
     def from_pipe(cls, pipe) -> PipelineShape:
@@ -125,14 +131,11 @@ def decode_bytes(shape: PipelineShape, width: int, height: int, batch: int, *, s
 def peak_bytes(
     shape: PipelineShape, width: int, height: int, batch: int, *, guidance=True, slicing=False, tiling=False
 ) -> int:
-    """Working memory of one pipeline call of `batch` images.
-
-    Sampling plus decoding, not the larger of the two: freed activations mostly stay with the process (glibc keeps
-    small blocks on its heap, CUDA's caching allocator keeps its blocks), and the measured peaks match the sum.
-    """
-    return unet_bytes(shape, width, height, batch, guidance=guidance) + decode_bytes(
-        shape, width, height, batch, slicing=slicing, tiling=tiling
-    )
+    """Working memory of one pipeline call of `batch` images: sampling, then decoding (see `phases_share_memory`;
+    on a CPU the sum matches the measured peak RSS of the tiny models)."""
+    sampling = unet_bytes(shape, width, height, batch, guidance=guidance) + shape.unet_to_load
+    decoding = decode_bytes(shape, width, height, batch, slicing=slicing, tiling=tiling)
+    return max(sampling, decoding) if shape.phases_share_memory else sampling + decoding
 
 
 def choose_plan(
@@ -261,10 +264,14 @@ def plan_generation(model, request, width: int, height: int, *, device, availabl
     if available is None:
         measured = free_memory(device)
         available = None if measured is None else int(measured * USABLE_SHARE)
-        if available is not None and device.type == "cuda" and pipe.unet.device.type != "cuda":
-            available -= _module_bytes(pipe.unet)  # model offload: the UNet moves in when sampling starts
+    shape = PipelineShape.from_pipe(pipe)
+    if device.type == "cuda":
+        offloaded = pipe.unet.device.type != "cuda"  # model offload: the UNet moves in when sampling starts
+        shape = dataclasses.replace(
+            shape, phases_share_memory=True, unet_to_load=_module_bytes(pipe.unet) if offloaded else 0
+        )
     plan = choose_plan(
-        PipelineShape.from_pipe(pipe),
+        shape,
         width,
         height,
         request.batch_size,
