@@ -12,7 +12,7 @@ it with what the device has free, and picks the first plan that fits:
 or refuses with one line that names the size and batch and says what fits.
 
 The estimate comes from the model's own configs (channels, layers, tile size). On the tiny demo models on a CPU it
-is within about 25% of the measured peak RSS, either way (64-1024 px, batch 1-4, tiled or not); the full-size
+is between 20% under and 40% over the measured peak RSS (512-1024 px, batch 1-4); the full-size
 numbers are not measured here (no weights, no GPU). It only has to be right about which side of the free memory
 a request lands on; `USABLE_SHARE` leaves the margin.
 """
