@@ -42,6 +42,10 @@ class StudioConfig:
     vae_tiling: bool = False
     """Decode latents in tiles: slower, but large images fit in little VRAM."""
 
+    available_memory: int | None = None
+    """Bytes a generation may use beyond the loaded model; None measures the device's free memory each time
+    (`studio.generation.memory_plan`). Set it to leave room for other programs."""
+
     cached_pipelines: int = 2
     """How many recently used pipelines stay in CPU RAM so switching back is fast."""
 

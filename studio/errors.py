@@ -60,5 +60,13 @@ class CancelledError(StudioError, RuntimeError):
     """The user pressed Stop; partial results were kept where that makes sense."""
 
 
+class DiskFullError(StudioError, OSError):
+    """A write ran out of room: the disk is full, a quota or a file-size limit was reached (ENOSPC, EDQUOT, EFBIG)."""
+
+
+class FolderNotWritableError(StudioError, PermissionError):
+    """A folder Studio must write into is read-only, missing and cannot be made, or not a folder at all."""
+
+
 class UnreadableImageError(StudioError, OSError):
     """An image file that is empty, truncated, not an image, or a decompression bomb (header claims huge pixels)."""

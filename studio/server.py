@@ -9,6 +9,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from studio.atomic import clean_leftovers, studio_folders
 from studio.config import DEVICES, DTYPES, MEMORY_MODES, ROOT, StudioConfig
 from studio.web_guard import MAX_UPLOAD, UPLOAD_CLEANUP, SameOriginWrites, private_upload_folder
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from_args(args)
     for folder in (config.loras_dir, config.outputs_dir, config.models_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(studio_folders(config))  # half-written files and swaps a killed earlier run left
 
     # Gradio keeps uploads in its temp folder; unless the user chose one, use a private folder per port that a
     # restart empties (a killed run's uploads would otherwise stay on disk forever).

@@ -46,8 +46,28 @@ def is_cross_site(raw_headers: list[tuple[bytes, bytes]]) -> bool:
         return False  # not a browser acting for a page: scripts and gradio_client
     if origin == "null":
         return True  # sandboxed iframes and local files: never Studio's own page
-    own_hosts = {headers.get("host"), headers.get("x-forwarded-host")} - {None}
-    return urlsplit(origin).netloc not in own_hosts
+    scheme = urlsplit(origin).scheme
+    own = {_host_port(headers.get("host", ""), scheme)}
+    # A reverse proxy on this machine (nginx, a tunnel) may rewrite Host to the loopback address and name the public
+    # host in X-Forwarded-Host. Trust that header only then: when Host is public (a --share link, a LAN address)
+    # gradio's CORS answers every origin's preflight, so a foreign page could send an X-Forwarded-Host of its own.
+    forwarded = headers.get("x-forwarded-host", "").split(",")[0].strip()
+    if forwarded and next(iter(own))[0] in _LOOPBACK:
+        own.add(_host_port(forwarded, scheme))
+    return _host_port(urlsplit(origin).netloc, scheme) not in own
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
+    """`X.gradio.live`, `x.gradio.live:443` (for https) and `x.gradio.live` are one host."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        return (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:  # a port that is not a number
+        return netloc.lower(), None
 
 
 def private_upload_folder(port: int) -> Path:

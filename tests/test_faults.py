@@ -9,6 +9,7 @@ broken metadata.jsonl lines in a training folder (test_dataset), `../` in save-b
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -115,6 +116,14 @@ def test_png_info_tab_refuses_hostile_uploads_and_keeps_serving(client, tmp_path
         assert "Traceback" not in str(caught.value), name
     _status, _preview, gallery, infotext, _seed = generate(client, seed=606)
     assert client.predict(handle_file(gallery[0]["image"]), api_name="/png_info") == infotext
+
+
+def test_the_app_answers_a_nul_byte_prompt_in_one_line_and_keeps_serving(client):
+    with pytest.raises(AppError, match=r"The prompt contains a NUL character \(at position 4\); remove it") as caught:
+        client.predict(model="demo-sd15", prompt="alps\0", negative_prompt="", seed=1, api_name="/generate", **SMALL)
+    assert "Traceback" not in str(caught.value) and "upstream" not in str(caught.value)
+    _status, _preview, gallery, infotext, _seed = generate(client, seed=607)
+    assert gallery and "Seed: 607" in infotext
 
 
 # --- hostile names ---------------------------------------------------------------------------------
@@ -339,3 +348,158 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next_export_but_a_run
         os.utime(folder, (old, old))
     assert remove_stale_staging(target) == [stale]
     assert not stale.exists() and running.is_dir() and other.is_dir()  # other names are not this export's business
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # gone: what a killed Studio leaves behind names a pid like this
+
+
+def _leftovers(root: Path) -> dict[str, Path]:
+    """What Studios killed mid-write leave in each folder, beside complete files and folders."""
+    dead, alive = _dead_pid(), os.getppid()  # pytest's parent (the shell) outlives the test: a running writer
+    outputs, loras, models, embeddings = (root / name for name in ("outputs", "loras", "models", "embeddings"))
+    for folder in (outputs / "2026-12-02", loras / "alps", models, embeddings):
+        folder.mkdir(parents=True, exist_ok=True)
+    (outputs / "2026-12-02" / "00001.png").write_bytes(b"complete image")
+    (models / "hashes.json").write_text("{}")
+    (loras / "alps" / "adapter.safetensors").write_bytes(b"complete adapter")
+    paths = {
+        "half image": outputs / "2026-12-02" / f".00001.png.{dead}-abcd1234.tmp",
+        "only copy of an image": outputs / "2026-12-02" / f".00002.png.{dead}-abcd1234.tmp",
+        "old-style hash cache temp": models / ".hashes.json.k2j4h5g6.tmp",
+        "running writer's embedding": embeddings / f".mine.safetensors.{alive}-abcd1234.tmp",
+        "staging of an export": loras / f".alps.tmp-{dead}-abcd1234",
+        "only copy of an adapter": loras / f".beta.old-{dead}",
+    }
+    for name, path in paths.items():
+        if name.startswith(("staging", "only copy of an adapter")):
+            (path / ("alps" if "staging" in name else "")).mkdir(parents=True)
+            (path / "adapter.safetensors").write_bytes(b"adapter")
+        else:
+            path.write_bytes(b"part")
+    hour_ago = time.time() - 7200
+    os.utime(paths["old-style hash cache temp"], (hour_ago, hour_ago))  # no pid in the name: its age decides
+    return paths
+
+
+@pytest.mark.parametrize("start", ["app", "cli"])
+def test_leftovers_of_killed_runs_are_cleaned_at_start_keeping_only_copies(tmp_path, start, capsys):
+    from studio.atomic import clean_leftovers, studio_folders
+    from studio.cli import main as cli_main
+
+    paths = _leftovers(tmp_path)
+    config = make_config(tmp_path)
+    if start == "app":
+        clean_leftovers(studio_folders(config))  # what launch.py runs before building the app
+    else:
+        assert cli_main(["loras", *map(str, folders(tmp_path))]) == 0  # any CLI command, before its work
+        capsys.readouterr()
+
+    gone = {"half image", "old-style hash cache temp", "staging of an export", "only copy of an adapter"}
+    assert {name for name, path in paths.items() if not path.exists()} == gone
+    assert (tmp_path / "loras" / "beta" / "adapter.safetensors").read_bytes() == b"adapter"  # put back in place
+    assert (tmp_path / "loras" / "alps" / "adapter.safetensors").read_bytes() == b"complete adapter"
+    assert (tmp_path / "outputs" / "2026-12-02" / "00001.png").read_bytes() == b"complete image"
+    # A normal write afterwards works and leaves nothing hidden behind.
+    from studio.atomic import write_bytes
+
+    write_bytes(tmp_path / "outputs" / "2026-12-02" / "00003.png", b"new")
+    hidden = {p.name for p in (tmp_path / "outputs" / "2026-12-02").iterdir() if p.name.startswith(".")}
+    assert hidden == {paths["only copy of an image"].name}
+
+
+# A child process with a file-size limit (`ulimit -f`): every write past it fails with EFBIG, as a full disk fails
+# with ENOSPC; Python ignores SIGXFSZ, so the write raises instead of killing the process.
+DISK_FULL_CHILD = r"""
+import json, resource, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from studio.errors import DiskFullError
+from studio.generation import outputs
+from studio.lora.merge import save_blend
+from studio.lora.requests import SaveBlendRequest
+from studio.training.trainer import preflight
+from tests.helpers import add_lora, make_config, make_photo_folder, quick_request
+
+root = Path(sys.argv[1])
+add_lora(root / "loras", "alps")
+training = quick_request(make_photo_folder(root / "photos"), name="full")
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+report = {}
+
+def attempt(label, limit, work):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        report[label] = ["ok", str(work())]
+    except DiskFullError as error:
+        report[label] = ["DiskFullError", str(error)]
+
+attempt("big image", 32 * 1024, lambda: outputs.save_images([noise], ["p"], [1], root / "outputs"))
+blend = lambda: save_blend(SaveBlendRequest(name="mix", loras=(("alps", 0.5),)), loras_dir=root / "loras")
+attempt("blend", 1024, blend)
+attempt("training", 16 * 1024, lambda: preflight(training, make_config(root)))  # before the model loads
+attempt("small image", 32 * 1024, lambda: outputs.save_images([noise.resize((16, 16))], ["p"], [2], root / "outputs"))
+attempt("blend with room", hard, blend)
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow  # a child process that imports torch
+def test_a_full_disk_gives_one_line_naming_the_folder_and_leaves_nothing_half_written(tmp_path):
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_CHILD, str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for label in ("big image", "blend", "training"):
+        kind, message = report[label]
+        assert kind == "DiskFullError" and "\n" not in message and "File too large" in message
+    assert str(tmp_path / "outputs" / "txt2img") in report["big image"][1]
+    assert f"No room left to write in {tmp_path / 'loras'}" in report["blend"][1]
+    assert f"No room left to write in {tmp_path / 'loras'}" in report["training"][1]
+    # Then ordinary writes that fit work, and the disk holds finished files only: no half image, no staging folder.
+    assert report["small image"][0] == "ok" and report["blend with room"][0] == "ok"
+    images = sorted(p.name for p in (tmp_path / "outputs").rglob("*") if p.is_file())
+    assert len(images) == 1 and images[0].endswith("-2.png")
+    assert sorted(p.name for p in (tmp_path / "loras").iterdir()) == ["alps", "mix"]
+    assert (tmp_path / "loras" / "mix" / "adapter.json").is_file()
+
+
+def test_training_into_a_folder_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path):
+    from studio.errors import FolderNotWritableError
+    from studio.training.trainer import preflight
+
+    photos = make_photo_folder(tmp_path / "photos")
+    config = make_config(tmp_path)
+    (tmp_path / "not-a-folder").write_text("a file where the LoRA folder should be")
+    blocked = dataclasses.replace(config, loras_dir=tmp_path / "not-a-folder" / "loras")
+    with pytest.raises(FolderNotWritableError, match=r"^Cannot write to the LoRA folder .*not-a-folder/loras \(Not a"):
+        preflight(quick_request(photos), blocked)
+    assert preflight(quick_request(photos), config).samples  # the usual folder passes
+    assert not any(p.name.startswith(".") for p in (tmp_path / "loras").iterdir())  # the probe left nothing
+
+
+@pytest.mark.slow  # loads the tiny model and caches latents
+def test_a_data_folder_deleted_while_caching_is_one_line_naming_it(tmp_path):
+    import shutil
+
+    from studio.errors import DatasetError
+    from studio.training.trainer import train
+
+    photos = make_photo_folder(tmp_path / "data" / "photos")
+
+    def delete_after_the_first_image(event):
+        if event.message.startswith("Caching latents 1/"):
+            shutil.rmtree(tmp_path / "data")
+
+    with pytest.raises(DatasetError) as refused:
+        train(quick_request(photos), make_config(tmp_path), on_event=delete_after_the_first_image)
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'data'} is gone (moved or deleted") and "\n" not in message
+    assert list((tmp_path / "loras").iterdir()) == []  # no adapter, no staging folder

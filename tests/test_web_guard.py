@@ -47,3 +47,50 @@ def test_cross_site_rules():
     assert not is_cross_site(
         headers(host="127.0.0.1:7860", origin="https://x.gradio.live", x_forwarded_host="x.gradio.live")
     )
+
+
+def _guarded_app():
+    """Studio's middleware in front of a tiny Starlette app that counts the writes reaching it."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from studio.web_guard import SameOriginWrites
+
+    reached = []
+
+    async def upload(request):
+        reached.append(await request.body())
+        return PlainTextResponse("stored")
+
+    app = Starlette(routes=[Route("/upload", upload, methods=["POST"])], middleware=[Middleware(SameOriginWrites)])
+    return app, reached
+
+
+def test_a_share_link_accepts_its_own_page_and_refuses_other_origins_even_with_a_forged_forwarded_host():
+    from starlette.testclient import TestClient
+
+    app, reached = _guarded_app()
+    share = "abc123.gradio.live"
+    with TestClient(app, base_url=f"https://{share}") as client:
+        post = lambda **headers: client.post("/upload", content=b"data", headers=headers)  # noqa: E731
+        # A --share page: the tunnel keeps the public Host; browsers may write it with the https port or in capitals.
+        assert post(origin=f"https://{share}", **{"sec-fetch-site": "same-origin"}).status_code == 200
+        assert post(origin=f"https://{share.upper()}", host=f"{share}:443").status_code == 200
+        # Another site, an old browser without Sec-Fetch-Site, and a forged X-Forwarded-Host (gradio's CORS lets
+        # any origin's preflight through on a public host, so a foreign page can add that header).
+        assert post(origin="https://evil.example", **{"x-forwarded-host": "evil.example"}).status_code == 403
+        assert post(origin=f"https://{share}.evil.example").status_code == 403
+    assert len(reached) == 2
+
+    # Behind a reverse proxy on this machine, Host is the loopback address and X-Forwarded-Host names the page.
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
+        proxied = client.post(
+            "/upload", content=b"data", headers={"origin": f"https://{share}", "x-forwarded-host": share}
+        )
+        assert proxied.status_code == 200
+        refused = client.post("/upload", content=b"data", headers={"origin": "https://evil.example"})
+        assert refused.status_code == 403 and "another web site" in refused.text
+        assert client.get("/upload").status_code == 405  # reads pass the guard untouched
+    assert len(reached) == 3

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from studio.atomic import clean_leftovers, studio_folders
 from studio.cli import embeddings, evaluate, export_dataset, generate, loras, models, plot, push, train, upscalers
 from studio.errors import StudioError
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        clean_leftovers(studio_folders(args))  # what a killed earlier run left, before this command writes
         return args.handler(args)
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ from studio.errors import DatasetError, InvalidRequestError, UnsafePathError
 from studio.generation.infotext import parse_lora_weight
 from studio.generation.request import MAX_SEED, GenerationRequest
 from studio.generation.schedulers import DEFAULT_SCHEDULER
-from studio.validation import check_range
+from studio.validation import check_path_text, check_range
 
 DEFAULT_FEATURE_MODEL = "openai/clip-vit-large-patch14-336"
 """CLIP ViT-L/14@336, the image encoder CMMD was published with."""
@@ -168,6 +168,7 @@ class ExportRequest:
 def export_folder(outputs_dir: Path, name: str) -> Path:
     """outputs/datasets/<name> for a name typed in the UI, which must stay inside that folder."""
     root = (Path(outputs_dir) / "datasets").resolve()
+    check_path_text("Data set name", name or "")
     folder = (root / (name or "").strip()).resolve()
     if not (name or "").strip() or folder == root or not folder.is_relative_to(root):
         raise UnsafePathError(f"Data set name {name!r} must be a plain folder name like 'synthetic-mountains'.")

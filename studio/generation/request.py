@@ -15,7 +15,7 @@ from studio.errors import InvalidRequestError
 from studio.generation import images
 from studio.generation.schedulers import DEFAULT_SCHEDULER, check_scheduler_name
 from studio.models.kinds import ModelKind
-from studio.validation import check_range, check_text_length
+from studio.validation import check_path_text, check_range, check_text_length
 
 MAX_SEED = 2**32 - 1
 
@@ -107,6 +107,9 @@ class GenerationRequest:
             raise InvalidRequestError("The prompt and the negative prompt must be text.")
         check_text_length("The prompt", self.prompt)
         check_text_length("The negative prompt", self.negative_prompt)
+        check_path_text("Model name", self.model)
+        for name, _weight in self.loras:
+            check_path_text("LoRA name", name)
         checks = [
             ("steps", self.steps, 1, 150),
             ("cfg", self.cfg, 0.0, 30.0),

@@ -26,8 +26,9 @@ from PIL import Image
 from studio.errors import OutOfMemoryError
 from studio.generation import infotext
 from studio.generation.embeddings import embeddings_for_prompt
-from studio.generation.hires import HiresFix
+from studio.generation.hires import HiresFix, hires_size
 from studio.generation.img2img import ImageJob, infotext_params, output_size, plan_images
+from studio.generation.memory_plan import plan_generation
 from studio.generation.prompts import PromptEmbeds, encode_prompts
 from studio.generation.request import MAX_SEED, GenerationRequest, GenerationResult, StepInfo
 from studio.generation.schedulers import a1111_sampler, make_scheduler
@@ -121,6 +122,12 @@ def generate(
     with manager.acquire(request.model, on_progress=on_load) as model:
         width, height = output_size(model, request)
         job = plan_images(model, request, width, height)
+        # Refuse, or split the batch / tile the decode, before any work if this would not fit in memory
+        # (with hires fix, the second pass at the upscaled size is the peak).
+        plan_size = hires_size(request, width, height).upscale if hires_fix else (width, height)
+        plan = plan_generation(
+            model, request, *plan_size, device=manager.device, available=manager.config.available_memory
+        )
         loras = _apply_loras(model, request.loras, manager.config.loras_dir)
         pipe = model.pipe
         pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
@@ -151,12 +158,15 @@ def generate(
                 break
             seeds = [(first_seed + call * request.batch_size + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
             try:
-                latents = {}
-                images = _run_pipeline(
-                    model, request, conditioning, seeds, width, height, call, on_step, cancel, job, latents
-                )
-                if hires_fix is not None:
-                    images = hires_fix.run(model, images, latents["latents"], seeds, call, on_step, cancel)
+                images = []
+                for part in plan.split(seeds):  # one call, unless the memory plan split the batch
+                    latents = {}
+                    part_images = _run_pipeline(
+                        model, request, conditioning, part, width, height, call, on_step, cancel, job, latents
+                    )
+                    if hires_fix is not None:
+                        part_images = hires_fix.run(model, part_images, latents["latents"], part, call, on_step, cancel)
+                    images += part_images
             except _Stopped:
                 result.interrupted = True
                 break

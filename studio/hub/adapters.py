@@ -50,6 +50,7 @@ from studio.lora.folder import (
     manifest_if_readable,
 )
 from studio.models.hashes import sha256_file
+from studio.validation import check_path_text
 
 ProgressFn = Callable[[float, str], None]
 
@@ -130,6 +131,7 @@ def find_shareable(loras_dir: Path, name: str) -> Shareable:
     root = Path(loras_dir).resolve()
     if not name or not name.strip():
         raise InvalidRequestError("Pick an adapter to share.")
+    check_path_text("Adapter name", name)
     path = (root / name).resolve()
     if not path.is_relative_to(root) or path == root:
         raise UnsafePathError(f"Adapter name {name!r} points outside the LoRA folder; pick an adapter from the list.")

@@ -32,6 +32,7 @@ from studio.lora.folder import (
 )
 from studio.lora.formats import components_of, detect_kind, lora_format, rank_of
 from studio.models.kinds import ModelKind, read_safetensors_header
+from studio.validation import check_path_text
 
 PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_TRIGGER_WORDS = 8
@@ -98,6 +99,7 @@ def scan_loras(loras_dir: Path) -> list[LoraEntry]:
 def find_lora(loras_dir: Path, name: str) -> LoraEntry:
     """The entry called `name` (folder or file stem); refuses names that would leave the folder."""
     loras_dir = Path(loras_dir).resolve()
+    check_path_text("LoRA name", name)
     if not name or name in (".", "..") or Path(name).name != name:
         raise UnsafePathError(f"LoRA name {name!r} is not a plain name; pick one from the LoRA list.")
     restore_replaced(loras_dir / name)

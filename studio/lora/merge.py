@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import studio
-from studio.atomic import make_readable, replace_folder, restore_replaced, staging_folder
+from studio.atomic import disk_full_as_error, make_readable, replace_folder, restore_replaced, staging_folder
 from studio.errors import LoraError, UnsafePathError
 from studio.lora.blend import BlendEntry, resolve_blend
 from studio.lora.files import LoraWeights, read_lora
@@ -112,7 +112,8 @@ def _write_folder(target: Path, merged: LoraWeights, request: SaveBlendRequest, 
     metadata = kohya_metadata(manifest, comment=f"Blend of {recipe} (Studio, exact rank concatenation)")
     tmp = staging_folder(target)
     try:
-        save_adapter_files(tmp, merged, manifest, metadata=metadata)
+        with disk_full_as_error(target.parent):
+            save_adapter_files(tmp, merged, manifest, metadata=metadata)
         make_readable(tmp)
         replace_folder(tmp, target, overwrite=request.overwrite)  # the checks above allowed an overwrite
     finally:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from studio.atomic import disk_full_as_error
 from studio.errors import TrainingError
 
 KEEP = 1  # the last checkpoint is what Stop promises to keep; older ones only cost disk
@@ -40,25 +41,31 @@ class Checkpoint:
 def save_checkpoint(folder: Path, step: int, *, lora: dict[str, torch.Tensor], optimizer: dict, state: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-"))
-    try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
-        tensors, scalars = {}, {}
-        for index, values in optimizer["state"].items():
-            for key, value in values.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{index}.{key}"] = value.detach().to("cpu").contiguous()
-                else:
-                    scalars[f"{index}.{key}"] = value
-        save_file(tensors, tmp / "optimizer.safetensors")
-        full_state = {**state, "step": step, "optimizer_scalars": scalars, "param_groups": optimizer["param_groups"]}
-        (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
-        final = folder / f"step-{step:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_full_as_error(folder):  # a full disk: one line naming the folder; the partial save is removed
+        try:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in lora.items()}, tmp / "lora.safetensors")
+            tensors, scalars = {}, {}
+            for index, values in optimizer["state"].items():
+                for key, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"{index}.{key}"] = value.detach().to("cpu").contiguous()
+                    else:
+                        scalars[f"{index}.{key}"] = value
+            save_file(tensors, tmp / "optimizer.safetensors")
+            full_state = {
+                **state,
+                "step": step,
+                "optimizer_scalars": scalars,
+                "param_groups": optimizer["param_groups"],
+            }
+            (tmp / "state.json").write_text(json.dumps(full_state, indent=1), encoding="utf-8")
+            final = folder / f"step-{step:06d}"
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     for old in list_checkpoints(folder)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -314,6 +314,10 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                 raise DatasetError(f"{path}: {_bomb_reason(image.width, image.height, max_pixels)}.")
             image.load()
             upright = ImageOps.exif_transpose(image)
+    except FileNotFoundError as error:
+        raise DatasetError(
+            f"{_gone(Path(path))} is gone (moved or deleted while Studio read it); put it back."
+        ) from error
     except Image.DecompressionBombError as error:
         raise DatasetError(f"{path}: decompression bomb: {error}") from error
     except UnidentifiedImageError as error:
@@ -321,6 +325,13 @@ def load_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except _DECODE_ERRORS as error:
         raise DatasetError(f"{path}: cannot decode the image ({error}); re-export or remove it.") from error
     return to_rgb(upright)
+
+
+def _gone(path: Path) -> Path:
+    """The outermost missing part of `path`: the data folder itself when the whole folder was deleted."""
+    while not path.parent.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import studio
-from studio.atomic import make_readable, replace_folder, staging_folder
+from studio.atomic import disk_full_as_error, make_readable, replace_folder, staging_folder
 from studio.errors import TrainingError
 from studio.hub.public import copy_public
 from studio.lora.files import LoraWeights
@@ -90,7 +90,8 @@ def export_adapter(
             comment=f"trained with Studio {studio.__version__}",
             training=training_metadata(request, num_images, precision, now),
         )
-        save_adapter_files(tmp, weights, manifest, metadata=metadata)
+        with disk_full_as_error(output_dir.parent):
+            save_adapter_files(tmp, weights, manifest, metadata=metadata)
         make_readable(tmp)
         try:
             replace_folder(tmp, output_dir, overwrite=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from studio.errors import DatasetError, InvalidRequestError, TrainingError, UnsafePathError
 from studio.lora.folder import check_adapter_name
 from studio.training.dataset import DatasetReport, DatasetRequest, scan_dataset
-from studio.validation import check_range
+from studio.validation import check_path_text, check_range
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -99,6 +99,7 @@ class TrainingRequest:
 
     def validate(self) -> None:
         check_adapter_name(self.name)
+        check_path_text("Dataset folder", self.data)
         data = Path(self.data).expanduser()
         if not data.is_dir():
             raise DatasetError(f"Dataset folder {data} does not exist or is not a folder; pick a folder of images.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from studio.atomic import check_free_space, check_writable
 from studio.config import StudioConfig
 from studio.errors import TrainingError
 from studio.training.checkpoints import list_checkpoints
@@ -63,6 +64,10 @@ def preflight(request: TrainingRequest, config: StudioConfig) -> DatasetReport:
     request.validate()
     report = check_dataset(request)
     check_name_free(request, config.loras_dir)
+    # A read-only or full folder fails now, not after the last step (an adapter is a few MB per rank unit).
+    check_writable(config.loras_dir, "the LoRA folder")
+    check_writable(config.outputs_dir, "the outputs folder")
+    check_free_space(config.loras_dir, (64 + 8 * request.rank) * 1024**2, f"training {request.name!r}")
     run_dir = request.run_dir(config.outputs_dir)
     if request.resume and not list_checkpoints(run_dir / "checkpoints"):
         raise TrainingError(f"Nothing to resume: {run_dir} has no checkpoint for {request.name!r}; press Train.")
