@@ -93,7 +93,7 @@ def _request(values: dict, *, resume: bool) -> TrainingRequest:
 def build_train_tab(studio: Studio) -> dict:
     kinds = {source.name: source.kind for source in studio.models()}
     default_kind = kinds.get(studio.config.default_model) or ModelKind.SD15
-    preset = studio.training_preset(default_kind)
+    preset = studio.training_preset(default_kind, wait=False)  # app.py refreshes it once the engine runs
     settings = preset.settings
 
     with gr.Row():
@@ -267,7 +267,14 @@ def build_train_tab(studio: Studio) -> dict:
 
     model.input(follow_model, inputs=model, outputs=preset_box, api_visibility="private")
     # app.py chains the LoRA tab's rescan to these, so a finished adapter shows up there by itself.
-    return {"model": model, "status": status, "gallery": gallery, "runs": [trained, resumed]}
+    return {
+        "model": model,
+        "status": status,
+        "gallery": gallery,
+        "runs": [trained, resumed],
+        "preset": preset_box,
+        "follow_model": follow_model,
+    }
 
 
 def _form_parameters(handler):
