@@ -4,7 +4,9 @@
         --prompt "a glacier valley" --count 8 --seed 0 --out datasets/synthetic-mountains
 
 The folder loads with `datasets.load_dataset("imagefolder", data_dir=...)` and trains with the studio's trainer.
-Prints the folder on the last line.
+Prints the folder on the last line. `--resume` finishes an export stopped in that folder (the images there are kept).
+`accelerate launch -m studio export-dataset ...` splits the missing images across the processes (and GPUs); the
+first process writes metadata.jsonl once all are drawn, and the folder is the one a single process would write.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--prompts-file", type=Path, default=None, help="a text file with one prompt per line")
     parser.add_argument("--count", type=int, default=4, help="images per prompt (default 4)")
     parser.add_argument("--out", type=Path, required=True, help="a new or empty folder for the data set")
+    parser.add_argument("--resume", action="store_true", help="keep the images already in --out, draw the rest")
     add_config_options(parser)
     parser.set_defaults(handler=run)
 
@@ -45,6 +48,7 @@ def run(args) -> int:
         count=args.count,
         seed=args.seed,
         sampling=sampling_from_args(args),
+        resume=args.resume,
     )
     request.validate()
     quiet_libraries(verbose=args.verbose)
@@ -53,10 +57,31 @@ def run(args) -> int:
 
     update, close = progress_bar()
     try:
-        result = export_dataset(ModelManager(config), request, on_progress=update)
+        shard = process_shard(args.device)
+        result = export_dataset(ModelManager(config), request, on_progress=update, shard=shard)
     finally:
         close()
-    stopped = " (stopped early)" if result.interrupted else ""
-    print(f"{len(result.images)} images and {result.metadata.name} written{stopped}")
-    print(result.folder)
+    if shard.main:  # one report for a multi-process export
+        stopped = " (stopped early)" if result.interrupted else ""
+        rows = len(result.metadata.read_text().splitlines()) if result.metadata.exists() else 0
+        print(f"{rows} images and {result.metadata.name} written{stopped}")
+        print(result.folder)
     return 0
+
+
+def process_shard(device: str):
+    """This process's share of the work under `accelerate launch` / torchrun (WORLD_SIZE > 1), else all of it.
+
+    accelerate's PartialState joins the process group (NCCL on GPUs, gloo on CPUs) and puts each process on its
+    own GPU, which the model manager's "cuda" device then means.
+    """
+    import os
+
+    from studio.evaluation.synthetic import Shard
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Shard()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")
+    return Shard(state.process_index, state.num_processes, state.wait_for_everyone)

@@ -130,6 +130,8 @@ class ExportRequest:
     seed: int = 0
     """Image j of prompt i uses seed + i * count + j: every image differs, and any one can be redrawn."""
     sampling: SamplingSettings = SamplingSettings()
+    resume: bool = False
+    """Finish an export stopped in `folder`: its images (checked against the plan) are kept, the rest drawn."""
 
     def validate(self) -> None:
         prompts = [p for p in self.prompts if isinstance(p, str) and p.strip()]
@@ -138,8 +140,13 @@ class ExportRequest:
         _check_seed_and_count(self.seed, self.count, 1, "images per prompt", images=self.count * len(prompts))
         self.sampling.generation_request(self.candidate, prompt=prompts[0], seed=self.seed, count=1).validate()
         folder = Path(self.folder).expanduser()
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise InvalidRequestError(f"Export folder {folder} already exists and is not empty; pick a new folder.")
+        if folder.exists() and not folder.is_dir():
+            raise InvalidRequestError(f"Export folder {folder} is a file; pick a new folder.")
+        if folder.exists() and not self.resume and any(folder.iterdir()):
+            raise InvalidRequestError(
+                f"Export folder {folder} already exists and is not empty; pick a new folder "
+                "(or resume the export stopped there with the same prompts, count and seed)."
+            )
 
 
 def export_folder(outputs_dir: Path, name: str) -> Path:
