@@ -52,6 +52,7 @@ def run(args) -> int:
     )
     request.validate()
     quiet_libraries(verbose=args.verbose)
+    from studio.evaluation.shard import process_shard
     from studio.evaluation.synthetic import export_dataset
     from studio.models.manager import ModelManager
 
@@ -67,21 +68,3 @@ def run(args) -> int:
         print(f"{rows} images and {result.metadata.name} written{stopped}")
         print(result.folder)
     return 0
-
-
-def process_shard(device: str):
-    """This process's share of the work under `accelerate launch` / torchrun (WORLD_SIZE > 1), else all of it.
-
-    accelerate's PartialState joins the process group (NCCL on GPUs, gloo on CPUs) and puts each process on its
-    own GPU, which the model manager's "cuda" device then means.
-    """
-    import os
-
-    from studio.evaluation.synthetic import Shard
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Shard()
-    from accelerate import PartialState
-
-    state = PartialState(cpu=device == "cpu")
-    return Shard(state.process_index, state.num_processes, state.wait_for_everyone)

@@ -20,30 +20,17 @@ import dataclasses
 import json
 import threading
 from pathlib import Path
-from typing import Callable
 
 from studio.atomic import write_bytes
 from studio.errors import InvalidRequestError
 from studio.evaluation.requests import ExportRequest
 from studio.evaluation.results import ExportResult, Progress, ProgressFn
+from studio.evaluation.shard import Shard, drawn_as, my_runs
 from studio.generation import outputs
 from studio.generation.infotext import parse_infotext, read_infotext
 from studio.generation.request import StepInfo
 from studio.generation.run import generate
 from studio.models.manager import ModelManager
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """This process's part of a multi-process export (`accelerate launch`): process `index` of `count`."""
-
-    index: int = 0
-    count: int = 1
-    wait_for_everyone: Callable[[], None] = lambda: None
-
-    @property
-    def main(self) -> bool:
-        return self.index == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,28 +64,13 @@ def existing_models(folder: Path, plan: list[Planned]) -> dict[str, str]:
         path = folder / image.file_name
         if not path.is_file():
             continue
-        info = parse_infotext(read_infotext(path) or "")
-        if info.get("Prompt") != image.prompt or info.get("Seed") != str(image.seed):
+        if not drawn_as(path, image.prompt, image.seed):
             raise InvalidRequestError(
                 f"{path} was drawn from another prompt or seed than this export plans; resume with the same prompts, "
                 "count and seed, or export to a new folder."
             )
-        found[image.file_name] = info.get("Model", "")
+        found[image.file_name] = parse_infotext(read_infotext(path) or "").get("Model", "")
     return found
-
-
-def _shard_runs(todo: list[Planned], shard: Shard) -> list[list[Planned]]:
-    """This process's contiguous share of `todo`, cut into runs of consecutive images of one prompt."""
-    per, extra = divmod(len(todo), shard.count)  # the first `extra` processes take one more, as accelerate splits
-    start = shard.index * per + min(shard.index, extra)
-    mine = todo[start : start + per + (shard.index < extra)]
-    runs: list[list[Planned]] = []
-    for image in mine:
-        if runs and runs[-1][-1].prompt_index == image.prompt_index and runs[-1][-1].number + 1 == image.number:
-            runs[-1].append(image)
-        else:
-            runs.append([image])
-    return runs
 
 
 def export_dataset(
@@ -119,7 +91,7 @@ def export_dataset(
     models = existing_models(folder, plan)
     todo = [image for image in plan if image.file_name not in models]
     shard.wait_for_everyone()  # every process has seen the same folder before any of them writes to it
-    runs = _shard_runs(todo, shard)
+    runs = my_runs(todo, shard, group=lambda i: i.prompt_index, position=lambda i: i.number)
     total = max(1, sum(len(run) for run in runs))
     done = 0
     for run in runs:
