@@ -8,8 +8,8 @@ their pixels are compared. Goal: at most 1.05x. Processes alternate, so load fro
 
 The demo model is tiny: its row measures fixed costs (imports, set-up). Set STUDIO_BENCH_SD15_CHECKPOINT to a
 full-size SD1.5 `.safetensors` (`bench/make_full_size_checkpoint.py --kind sd15 --out <file>`) to add the real
-architecture (converted once to a diffusers folder, so both sides load the same files). Each process runs torch
-on STUDIO_BENCH_THREADS threads (default 1; see bench_generation).
+architecture (converted once to a diffusers folder, so both sides load the same files; quick runs: 64 px,
+2 steps). Each process runs torch on STUDIO_BENCH_THREADS threads (default 1; see bench_generation).
 
     python bench/bench_cli.py [--quick]
 """
@@ -135,9 +135,9 @@ def run(quick: bool) -> list[Row]:
         tiny = save_tiny(ModelKind.SD15, models / "tiny-sd15")
         rows.append(_bench_one(tiny, work, 256, 10 if quick else 20, 3 if quick else 5, dtype))
         checkpoint = os.environ.get("STUDIO_BENCH_SD15_CHECKPOINT")
-        if checkpoint and not quick:
+        if checkpoint:  # quick: one run each of a small image, so the fixed costs still show
             full = _full_size_folder(Path(checkpoint).resolve(), models)
-            rows.append(_bench_one(full, work, 256, 10, 2, dtype))
+            rows.append(_bench_one(full, work, *((64, 2, 1) if quick else (256, 10, 2)), dtype))
     return rows
 
 

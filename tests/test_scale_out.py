@@ -3,25 +3,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from studio.errors import InvalidRequestError
 from studio.evaluation.requests import Candidate, EvaluationRequest, ExportRequest, SamplingSettings
 from studio.evaluation.runner import evaluate
 from studio.evaluation.synthetic import export_dataset
 from studio.models.manager import ModelManager
-from tests.app_server import free_port
-from tests.builders import save_tiny_feature_model
-from tests.helpers import cli_command, cli_env, folders, run_cli
+from tests.helpers import folders, run_cli, run_cli_on_two_processes
 
 SMALL = SamplingSettings(steps=2, width=64, height=64)
 PROMPTS = ("snowy peaks", "a glacier valley", "a ridge")
@@ -68,33 +60,13 @@ def test_resuming_with_other_settings_is_refused_and_writes_nothing(studio_confi
     assert files(tmp_path / "data") == before
 
 
-def torchrun(*args, cwd: Path):
-    """`python -m studio <args>` on 2 processes, as `accelerate launch --num_processes 2` starts it on CPUs."""
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-        + ["--master_port", str(free_port()), *cli_command(*args)[1:]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=cwd,
-        start_new_session=True,
-        env=cli_env({"OMP_NUM_THREADS": "1"}),
-    )
-    try:
-        stdout, stderr = launcher.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(launcher.pid, signal.SIGKILL)  # the workers too, should the launcher hang or time out
-    return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
-
-
 @pytest.mark.slow  # torchrun starts 2 CLI processes, then one more for the single-process export
 def test_two_processes_export_the_same_folder_as_one(tmp_path):
     settings = ["--model", "demo-sd15", "--count", "2", "--seed", "10", "--steps", "2", "--width", "64"]
     settings += ["--height", "64", "--device", "cpu", *folders(tmp_path)]
     for prompt in PROMPTS:
         settings += ["--prompt", prompt]
-    two = torchrun("export-dataset", *settings, "--out", tmp_path / "two", cwd=tmp_path)
+    two = run_cli_on_two_processes("export-dataset", *settings, "--out", tmp_path / "two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.splitlines() == ["6 images and metadata.jsonl written", str(tmp_path / "two")]  # one report
 
@@ -102,20 +74,6 @@ def test_two_processes_export_the_same_folder_as_one(tmp_path):
     assert single.returncode == 0, single.stderr
     assert len(files(tmp_path / "one")) == 7  # 6 PNGs and metadata.jsonl
     assert files(tmp_path / "two") == files(tmp_path / "one")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return save_tiny_feature_model(tmp_path_factory.mktemp("clip") / "tiny-clip")
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(6):
-        Image.effect_noise((48, 48), 20 + 10 * i).convert("RGB").save(folder / f"{i}.png")
-    return folder
 
 
 def images(folder: Path) -> dict[str, bytes]:
@@ -149,7 +107,7 @@ def test_two_processes_evaluate_the_same_images_and_scores_as_one(tmp_path, clip
     settings = ["evaluate", "--model", "demo-sd15", "--compare", "demo-sdxl", "--data", data_dir, "--prompt", "noise"]
     settings += ["--count", "3", "--seed", "5", "--steps", "2", "--width", "64", "--height", "64"]
     settings += ["--feature-model", clip_dir, "--resamples", "20", "--device", "cpu", *folders(tmp_path)]
-    two = torchrun(*settings, cwd=tmp_path)  # no --out: the first process makes the run folder for both
+    two = run_cli_on_two_processes(*settings, cwd=tmp_path)  # no --out: the first process makes the run folder for both
     assert two.returncode == 0, two.stderr[-3000:]
     *two_table, two_folder = two.stdout.splitlines()  # one report
     one = run_cli(*settings, "--out", tmp_path / "one", env={"OMP_NUM_THREADS": "1"})

@@ -266,6 +266,13 @@ def build_train_tab(studio: Studio) -> dict:
         return gr.Dropdown(choices=_preset_choices(kind), value=chosen.name)
 
     model.input(follow_model, inputs=model, outputs=preset_box, api_visibility="private")
+
+    def preset_for_this_gpu(model_name, current):
+        # The tab was built before the engine probed the GPU: on page load, switch only if this GPU takes another
+        # preset (an unchanged dropdown fires no change, so settings typed meanwhile are kept).
+        update = follow_model(model_name)
+        return gr.update() if update.value == current else update
+
     # app.py chains the LoRA tab's rescan to these, so a finished adapter shows up there by itself.
     return {
         "model": model,
@@ -273,7 +280,7 @@ def build_train_tab(studio: Studio) -> dict:
         "gallery": gallery,
         "runs": [trained, resumed],
         "preset": preset_box,
-        "follow_model": follow_model,
+        "preset_for_this_gpu": preset_for_this_gpu,
     }
 
 
