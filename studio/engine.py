@@ -12,11 +12,17 @@ Every background job lives in `self.jobs` under a slot, and each Stop button sto
 
 Closing a stream (a closed page, a cancelled API call) cancels its job, except training: a run of hours
 survives a closed browser tab, and the Train tab's Stop still reaches it from a reloaded page.
+
+The web app starts its engine lazily (`Studio(config, lazy=True)`, then `start_engine()` once the page is
+served): creating the model manager imports torch and diffusers, seconds that need not delay the first page.
+Whatever needs the manager waits for it; a generation says "Loading the engine" meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -45,15 +51,54 @@ class Finished:
     paths: list[Path]
 
 
+ENGINE_LOADING = "Loading the engine (torch, diffusers)"
+
+
 class Studio:
-    def __init__(self, config: StudioConfig, manager: ModelManager | None = None):
-        if manager is None:
+    def __init__(self, config: StudioConfig, manager: ModelManager | None = None, *, lazy: bool = False):
+        """`lazy`: create the model manager later, in `start_engine()` or on first use, not now."""
+        self.config = config
+        self.jobs = JobBoard()
+        self._engine: Future = Future()
+        self._engine_started = threading.Lock()
+        if manager is not None:
+            self._engine.set_running_or_notify_cancel()
+            self._engine.set_result(manager)
+        elif not lazy:
+            self.start_engine(background=False)
+
+    def start_engine(self, *, background: bool = True) -> None:
+        """Create the model manager (imports torch and diffusers); in a thread with `background`. Idempotent."""
+        if not self._engine_started.acquire(blocking=False):
+            return  # started already (or given a manager)
+        if not self._engine.set_running_or_notify_cancel():
+            return
+        if background:
+            threading.Thread(target=self._build_engine, name="engine-start", daemon=True).start()
+        else:
+            self._build_engine()
+
+    def _build_engine(self) -> None:
+        try:
             from studio.models.manager import ModelManager
 
-            manager = ModelManager(config)
-        self.config = config
-        self.manager = manager
-        self.jobs = JobBoard()
+            manager = ModelManager(self.config)
+            _ = manager.device, manager.dtype  # probe the hardware now, not in the first click
+            import studio.generation.run  # noqa: F401  (diffusers' pipelines: the first click would wait for them)
+        except BaseException as error:  # re-raised to whoever asks for the manager
+            self._engine.set_exception(error)
+            raise
+        self._engine.set_result(manager)
+
+    @property
+    def engine_ready(self) -> bool:
+        return self._engine.done()
+
+    @property
+    def manager(self) -> ModelManager:
+        """The model manager; waits while the engine starts (and starts it if nobody did)."""
+        self.start_engine(background=False)
+        return self._engine.result()
 
     def models(self) -> list[ModelSource]:
         return list_models(self.config)
@@ -76,13 +121,16 @@ class Studio:
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[StepInfo | LoadProgress | Finished]:
         """Generate in a background thread, yielding progress, then `Finished` with the saved paths."""
-        from studio.generation.run import generate
-
         request.validate()  # fail fast, before a thread or a model is involved
 
         def work(job: Job) -> Finished:
+            if not self.engine_ready:
+                job.emit(LoadProgress(0.0, f"{ENGINE_LOADING}…"))
+            manager = self.manager
+            from studio.generation.run import generate
+
             result = generate(
-                self.manager,
+                manager,
                 request,
                 on_step=job.emit,
                 on_load=lambda fraction, message: job.emit(LoadProgress(fraction, message)),
@@ -100,11 +148,17 @@ class Studio:
         job = training_job(self.manager, self.config, request)  # checks the request and the folder first
         return self.jobs.follow("training", job, latest_only=False, with_result=False, cancel_on_close=False)
 
-    def training_preset(self, kind):
-        """The largest training preset for a model kind that fits this machine's GPU (the smallest without one)."""
+    def training_preset(self, kind, *, wait: bool = True):
+        """The largest training preset for a model kind that fits this machine's GPU (the smallest without one).
+
+        Asking CUDA imports torch: without `wait`, before the engine has started, the preset for no GPU.
+        """
         from studio.training.presets import detected_vram_bytes, pick_preset
 
-        return pick_preset(kind, detected_vram_bytes())  # asks CUDA: imports torch
+        if not wait and not self.engine_ready:
+            return pick_preset(kind, None)
+        _ = self.manager  # torch is imported by the engine's start, not by this call
+        return pick_preset(kind, detected_vram_bytes())
 
     def training_progress(self) -> str | None:
         """How far the running training run is ("step 40/500 · ... · ETA 4m00s"), or None when no run holds the GPU."""

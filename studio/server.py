@@ -152,10 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     from studio.engine import Studio
     from studio.ui.app import build_app, launch_options
 
-    studio = Studio(config)
+    # The page is served first; torch and diffusers load in the background (the engine), not before.
+    studio = Studio(config, lazy=True)
     app = build_app(studio)
     app.delete_cache = UPLOAD_CLEANUP  # read by launch(); a gr.Blocks setting the UI need not know about
     app.launch(
+        prevent_thread_lock=True,  # returns once the server answers, so the engine starts after it
         server_name=args.host,
         server_port=args.port,
         share=args.share,
@@ -165,3 +167,5 @@ def main(argv: list[str] | None = None) -> None:
         app_kwargs={"middleware": [Middleware(SameOriginWrites)]},
         **launch_options(studio),
     )
+    studio.start_engine()
+    app.block_thread()

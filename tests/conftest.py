@@ -55,6 +55,26 @@ def studio_config(tmp_path):
     )
 
 
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    """A tiny CLIP-shaped feature model folder for evaluations."""
+    from tests.builders import save_tiny_feature_model
+
+    return save_tiny_feature_model(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data folder of 6 noise images (48 px) to evaluate against."""
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(6):
+        Image.effect_noise((48, 48), 20 + 10 * i).convert("RGB").save(folder / f"{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def studio_running_app(tmp_path_factory):
     """One real app (`launch.py --demo` in a child process) shared by every UI test of the session.

@@ -107,6 +107,32 @@ def run_cli(*args, cwd: Path = ROOT, env: dict[str, str | None] | None = None, t
     )
 
 
+def run_cli_on_two_processes(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m studio <args>` on 2 processes, as `accelerate launch` starts them on CPUs: torchrun and gloo."""
+    import contextlib
+    import os
+    import signal
+
+    from tests.app_server import free_port
+
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+        + ["--master_port", str(free_port()), *cli_command(*args)[1:]],  # `-m studio ...` without the interpreter
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+        env=cli_env({"OMP_NUM_THREADS": "1"}),
+    )
+    try:
+        stdout, stderr = launcher.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)  # the workers too, should the launcher hang or time out
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
+
+
 def folders(root: Path) -> list:
     """The CLI flags for models/, loras/ and outputs/ under `root`."""
     return ["--models-dir", root / "models", "--loras-dir", root / "loras", "--outputs-dir", root / "outputs"]

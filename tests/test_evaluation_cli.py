@@ -4,24 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.builders import save_tiny_feature_model
 from tests.helpers import folders, run_cli
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return save_tiny_feature_model(tmp_path_factory.mktemp("clip") / "tiny-clip")
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(6):
-        Image.effect_noise((48, 48), 20 + 10 * i).convert("RGB").save(folder / f"{i}.png")
-    return folder
 
 
 @pytest.mark.slow  # `python -m studio` in a child process

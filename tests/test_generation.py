@@ -116,3 +116,13 @@ def test_step_progress_reports_every_step_with_a_preview(manager):
     assert [i.step for i in infos] == [1, 2, 3]
     assert all(i.preview is not None and i.preview.size == (32, 32) for i in infos)
     assert infos[-1].eta == 0
+
+
+def test_infotext_says_which_precision_ran_and_the_form_ignores_it(manager):
+    from studio.engine import form_from_png_info
+    from studio.generation.infotext import parse_infotext
+
+    text = generate(manager, request()).infotexts[0]
+    info = parse_infotext(text)
+    assert info["Precision"] == "fp32"  # studio_config runs fp32; bf16 CPUs and fp16 GPUs say so the same way
+    assert "Precision" not in form_from_png_info(info) and form_from_png_info(info)["steps"] == 2

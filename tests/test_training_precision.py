@@ -6,6 +6,8 @@ tested here for real. fp16 needs a GPU in accelerate; its loss-scaler state is c
 level with torch's own GradScaler.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,9 @@ def test_bf16_run_resumes_exactly_saves_fp32_and_the_adapter_redraws_its_sample(
     # The sample was drawn in bf16 by the trained model; an fp32 pipeline with the file loaded draws
     # nearly the same picture (bf16 rounding apart), far from what the base model draws.
     sample = whole / "samples" / "step-000004.png"
+    manifest = json.loads((whole / "adapter.json").read_text())
+    assert manifest["settings"]["precision"] == "bf16" and manifest["settings"]["mixed_precision"] == "bf16"
+    assert "Precision: bf16" in Image.open(sample).text["parameters"]
     pipe = build_tiny(ModelKind.SD15)
     base = pixels(draw(pipe, sample))
     pipe.load_lora_weights(whole)

@@ -1,7 +1,6 @@
 """Training as the front ends run it: the real child process behind `Studio.train_stream`, and the CLI."""
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +15,16 @@ from safetensors.torch import load_file
 from studio.engine import Studio
 from studio.errors import BusyError, DatasetError, ModelNotFoundError, TrainingError
 from studio.generation.request import GenerationRequest
-from tests.app_server import free_port
-from tests.helpers import ROOT, cli_command, cli_env, folders, make_config, make_photo_folder, quick_request, run_cli
+from tests.helpers import (
+    ROOT,
+    cli_env,
+    folders,
+    make_config,
+    make_photo_folder,
+    quick_request,
+    run_cli,
+    run_cli_on_two_processes,
+)
 
 pytestmark = pytest.mark.slow  # every test trains in a child process (the app's training child, the CLI, torchrun)
 
@@ -182,33 +189,7 @@ def test_two_processes_train_the_same_adapter_as_one_process_accumulating_two_ba
         "--device",
         "cpu",
     ]
-    port = str(free_port())  # for the processes to meet on
-    torchrun = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            port,
-            *cli_command("train", "--name", "two", *settings)[1:],  # `-m studio train ...` without the interpreter
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        start_new_session=True,
-        env=cli_env({"OMP_NUM_THREADS": "1"}),
-    )
-    try:
-        stdout, stderr = torchrun.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(torchrun.pid, signal.SIGKILL)  # the workers too, should the launcher hang or time out
-    launched = subprocess.CompletedProcess(torchrun.args, torchrun.returncode, stdout, stderr)
+    launched = run_cli_on_two_processes("train", "--name", "two", *settings, cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "Training on 2 processes (cpu)" in launched.stderr
     assert launched.stdout.strip().splitlines() == [str(config.loras_dir.resolve() / "two")]  # one writer

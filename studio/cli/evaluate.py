@@ -65,6 +65,12 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--count", type=int, default=16, help="images per candidate (default 16)")
     parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder (default: a new one under outputs/evaluations); images already there are kept (resume)",
+    )
+    parser.add_argument(
         "--strengths",
         default=None,
         metavar="W,W,...",
@@ -125,9 +131,27 @@ def run(args) -> int:
 
     update, close = progress_bar()
     try:
-        result = evaluate(ModelManager(config), request, outputs_dir=config.outputs_dir, on_progress=update)
+        shard, folder = run_folder(args.out, args.device, config.outputs_dir)
+        manager = ModelManager(config)
+        result = evaluate(
+            manager, request, outputs_dir=config.outputs_dir, on_progress=update, folder=folder, shard=shard
+        )
     finally:
         close()
+    if result is None:  # another process of `accelerate launch` writes the report
+        return 0
     print(markdown_table(result.table()))
     print(result.folder)
     return 0
+
+
+def run_folder(out: Path | None, device: str, outputs_dir: Path):
+    """(this process's Shard, the run folder): `--out`, or under `accelerate launch` one new folder made by the
+    first process for all; None (a new folder per run) otherwise."""
+    from studio.evaluation.runner import new_run_folder
+    from studio.evaluation.shard import process_shard
+
+    shard = process_shard(device)
+    if out is None and shard.count > 1:
+        out = Path(shard.share(str(new_run_folder(outputs_dir)) if shard.main else None))
+    return shard, out

@@ -9,7 +9,9 @@
 The second form redraws every picture of a folder `--count` times (image-to-image), captions carried over from
 the folder's metadata.jsonl (or .txt files; `--prompt` captions the rest).
 The folder loads with `datasets.load_dataset("imagefolder", data_dir=...)` and trains with the studio's trainer.
-Prints the folder on the last line.
+Prints the folder on the last line. `--resume` finishes an export stopped in that folder (the images there are kept).
+`accelerate launch -m studio export-dataset ...` splits the missing images across the processes (and GPUs); the
+first process writes metadata.jsonl once all are drawn, and the folder is the one a single process would write.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--init-images", type=Path, default=None, help="redraw the pictures of this folder instead")
     parser.add_argument("--strength", type=float, default=0.75, help="denoising strength of those redraws")
     parser.add_argument("--out", type=Path, required=True, help="a new or empty folder for the data set")
+    parser.add_argument("--resume", action="store_true", help="keep the images already in --out, draw the rest")
     add_config_options(parser)
     parser.set_defaults(handler=run)
 
@@ -54,22 +57,27 @@ def run(args) -> int:
         sampling=sampling_from_args(args),
         init_images=args.init_images,
         strength=args.strength,
+        resume=args.resume,
     )
     request.validate()
     if request.init_images is not None:
         _print_skipped(request)
     quiet_libraries(verbose=args.verbose)
+    from studio.evaluation.shard import process_shard
     from studio.evaluation.synthetic import export_dataset
     from studio.models.manager import ModelManager
 
     update, close = progress_bar()
     try:
-        result = export_dataset(ModelManager(config), request, on_progress=update)
+        shard = process_shard(args.device)
+        result = export_dataset(ModelManager(config), request, on_progress=update, shard=shard)
     finally:
         close()
-    stopped = " (stopped early)" if result.interrupted else ""
-    print(f"{len(result.images)} images and {result.metadata.name} written{stopped}")
-    print(result.folder)
+    if shard.main:  # one report for a multi-process export
+        stopped = " (stopped early)" if result.interrupted else ""
+        rows = len(result.metadata.read_text().splitlines()) if result.metadata.exists() else 0
+        print(f"{rows} images and {result.metadata.name} written{stopped}")
+        print(result.folder)
     return 0
 
 

@@ -138,6 +138,8 @@ class ExportRequest:
 
     strength: float = 0.75
     """Denoising strength of those redraws: low keeps each picture's layout, high invents more."""
+    resume: bool = False
+    """Finish an export stopped in `folder`: its images (checked against the plan) are kept, the rest drawn."""
 
     def validate(self) -> None:
         prompts = [p for p in self.prompts if isinstance(p, str) and p.strip()]
@@ -153,8 +155,13 @@ class ExportRequest:
             check = dataclasses.replace(check, init_image=Image.new("RGB", (64, 64)), strength=self.strength)
         check.validate()
         folder = Path(self.folder).expanduser()
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise InvalidRequestError(f"Export folder {folder} already exists and is not empty; pick a new folder.")
+        if folder.exists() and not folder.is_dir():
+            raise InvalidRequestError(f"Export folder {folder} is a file; pick a new folder.")
+        if folder.exists() and not self.resume and any(folder.iterdir()):
+            raise InvalidRequestError(
+                f"Export folder {folder} already exists and is not empty; pick a new folder "
+                "(or resume the export stopped there with the same prompts, count and seed)."
+            )
 
     def source_pictures(self):
         """The usable pictures of `init_images` with their captions (a `DatasetReport`), scanned as training scans

@@ -35,6 +35,7 @@ from studio.generation.schedulers import a1111_sampler, make_scheduler
 from studio.models.kinds import ModelKind
 from studio.models.manager import LoadedModel, ModelManager, set_vae_tiling
 from studio.models.memory import NEXT_MODE
+from studio.models.precision import precision_name
 
 # Cheap latent -> RGB projection for live previews (the "approximate" preview of A1111/ComfyUI):
 # a fixed linear map from the 4 latent channels, no VAE decode.
@@ -87,6 +88,7 @@ def _infotext(
         **infotext_params(request),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         **infotext.hires_params(request),
+        "Precision": precision_name(model.pipe.unet.dtype),  # Studio's key (A1111 has none); the form ignores it
         "Lora hashes": ", ".join(f"{name}: {lora_hash}" for name, _w, lora_hash in loras) or None,
         # A1111 drops ':' and ',' from the names, so the list parses back.
         "TI hashes": ", ".join(f"{re.sub(r'[:,]', '', e.name)}: {e.hash}" for e in embeddings) or None,

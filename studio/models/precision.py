@@ -23,3 +23,14 @@ def generation_dtype(requested: str, device_type: str, *, cpu_bf16: bool) -> str
     if device_type == "cpu":
         return "bfloat16" if cpu_bf16 else "float32"
     return "float16"
+
+
+# torch dtypes (and their names) and accelerate's mixed-precision values, as the infotext's "Precision" key and the
+# training settings' "precision" name them: "no" mixed precision means fp32 weights.
+_SHORT_NAMES = {"float16": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16", "float32": "fp32", "no": "fp32"}
+
+
+def precision_name(dtype) -> str:
+    """ "fp16", "bf16" or "fp32" for torch.bfloat16, "bfloat16", accelerate's "bf16" ...: the number format that ran."""
+    name = str(dtype).removeprefix("torch.")
+    return _SHORT_NAMES.get(name, name)

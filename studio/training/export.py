@@ -26,6 +26,7 @@ from studio.hub.public import copy_public
 from studio.lora.files import LoraWeights
 from studio.lora.folder import AdapterManifest, kohya_metadata, public_name, save_adapter_files
 from studio.models.kinds import ModelKind
+from studio.models.precision import precision_name
 from studio.training.request import TrainingRequest
 
 
@@ -78,6 +79,7 @@ def export_adapter(
                 "data": Path(request.data).name,
                 "model": public_name(request.model),
                 "mixed_precision": precision,
+                "precision": precision_name(precision),  # what the frozen weights ran in: fp16, bf16 or fp32
                 "num_images": num_images,
             },
             blend=None,

@@ -7,6 +7,7 @@ import torch
 from studio.generation import outputs
 from studio.generation.infotext import build_infotext
 from studio.models.kinds import ModelKind
+from studio.models.precision import precision_name
 from studio.training.events import TrainingEvent
 from studio.training.setup import Run, text_encoders
 
@@ -101,5 +102,6 @@ def _infotext(run: Run, prompt: str, step: int) -> str:
             "Size": f"{request.resolution}x{request.resolution}",
             "Model": run.model.name,
             "Lora": f"{request.name} (training step {step})",
+            "Precision": precision_name(run.precision),
         },
     )

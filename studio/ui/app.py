@@ -36,6 +36,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 build_share_tab(studio)
         fn, inputs, outputs = lora["refresh"]
         app.load(fn, inputs=inputs, outputs=outputs, api_visibility="private")  # the LoRA list as of page load
+        # The Train tab was built before the engine probed the GPU: pick its preset for this GPU on page load.
+        preset = [train["model"], train["preset"]]
+        app.load(train["preset_for_this_gpu"], inputs=preset, outputs=train["preset"], api_visibility="private")
         for run in train["runs"]:  # a finished (or stopped) training run: its adapter appears in the LoRA tab
             run.then(fn, inputs=inputs, outputs=outputs, api_visibility="private")
     app.queue(default_concurrency_limit=1)

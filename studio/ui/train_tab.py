@@ -93,7 +93,7 @@ def _request(values: dict, *, resume: bool) -> TrainingRequest:
 def build_train_tab(studio: Studio) -> dict:
     kinds = {source.name: source.kind for source in studio.models()}
     default_kind = kinds.get(studio.config.default_model) or ModelKind.SD15
-    preset = studio.training_preset(default_kind)
+    preset = studio.training_preset(default_kind, wait=False)  # app.py refreshes it once the engine runs
     settings = preset.settings
 
     with gr.Row():
@@ -266,8 +266,22 @@ def build_train_tab(studio: Studio) -> dict:
         return gr.Dropdown(choices=_preset_choices(kind), value=chosen.name)
 
     model.input(follow_model, inputs=model, outputs=preset_box, api_visibility="private")
+
+    def preset_for_this_gpu(model_name, current):
+        # The tab was built before the engine probed the GPU: on page load, switch only if this GPU takes another
+        # preset (an unchanged dropdown fires no change, so settings typed meanwhile are kept).
+        update = follow_model(model_name)
+        return gr.update() if update.value == current else update
+
     # app.py chains the LoRA tab's rescan to these, so a finished adapter shows up there by itself.
-    return {"model": model, "status": status, "gallery": gallery, "runs": [trained, resumed]}
+    return {
+        "model": model,
+        "status": status,
+        "gallery": gallery,
+        "runs": [trained, resumed],
+        "preset": preset_box,
+        "preset_for_this_gpu": preset_for_this_gpu,
+    }
 
 
 def _form_parameters(handler):
