@@ -92,6 +92,10 @@ def export_dataset(
     report = on_progress or (lambda progress: None)
     folder = Path(request.folder).expanduser()
     if request.init_images is not None:
+        if shard.count > 1:
+            raise InvalidRequestError(
+                "Variations of --init-images run in one process for now; start export-dataset without accelerate."
+            )
         return _export_variations(manager, request, folder, report, cancel)
     folder.mkdir(parents=True, exist_ok=True)
     result = ExportResult(folder, folder / "metadata.jsonl", [])
