@@ -50,3 +50,24 @@ def test_infotext_model_hash_is_the_unet_file_hash_and_is_cached(studio_config, 
     assert f"Model hash: {expected}" in result.infotexts[0]
     cached = json.loads((studio_config.models_dir / CACHE_NAME).read_text())
     assert cached[str(unet_file.resolve())]["sha256"][:10] == expected
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read() calls (Linux /proc/self/io)."""
+    for line in open("/proc/self/io"):
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_a_hash_started_early_is_shared_with_the_later_caller(tmp_path):
+    # The CLI starts hashing the checkpoint while torch imports; the manager asks later and must not read it again.
+    weights = tmp_path / "big.safetensors"
+    weights.write_bytes(os.urandom(48 * 1024 * 1024))
+    cache = HashCache(tmp_path / CACHE_NAME)
+    before = _bytes_read()
+    cache.start(weights)
+    digest = cache.sha256(weights)
+    read = _bytes_read() - before
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert read < 1.5 * weights.stat().st_size  # one pass over the file, not two

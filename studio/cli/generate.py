@@ -22,6 +22,7 @@ from studio.cli.common import (
 from studio.generation import images
 from studio.generation.request import GenerationRequest
 from studio.generation.upscalers import check_upscaler
+from studio.models.hashes import CACHE_NAME, HashCache, weights_file
 
 
 def register(subparsers) -> None:
@@ -73,7 +74,10 @@ def run(args) -> int:
         jobs = [(None, request)]
     elif not jobs:
         raise InvalidRequestError(f"No picture in {args.init_images} could be used ({skipped[0]}).")
-    resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    source = resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    # A1111's "Model hash" reads the whole checkpoint once (then it is cached): start it while torch imports.
+    hashes = HashCache(config.models_dir / CACHE_NAME)
+    hashes.start(weights_file(source.origin, source.location))
     if request.hires:
         check_upscaler(request.hires_upscaler, config)
     for line in skipped:
@@ -84,7 +88,7 @@ def run(args) -> int:
     from studio.generation.run import generate
     from studio.models.manager import ModelManager
 
-    manager = ModelManager(config)
+    manager = ModelManager(config, hash_cache=hashes)
     per_call = _total_steps(request) if jobs[0][1].mode == "txt2img" else int(args.steps * args.strength) * args.count
     bar = tqdm(total=per_call * len(jobs), desc="generating", unit="step", file=sys.stderr, leave=False)
     for source, job in jobs:

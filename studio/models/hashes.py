@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 from studio.atomic import write_bytes
@@ -26,6 +27,8 @@ class HashCache:
     def __init__(self, cache_file: Path):
         self.cache_file = Path(cache_file)
         self._lock = threading.Lock()
+        self._running: dict[str, Future] = {}
+        """Hashes being computed: a second caller waits for the first instead of reading the file again."""
 
     def sha256(self, path: Path) -> str:
         path = Path(path).resolve()
@@ -33,14 +36,36 @@ class HashCache:
         key, stamp = str(path), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         with self._lock:
             entry = self._read().get(key)
-        if isinstance(entry, dict) and {k: entry.get(k) for k in stamp} == stamp and "sha256" in entry:
-            return entry["sha256"]
-        digest = sha256_file(path)
+            if isinstance(entry, dict) and {k: entry.get(k) for k in stamp} == stamp and "sha256" in entry:
+                return entry["sha256"]
+            running = self._running.get(key)
+            if running is None:
+                self._running[key] = Future()
+        if running is not None:
+            return running.result()
+        try:
+            digest = sha256_file(path)
+        except BaseException as error:
+            with self._lock:
+                self._running.pop(key).set_exception(error)
+            raise
         with self._lock:
             entries = self._read()
             entries[key] = {**stamp, "sha256": digest}
             self._write(entries)
+            self._running.pop(key).set_result(digest)
         return digest
+
+    def start(self, path: Path | None) -> None:
+        """Hash `path` in a background thread (the CLI starts it while torch imports); errors surface later."""
+        if path is not None:
+            threading.Thread(target=self._quietly, args=(path,), name="model-hash", daemon=True).start()
+
+    def _quietly(self, path: Path) -> None:
+        try:
+            self.sha256(path)
+        except OSError:
+            pass  # the loader reports a missing or unreadable file with a better message
 
     def _read(self) -> dict:
         try:
@@ -66,3 +91,13 @@ def sha256_file(path: Path) -> str:
         while block := f.read(16 * 1024 * 1024):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_file(origin: str, location: str) -> Path | None:
+    """The file A1111's "Model hash" is taken from: the checkpoint itself, or a diffusers folder's UNet weights."""
+    if origin in ("single-file", "pickle"):
+        return Path(location)
+    if origin == "folder":
+        unet_files = sorted(Path(location).glob("unet/*.safetensors"))
+        return unet_files[0] if unet_files else None
+    return None  # Hub ids are hashed from their snapshot once downloaded; demo models live only in memory

@@ -27,7 +27,7 @@ import torch
 
 from studio.config import StudioConfig
 from studio.errors import BusyError, ModelNotFoundError, UnsafeFileError, UnsupportedModelError
-from studio.models.hashes import CACHE_NAME, HashCache, sha256_file
+from studio.models.hashes import CACHE_NAME, HashCache, sha256_file, weights_file
 from studio.models.kinds import ModelKind, kind_of_folder
 from studio.models.memory import OFFLOAD_MODES, MemoryPlan, plan_memory
 from studio.models.precision import cpu_has_native_bf16, generation_dtype
@@ -148,12 +148,10 @@ def _weights_hash(model: LoadedModel, cache: HashCache | None) -> str:
     def file_hash(path: Path) -> str:
         return (cache.sha256(path) if cache is not None else sha256_file(path))[:10]
 
-    if source.origin in ("single-file", "pickle"):
-        return file_hash(Path(source.location))
-    if source.origin in ("folder", "hub"):
-        unet_files = sorted(Path(model.pipe.config._name_or_path or source.location).glob("unet/*.safetensors"))
-        if unet_files:
-            return file_hash(unet_files[0])
+    location = model.pipe.config._name_or_path or source.location if source.origin == "hub" else source.location
+    weights = weights_file("folder" if source.origin == "hub" else source.origin, location)
+    if weights is not None:
+        return file_hash(weights)
     # Demo models live only in memory: hash the UNet weights themselves.
     digest = hashlib.sha256()
     for name, tensor in sorted(model.pipe.unet.state_dict().items()):
@@ -171,7 +169,7 @@ def _weights_bytes(pipe) -> int:
 
 
 class ModelManager:
-    def __init__(self, config: StudioConfig):
+    def __init__(self, config: StudioConfig, *, hash_cache: HashCache | None = None):
         self.config = config
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
@@ -179,7 +177,7 @@ class ModelManager:
         self._holder: str | None = None
         self._cache: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
         self._active: LoadedModel | None = None
-        self._hash_cache = HashCache(config.models_dir / CACHE_NAME)
+        self._hash_cache = hash_cache or HashCache(config.models_dir / CACHE_NAME)
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-hash")  # no thread until used
 
     # Device and dtype are probed on first use, never at import or construction time.
