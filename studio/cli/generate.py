@@ -33,8 +33,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from studio.models.sources import resolve_model
-
     config = config_from_args(args)
     request = GenerationRequest(
         model=args.model,
@@ -52,7 +50,7 @@ def run(args) -> int:
         loras=tuple(args.lora),
     )
     request.validate()
-    resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    check_before_loading(request, config)  # a mistyped model, LoRA or embedding is named before the heavy imports
     quiet_libraries(verbose=args.verbose)
     from tqdm import tqdm
 
@@ -76,3 +74,24 @@ def run(args) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def check_before_loading(request: GenerationRequest, config) -> None:
+    """Everything a generation needs that can be checked from names and file headers, in about a second: the model
+    (a Hub id must be cached or answer), the LoRAs (`--lora` and prompt tags) and the embeddings the prompts name."""
+    from studio.generation.embeddings import usable_embeddings
+    from studio.generation.infotext import split_lora_tags
+    from studio.lora.kind_blends import usable_lora
+    from studio.models.sources import resolve_model
+
+    source = resolve_model(request.model, config)
+    prompt, tag_loras = split_lora_tags(request.prompt)
+    for name, _weight in [*request.loras, *tag_loras]:
+        usable_lora(config.loras_dir, name, source.kind)
+    usable_embeddings(config, source.kind, prompt, request.negative_prompt)
+    if source.origin == "hub":
+        from studio.hub.download import check_hub_repo
+
+        check_hub_repo(
+            source.location, what="Hub model", instead="put the model in the models folder", filename="model_index.json"
+        )
