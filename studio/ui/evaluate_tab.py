@@ -20,7 +20,8 @@ from studio.evaluation.requests import (
     parse_candidate,
 )
 from studio.evaluation.results import EvaluationResult, ExportResult, Progress
-from studio.ui.common import GPU_QUEUE, stopper, user_errors
+from studio.ui.common import GPU_QUEUE, stopper
+from studio.ui.status import QUIET, reported
 
 CANDIDATES_HELP = "One per line: a model, optionally with LoRAs, e.g. `demo-sd15` and `demo-sd15 + my-lora:0.8`."
 
@@ -87,7 +88,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
             folder = gr.Textbox(label="Results folder", interactive=False)
     sampling_inputs = [negative, steps, cfg, width, height, scheduler]
 
-    @user_errors
+    @reported(status, "Evaluation")
     def run_evaluation(
         candidates, data, prompt, count, seed, feature_model, kid, negative, steps, cfg, width, height, scheduler
     ):
@@ -101,6 +102,8 @@ def build_evaluate_tab(studio: Studio) -> dict:
             feature_model=(feature_model or "").strip() or DEFAULT_FEATURE_MODEL,
             kid=bool(kid),
         )
+        # At once: loading the feature model may take a while (and fails within seconds when it cannot).
+        yield {status: f"⏳ Loading the feature model {request.feature_model} and reading the data folder…"}
         with closing(studio.evaluate_stream(request)) as events:  # a closed page stops the work
             for event in events:
                 if isinstance(event, Progress):
@@ -127,6 +130,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
         outputs=[status, preview, table, chart, grids, folder],
         api_name="evaluate",
         **GPU_QUEUE,
+        **QUIET,
     )
     stop_button.click(stopper(studio, "evaluate"), api_name="stop_evaluation", queue=False)
 
@@ -151,7 +155,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
                 export_gallery = gr.Gallery(label="Exported images", columns=4, height=320, format="png")
                 export_path = gr.Textbox(label="Data set folder", interactive=False)
 
-    @user_errors
+    @reported(export_status, "Export")
     def run_export(model, prompts, per_prompt, seed, name, negative, steps, cfg, width, height, scheduler):
         request = ExportRequest(
             candidate=parse_candidate(model or ""),
@@ -161,6 +165,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
             seed=int(seed or 0),
             sampling=_sampling(negative, steps, cfg, width, height, scheduler),
         )
+        yield {export_status: f"⏳ Exporting {request.count} image(s) per prompt…"}
         with closing(studio.export_dataset_stream(request)) as events:  # a closed page stops the work
             for event in events:
                 if isinstance(event, Progress):
@@ -180,6 +185,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
         outputs=[export_status, export_gallery, export_path],
         api_name="export_dataset",
         **GPU_QUEUE,
+        **QUIET,
     )
     export_stop.click(stopper(studio, "export"), api_visibility="private", queue=False)
     return {"candidates": candidates, "data": data, "prompt": prompt}
