@@ -32,7 +32,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                 generate = build_generate_tab(studio, lora_picks=lora_picks)
             with gr.Tab("LoRA", id="lora"):
                 lora = build_lora_tab(
-                    studio, model=generate["model"], lora_picks=lora_picks, blends=blends, prompt=generate["prompt"]
+                    studio,
+                    model=generate["model"],
+                    lora_picks=lora_picks,
+                    blends=blends,
+                    generate_prompt=generate["prompt"],
                 )
             with gr.Tab("Train", id="train"):
                 train = build_train_tab(studio)

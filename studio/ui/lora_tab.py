@@ -112,9 +112,9 @@ def compare_rows(blend, mode: str, include_base: bool) -> tuple[CompareRow, ...]
     return tuple(rows)
 
 
-def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State, blends: gr.State, prompt=None) -> dict:
+def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State, blends: gr.State, generate_prompt=None) -> dict:
     """Build the tab; `model` is the Generate tab's model picker, `lora_picks` the blend it generates with,
-    `blends` the blend of each model kind, `prompt` the Generate prompt the adapter cards write to."""
+    `blends` the blend of each model kind, `generate_prompt` the prompt box the adapter cards write to."""
     with gr.Row():
         with gr.Column(scale=3):
             library = gr.HTML(elem_id="lora-library")
@@ -286,15 +286,20 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State, blends: gr.St
     )
     saved.success(refresh, inputs=refresh_inputs, outputs=refresh_outputs, api_visibility="private", **QUIET)
 
-    if prompt is not None:
+    if generate_prompt is not None:  # (`prompt` below is the comparison's own prompt box)
 
         @reported(status, "Adding the LoRA to the prompt")
         def card_clicked(prompt_text, names, selected: gr.SelectData):
             entry = next(e for e in studio.loras() if e.name == names[selected.index])
             new_prompt = add_to_prompt(prompt_text, entry)
-            return new_prompt, f"Added `<lora:{entry.name}:1>` to the Generate prompt: {new_prompt}"
+            return new_prompt, f"Added `<lora:{entry.name}:1>` to the Generate prompt: `{new_prompt}`"
 
-        cards.select(card_clicked, inputs=[prompt, card_names], outputs=[prompt, status], api_visibility="private")
+        cards.select(
+            card_clicked,
+            inputs=[generate_prompt, card_names],
+            outputs=[generate_prompt, status],
+            api_visibility="private",
+        )
 
     def run_compare(
         model_name, prompt_text, seed_value, steps_value, strengths_text, row_mode, base_row, *slots, ab=False
