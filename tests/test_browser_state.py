@@ -135,6 +135,7 @@ def test_failures_in_lora_train_and_evaluate_are_told_in_their_status_lines(page
     expect(page.locator("#train-status")).to_contain_text("❌ Training failed:")
     expect(page.locator("#train-status")).to_contain_text("no-such-folder")
     assert visible_overlays(page) == 0
+    expect(page.locator(".toast-body")).to_have_count(0)  # no toast over the page either: the status line says it
     page.get_by_label("Image folder").click(timeout=5_000)
     shot(page, "failed-training")
 
@@ -153,6 +154,7 @@ def test_failures_in_lora_train_and_evaluate_are_told_in_their_status_lines(page
     expect(status).to_contain_text("is not in the local Hub cache")
     assert time.monotonic() - start < 20
     assert visible_overlays(page) == 0
+    status.scroll_into_view_if_needed()
     shot(page, "failed-evaluation")
 
 
@@ -214,7 +216,7 @@ def feature_model(tmp_path_factory):
 def test_the_evaluate_table_fits_the_page(page, tmp_path, feature_model):
     data = tmp_path / "data"
     data.mkdir()
-    for i in range(3):
+    for i in range(4):
         Image.effect_noise((40, 40), 30 + 15 * i).convert("RGB").save(data / f"{i}.png")
     page.get_by_role("tab", name="Evaluate").click()
     page.get_by_label("Candidates").fill("demo-sd15\ndemo-sd15 + st-alps:0.8")

@@ -41,6 +41,17 @@ def _lines(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
+# Relative column widths: without them the table is twice as wide as its column and scrolls sideways.
+COLUMN_WEIGHTS = {"rank": 1, "candidate": 4, "closest data image": 2, "likely copies": 2, "note": 3}
+METRIC_WEIGHT = 3
+
+
+def _fitted_table(frame: pd.DataFrame) -> gr.Dataframe:
+    """The ranked table with its columns sized to fit the page (long cells wrap)."""
+    weights = [COLUMN_WEIGHTS.get(column, METRIC_WEIGHT) for column in frame.columns]
+    return gr.Dataframe(value=frame, column_widths=[f"{100 * w / sum(weights):.1f}%" for w in weights])
+
+
 def build_evaluate_tab(studio: Studio) -> dict:
     gr.Markdown(
         "How close do generated images come to your data? Each candidate draws the same seeds; scores are CMMD "
@@ -118,7 +129,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
         images = ([str(result.chart)] if result.chart else []) + [str(r.grid) for r in result.candidates]
         return {
             status: f"{done}{best} {result.data_images} data images, seeds {result.seeds[0]}-{result.seeds[-1]}.",
-            table: pd.DataFrame(result.table()),
+            table: _fitted_table(pd.DataFrame(result.table())),
             chart: pd.DataFrame(result.chart_rows()),
             grids: images,
             folder: str(result.folder),

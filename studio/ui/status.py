@@ -3,8 +3,9 @@
 A handler that raises `gr.Error` makes Gradio mark every output of the event as failed, and each shows an "Error"
 overlay until clicked away, over the very fields the user has to fix (the Share tab's token box is an output: it
 is cleared after a push). `reported` instead writes what failed and what to do into the status line, then raises
-the error so API clients still get it and the page shows a toast. Events that use it pass `show_progress="hidden"`
-(`QUIET`), which also hides that overlay; their status line shows the progress instead.
+the error so API clients still get it; the page shows no toast (the status line has the message, and a toast would
+sit over the page). Events that use it pass `show_progress="hidden"` (`QUIET`), which hides the overlay; their status
+line shows the progress instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import gradio as gr
 from studio.errors import StudioError
 
 QUIET = dict(show_progress="hidden")
-TOAST_SECONDS = 10  # the status line keeps the message; the toast need not stay over the page
 
 
 def failure_text(action: str, error: StudioError) -> str:
@@ -38,7 +38,7 @@ def reported(status, action: str):
                     yield fn(*args, **kwargs)
             except StudioError as e:
                 yield {status: failure_text(action, e)}
-                raise gr.Error(str(e), duration=TOAST_SECONDS, print_exception=False) from e
+                raise gr.Error(str(e), visible=False, print_exception=False) from e
 
         return wrapper
 
