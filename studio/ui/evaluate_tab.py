@@ -41,15 +41,9 @@ def _lines(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
-# Relative column widths: without them the table is twice as wide as its column and scrolls sideways.
-COLUMN_WEIGHTS = {"rank": 1, "candidate": 4, "closest data image": 2, "likely copies": 2, "note": 3}
-METRIC_WEIGHT = 3
-
-
-def _fitted_table(frame: pd.DataFrame) -> gr.Dataframe:
-    """The ranked table with its columns sized to fit the page (long cells wrap)."""
-    weights = [COLUMN_WEIGHTS.get(column, METRIC_WEIGHT) for column in frame.columns]
-    return gr.Dataframe(value=frame, column_widths=[f"{100 * w / sum(weights):.1f}%" for w in weights])
+# Column widths (rank, candidate, CMMD, KID, closest data image, likely copies, note): without them the table is
+# twice as wide as its column and scrolls sideways. Without KID the other columns take the first six.
+COLUMN_WIDTHS = ["6%", "22%", "17%", "17%", "11%", "10%", "17%"]
 
 
 def build_evaluate_tab(studio: Studio) -> dict:
@@ -85,7 +79,11 @@ def build_evaluate_tab(studio: Studio) -> dict:
             status = gr.Markdown("Ready.", elem_id="evaluate-status")
             preview = gr.Image(label="Preview", interactive=False, height=192)
             table = gr.Dataframe(
-                label="Ranked (lower = closer)", interactive=False, wrap=True, elem_id="evaluate-table"
+                label="Ranked (lower = closer)",
+                interactive=False,
+                wrap=True,
+                column_widths=COLUMN_WIDTHS,
+                elem_id="evaluate-table",
             )
             chart = gr.BarPlot(x="candidate", y="score", color="kind", sort="y", title="CMMD", height=260)
             grids = gr.Gallery(
@@ -129,7 +127,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
         images = ([str(result.chart)] if result.chart else []) + [str(r.grid) for r in result.candidates]
         return {
             status: f"{done}{best} {result.data_images} data images, seeds {result.seeds[0]}-{result.seeds[-1]}.",
-            table: _fitted_table(pd.DataFrame(result.table())),
+            table: pd.DataFrame(result.table()),
             chart: pd.DataFrame(result.chart_rows()),
             grids: images,
             folder: str(result.folder),
