@@ -55,17 +55,30 @@ def closed_port() -> int:
         return s.getsockname()[1]  # closed again on return: connections are refused at once
 
 
-def test_an_unreachable_hub_is_one_request_not_retries(monkeypatch, tmp_path):
-    """No network (HF_HUB_OFFLINE unset): huggingface_hub's file listing retries for ~23 s; one probe decides."""
-    import huggingface_hub
+def feature_model(repo_id: str):
+    from studio.evaluation.features import load_feature_model
 
+    load_feature_model(repo_id, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def pipeline(repo_id: str):
     from studio.hub.download import download_pipeline
+
+    download_pipeline(repo_id, fp16=False)
+
+
+@pytest.mark.parametrize("load", [pipeline, feature_model])
+def test_an_unreachable_hub_is_one_request_not_retries(monkeypatch, tmp_path, load):
+    """No network (HF_HUB_OFFLINE unset): huggingface_hub's file listing retries for ~23 s; one probe decides.
+    The Evaluate tab's feature model and the Generate tab's Hub models share the download code."""
+    import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     start = time.monotonic()
     with pytest.raises(ModelNotFoundError, match="is not in the local Hub cache and the Hub cannot be reached"):
-        download_pipeline("nobody/nothing", fp16=False, endpoint=f"http://127.0.0.1:{closed_port()}")
+        load("nobody/nothing")
     assert time.monotonic() - start < 5
 
 

@@ -192,15 +192,16 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State, blends: gr.St
         picked = [list(pair) for pair in _blend(kept, slots[SLOTS:])]
         dropped = [name for name in slots[:SLOTS] if name and name not in usable]
         kind = _kind(studio, model_name)
+        stored = kind_blends.remember(stored, kind, picked)
         note = gr.update()
         if dropped:  # say so: the status line must not describe a blend that is gone
             note = f"Not usable with {model_name}, taken out of the blend: {', '.join(dropped)}. "
-            note += kind_blends.summary(kind_blends.remember(stored, kind, picked), kind, model_name)
+            note += kind_blends.summary(stored, kind, model_name)
         return [
             table,
             card_list,
             picked,
-            kind_blends.remember(stored, kind, picked),
+            stored,
             usable,  # one card per usable adapter, in this order
             *[gr.update(choices=usable, value=name) for name in kept],
             note,
@@ -220,13 +221,14 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State, blends: gr.St
         kind = _kind(studio, model_name)
         blend = kind_blends.blend_of(stored, kind)
         table, usable, card_list = library_view(studio, model_name)
-        blend = [[name, weight] for name, weight in blend if name in usable]
+        blend = [[name, weight] for name, weight in blend if name in usable]  # a deleted adapter is left out
+        stored = kind_blends.remember(stored, kind, blend)
         slots = blend + [[None, 1.0]] * (SLOTS - len(blend))
         return [
             table,
             card_list,
             blend,
-            kind_blends.remember(stored, kind, blend),
+            stored,
             usable,
             *[gr.update(choices=usable, value=name) for name, _w in slots[:SLOTS]],
             *[weight for _name, weight in slots[:SLOTS]],
@@ -290,7 +292,7 @@ def build_lora_tab(studio: Studio, *, model, lora_picks: gr.State, blends: gr.St
 
         @reported(status, "Adding the LoRA to the prompt")
         def card_clicked(prompt_text, names, selected: gr.SelectData):
-            entry = next(e for e in studio.loras() if e.name == names[selected.index])
+            entry = kind_blends.usable_lora(studio.config.loras_dir, names[selected.index], None)
             new_prompt = add_to_prompt(prompt_text, entry)
             return new_prompt, f"Added `<lora:{entry.name}:1>` to the Generate prompt: `{new_prompt}`"
 
