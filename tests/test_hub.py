@@ -280,7 +280,9 @@ def test_share_tab_pushes_through_its_api_and_clears_the_token(tmp_path, hub, lo
         )
         assert url == f"{hub.url}/alice/from-ui"
         assert "pushed **alps**" in status and token_left == ""
-        card = client.predict("alps", "alice/from-ui", False, "remote-sensing", "mit", "", api_name="/preview_card")
+        card, _status = client.predict(
+            "alps", "alice/from-ui", False, "remote-sensing", "mit", "", api_name="/preview_card"
+        )
         assert front_matter(card.encode())["license"] == "mit" and 'load_lora_weights("alice/from-ui"' in card
         with pytest.raises(AppError, match=r"rejected the Hub token \(401\)"):
             client.predict("alps", "alice/other", False, "", "", "", "hf_wrong_token_1", api_name="/push")

@@ -53,7 +53,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from studio.errors import InvalidRequestError
-    from studio.models.sources import resolve_model
 
     if args.mask is not None and args.init_image is None and args.init_images is None:
         raise InvalidRequestError("--mask needs a picture to repaint: add --init-image PATH (or --init-images DIR).")
@@ -74,7 +73,7 @@ def run(args) -> int:
         jobs = [(None, request)]
     elif not jobs:
         raise InvalidRequestError(f"No picture in {args.init_images} could be used ({skipped[0]}).")
-    source = resolve_model(request.model, config)  # a missing or mistyped model is named before the heavy imports
+    source = check_before_loading(request, config)  # a mistyped model, LoRA or embedding is named before torch loads
     # A1111's "Model hash" reads the whole checkpoint once (then it is cached): start it while torch imports.
     hashes = HashCache(config.models_dir / CACHE_NAME)
     hashes.start(weights_file(source.origin, source.location))
@@ -181,3 +180,25 @@ def _total_steps(request: GenerationRequest) -> int:
 
         steps += pipeline_steps(request.hires_steps or request.steps, request.hires_denoise)[1]
     return steps * request.batch_count
+
+
+def check_before_loading(request: GenerationRequest, config):
+    """Everything a generation needs that can be checked from names and file headers, in about a second: the model
+    (a Hub id must be cached or answer), the LoRAs (`--lora` and prompt tags) and the embeddings the prompts name."""
+    from studio.generation.embeddings import usable_embeddings
+    from studio.generation.infotext import split_lora_tags
+    from studio.lora.kind_blends import usable_lora
+    from studio.models.sources import resolve_model
+
+    source = resolve_model(request.model, config)
+    prompt, tag_loras = split_lora_tags(request.prompt)
+    for name, _weight in [*request.loras, *tag_loras]:
+        usable_lora(config.loras_dir, name, source.kind)
+    usable_embeddings(config, source.kind, prompt, request.negative_prompt)
+    if source.origin == "hub":
+        from studio.hub.download import check_hub_repo
+
+        check_hub_repo(
+            source.location, what="Hub model", instead="put the model in the models folder", filename="model_index.json"
+        )
+    return source

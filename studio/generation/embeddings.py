@@ -166,25 +166,32 @@ def embeddings_for_prompt(config: StudioConfig, kind: ModelKind, *texts: str):
     A named file that cannot be used (made for the other base model, a pickle, broken) raises an error that says
     why, rather than being read as ordinary words.
     """
+    vectors, files = {}, {}
+    for entry in usable_embeddings(config, kind, *texts):
+        vectors[entry.name] = load_vectors(entry)
+        files[entry.name] = entry
+    return vectors, files
+
+
+def usable_embeddings(config: StudioConfig, kind: ModelKind | None, *texts: str) -> list[EmbeddingFile]:
+    """The embeddings the texts name, refusing any that cannot be used with `kind` (None: not known yet) from headers
+    only: no torch, so the CLI checks a prompt before it loads a model."""
     named = [
         entry
         for entry in scan_embeddings(config.embeddings_dir, allow_pickle=config.allow_pickle)
         if any(mentions(text, entry.name) for text in texts)
     ]
-    vectors, files = {}, {}
     for entry in named:
         if entry.problem is not None:
             error = UnsafeFileError if entry.path.suffix.lower() in PICKLE_SUFFIXES else InvalidRequestError
             raise error(f"Embedding {entry.name!r} ({entry.path.name}) cannot be used: {entry.problem}.")
-        if entry.kind is not kind:
+        if kind is not None and entry.kind is not kind:
             raise InvalidRequestError(
                 f"Embedding {entry.name!r} ({entry.path.name}) is an {entry.kind.label} embedding and the model is "
                 f"{kind.label}: use it with an {entry.kind.label} model, or take {entry.name!r} out of the prompt (or "
                 f"the file out of {entry.path.parent})."
             )
-        vectors[entry.name] = load_vectors(entry)
-        files[entry.name] = entry
-    return vectors, files
+    return named
 
 
 def load_vectors(entry: EmbeddingFile) -> list:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from studio.errors import ModelNotFoundError
 
 ProgressFn = Callable[[float, str], None]
+PROBE_TIMEOUT = 10.0  # seconds for the one request that tells whether the Hub answers at all
 CONFIG_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model"]
 
 
@@ -127,13 +128,17 @@ def snapshot_with_progress(
     become ModelNotFoundError naming `what` and the repo, with `instead` as the way out that needs no Hub
     (e.g. "put the model in the models folder").
     """
+    api = HfApi(endpoint=endpoint)
     try:
-        chosen = plan(HfApi(endpoint=endpoint))
+        online = hub_answers(api, repo_id)
+        chosen = plan(api) if online else offline
     except (OSError, httpx2.TransportError) as error:  # HfHubHTTPError is an OSError; no network is neither
         if isinstance(error, RepositoryNotFoundError):
             raise _download_error(error, repo_id, what, instead) from error
-        chosen = offline
+        online, chosen = False, offline
     kwargs = {"endpoint": endpoint} if endpoint else {}
+    if not online:
+        kwargs["local_files_only"] = True  # the cache only: no more requests, so no more retries
     if on_progress is not None:
         kwargs["tqdm_class"] = progress_bar_class(on_progress, repo_id, chosen.total_bytes)
     try:
@@ -143,6 +148,36 @@ def snapshot_with_progress(
     if on_progress is not None:
         on_progress(1.0, f"Downloaded {repo_id}")  # also when every file came from the cache
     return Path(folder)
+
+
+def hub_answers(api: HfApi, repo_id: str) -> bool:
+    """Whether the Hub can be asked about `repo_id`: False offline (HF_HUB_OFFLINE=1 or no network), after one
+    request without retries, so a missing network costs a second, not the ~25 s of retries huggingface_hub's
+    file listing makes. Raises RepositoryNotFoundError when the Hub answers that the repo does not exist."""
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        api.model_info(repo_id, timeout=PROBE_TIMEOUT)
+    except RepositoryNotFoundError:
+        raise
+    except HfHubHTTPError:
+        return True  # the Hub answered (gated, rate-limited...): the download says what it means
+    except (OSError, httpx2.TransportError):
+        return False
+    return True
+
+
+def check_hub_repo(repo_id: str, *, what: str, instead: str, filename: str, endpoint: str | None = None) -> None:
+    """Fail in about a second, before any model is loaded, when a Hub repo can be neither found in the local cache
+    (by one of its files, `filename`) nor asked for: offline, no network, or no such repo."""
+    if isinstance(try_to_load_from_cache(repo_id, filename), str):
+        return
+    try:
+        if hub_answers(HfApi(endpoint=endpoint), repo_id):
+            return
+    except RepositoryNotFoundError as error:
+        raise _download_error(error, repo_id, what, instead) from error
+    raise _download_error(LocalEntryNotFoundError(filename), repo_id, what, instead)
 
 
 def _download_error(error: BaseException, repo_id: str, what: str, instead: str) -> ModelNotFoundError:

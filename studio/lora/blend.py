@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from studio.errors import LoraError, StudioError
-from studio.lora.library import LoraEntry, find_lora
+from studio.lora.kind_blends import usable_lora
+from studio.lora.library import LoraEntry
 from studio.lora.requests import BlendRequest
 from studio.models.kinds import ModelKind
 
@@ -97,11 +98,7 @@ def resolve_blend(loras, *, loras_dir: Path, kind: ModelKind) -> list[tuple[Blen
     """Each requested adapter with its library entry, refusing any that cannot be used with `kind`."""
     resolved = []
     for blend_entry in _parse(loras):
-        entry = find_lora(loras_dir, blend_entry.name)
-        reason = entry.incompatibility(kind)
-        if reason:
-            raise LoraError(f"Cannot use LoRA {entry.name!r}: {reason}")
-        resolved.append((blend_entry, entry))
+        resolved.append((blend_entry, usable_lora(loras_dir, blend_entry.name, kind)))
     return resolved
 
 

@@ -20,7 +20,8 @@ from studio.evaluation.requests import (
     parse_candidate,
 )
 from studio.evaluation.results import EvaluationResult, ExportResult, Progress
-from studio.ui.common import GPU_QUEUE, stopper, user_errors
+from studio.ui.common import GPU_QUEUE, stopper
+from studio.ui.status import QUIET, reported
 
 CANDIDATES_HELP = "One per line: a model, optionally with LoRAs, e.g. `demo-sd15` and `demo-sd15 + my-lora:0.8`."
 
@@ -38,6 +39,11 @@ def _sampling(negative, steps, cfg, width, height, scheduler) -> SamplingSetting
 
 def _lines(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+# Column widths (rank, candidate, CMMD, KID, closest data image, likely copies, note): without them the table is
+# twice as wide as its column and scrolls sideways. Without KID the other columns take the first six.
+COLUMN_WIDTHS = ["6%", "22%", "17%", "17%", "11%", "10%", "17%"]
 
 
 def build_evaluate_tab(studio: Studio) -> dict:
@@ -73,7 +79,11 @@ def build_evaluate_tab(studio: Studio) -> dict:
             status = gr.Markdown("Ready.", elem_id="evaluate-status")
             preview = gr.Image(label="Preview", interactive=False, height=192)
             table = gr.Dataframe(
-                label="Ranked (lower = closer)", interactive=False, wrap=True, elem_id="evaluate-table"
+                label="Ranked (lower = closer)",
+                interactive=False,
+                wrap=True,
+                column_widths=COLUMN_WIDTHS,
+                elem_id="evaluate-table",
             )
             chart = gr.BarPlot(x="candidate", y="score", color="kind", sort="y", title="CMMD", height=260)
             grids = gr.Gallery(
@@ -87,7 +97,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
             folder = gr.Textbox(label="Results folder", interactive=False)
     sampling_inputs = [negative, steps, cfg, width, height, scheduler]
 
-    @user_errors
+    @reported(status, "Evaluation")
     def run_evaluation(
         candidates, data, prompt, count, seed, feature_model, kid, negative, steps, cfg, width, height, scheduler
     ):
@@ -101,6 +111,8 @@ def build_evaluate_tab(studio: Studio) -> dict:
             feature_model=(feature_model or "").strip() or DEFAULT_FEATURE_MODEL,
             kid=bool(kid),
         )
+        # At once: loading the feature model may take a while (and fails within seconds when it cannot).
+        yield {status: f"⏳ Loading the feature model {request.feature_model} and reading the data folder…"}
         with closing(studio.evaluate_stream(request)) as events:  # a closed page stops the work
             for event in events:
                 if isinstance(event, Progress):
@@ -127,6 +139,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
         outputs=[status, preview, table, chart, grids, folder],
         api_name="evaluate",
         **GPU_QUEUE,
+        **QUIET,
     )
     stop_button.click(stopper(studio, "evaluate"), api_name="stop_evaluation", queue=False)
 
@@ -151,7 +164,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
                 export_gallery = gr.Gallery(label="Exported images", columns=4, height=320, format="png")
                 export_path = gr.Textbox(label="Data set folder", interactive=False)
 
-    @user_errors
+    @reported(export_status, "Export")
     def run_export(model, prompts, per_prompt, seed, name, negative, steps, cfg, width, height, scheduler):
         request = ExportRequest(
             candidate=parse_candidate(model or ""),
@@ -161,6 +174,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
             seed=int(seed or 0),
             sampling=_sampling(negative, steps, cfg, width, height, scheduler),
         )
+        yield {export_status: f"⏳ Exporting {request.count} image(s) per prompt…"}
         with closing(studio.export_dataset_stream(request)) as events:  # a closed page stops the work
             for event in events:
                 if isinstance(event, Progress):
@@ -180,6 +194,7 @@ def build_evaluate_tab(studio: Studio) -> dict:
         outputs=[export_status, export_gallery, export_path],
         api_name="export_dataset",
         **GPU_QUEUE,
+        **QUIET,
     )
     export_stop.click(stopper(studio, "export"), api_visibility="private", queue=False)
     return {"candidates": candidates, "data": data, "prompt": prompt}

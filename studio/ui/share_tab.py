@@ -1,6 +1,7 @@
 """Share tab: push an adapter from loras/ to a Hugging Face Hub repository, with progress and the repo URL.
 
 The token field is a password box used for this push only: it is cleared when the push ends and never saved.
+A failed push says in the status line what failed and what to do, and leaves the form (token included) as it was.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import gradio as gr
 
 from studio.engine import LoadProgress, Studio
 from studio.hub.adapters import PushRequest
-from studio.ui.common import stopper, user_errors
+from studio.ui.common import stopper
+from studio.ui.status import QUIET, reported
 
 
 def build_share_tab(studio: Studio) -> dict:
@@ -68,10 +70,11 @@ def build_share_tab(studio: Studio) -> dict:
             token=token or None,
         )
 
-    @user_errors
+    @reported(status, "Push")
     def push(adapter, repo_id, private, tags, license, message, token):
         # Named parameters become the keyword names of the /push API for gradio_client.
         request = request_from(adapter, repo_id, private, tags, license, message, token)
+        yield {status: f"⏳ Pushing **{adapter}** to {request.repo_id}…"}
         with closing(studio.push_stream(request)) as events:  # a closed page stops the work
             for event in events:
                 if isinstance(event, LoadProgress):
@@ -79,22 +82,40 @@ def build_share_tab(studio: Studio) -> dict:
                 else:
                     yield {status: f"Done: pushed **{adapter}** to [{event}]({event})", url: event, token_field: ""}
 
-    push_button.click(
+    pushed = push_button.click(
         push,
         inputs=[adapter, repo_id, private, tags, license, message, token_field],
         outputs=[status, url, token_field],
         api_name="push",
         concurrency_id="hub",
         concurrency_limit=1,
+        **QUIET,
     )
 
-    @user_errors
+    @reported(status, "Model card preview")
     def preview_card(adapter, repo_id, private, tags, license, message):
-        return studio.model_card_preview(request_from(adapter, repo_id, private, tags, license, message, None))
+        return {card: studio.model_card_preview(request_from(adapter, repo_id, private, tags, license, message, None))}
 
     preview_button.click(
-        preview_card, inputs=[adapter, repo_id, private, tags, license, message], outputs=card, api_name="preview_card"
+        preview_card,
+        inputs=[adapter, repo_id, private, tags, license, message],
+        outputs=[card, status],
+        api_name="preview_card",
+        **QUIET,
     )
     stop_button.click(stopper(studio, "push"), api_name="stop_push", queue=False)
-    refresh.click(lambda: gr.Dropdown(choices=studio.shareable_adapters()), outputs=adapter, api_name="list_adapters")
-    return {"adapter": adapter, "repo_id": repo_id, "status": status, "url": url}
+
+    def list_adapters():
+        return gr.Dropdown(choices=studio.shareable_adapters())
+
+    refresh.click(list_adapters, outputs=adapter, api_name="list_adapters")
+    # A push can also add a model card or samples to an adapter: the list is read afresh after one.
+    pushed.then(list_adapters, outputs=adapter, api_visibility="private")
+    return {
+        "adapter": adapter,
+        "repo_id": repo_id,
+        "status": status,
+        "url": url,
+        "token": token_field,
+        "refresh": (list_adapters, [], [adapter]),
+    }

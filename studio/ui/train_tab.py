@@ -18,7 +18,8 @@ from studio.training.events import TrainingEvent
 from studio.training.plot import loss_curve
 from studio.training.presets import PRESETS, estimate_vram, presets_for
 from studio.training.request import LR_SCHEDULERS, MIXED_PRECISIONS, OPTIMIZERS, TrainingRequest, check_dataset
-from studio.ui.common import GPU_QUEUE, stopper, user_errors
+from studio.ui.common import GPU_QUEUE, stopper
+from studio.ui.status import QUIET, reported
 
 # Request fields set by the form, in the order of the handlers' parameters (and of the /train API).
 FIELDS = [
@@ -103,7 +104,8 @@ def build_train_tab(studio: Studio) -> dict:
         caption_column = gr.Textbox("text", label="metadata.jsonl caption column")
         caption = gr.Textbox(label="Caption for images without metadata.jsonl or .txt", placeholder="satellite image")
         trigger = gr.Textbox(label="Trigger word (prepended)", placeholder="mtnsat")
-    report = gr.Textbox(label="Data check", lines=6, interactive=False, elem_id="train-data-report")
+    # Every skipped file is listed (a caption line naming a missing file must not hide); a long list scrolls.
+    report = gr.Textbox(label="Data check", lines=6, max_lines=14, interactive=False, elem_id="train-data-report")
     with gr.Row():
         model = gr.Dropdown(
             [(s.label, s.name) for s in studio.models()], value=studio.config.default_model, label="Base model", scale=3
@@ -210,29 +212,31 @@ def build_train_tab(studio: Studio) -> dict:
             shown = time.monotonic()
             yield {status: _status_text(event), curve: loss_curve(losses), gallery: list(samples)}
 
-    @user_errors
+    @reported(status, "Training")
     @_form_parameters
     def train(*values):
         yield from stream(_request(dict(zip(FIELDS, values)), resume=False))
 
-    @user_errors
+    @reported(status, "Resume")
     @_form_parameters
     def resume(*values):
         yield from stream(_request(dict(zip(FIELDS, values)), resume=True))
 
     outputs = [status, curve, gallery]
-    trained = start_button.click(train, inputs=form, outputs=outputs, api_name="train", **GPU_QUEUE)
-    resumed = resume_button.click(resume, inputs=form, outputs=outputs, api_name="resume_training", **GPU_QUEUE)
+    trained = start_button.click(train, inputs=form, outputs=outputs, api_name="train", **GPU_QUEUE, **QUIET)
+    resumed = resume_button.click(
+        resume, inputs=form, outputs=outputs, api_name="resume_training", **GPU_QUEUE, **QUIET
+    )
     stop_button.click(stopper(studio, "training"), api_name="stop_training", queue=False)
 
-    @user_errors
+    @reported(report, "Data check")  # the report box is the data check's status line
     @_form_parameters
     def check(*values):
         values = dict(zip(FIELDS, values))
         values["name"] = values["name"] or "unnamed"  # the data check does not need a name yet
-        return check_dataset(_request(values, resume=False)).summary(max_skipped=20)
+        return check_dataset(_request(values, resume=False)).summary(max_skipped=None)
 
-    check_button.click(check, inputs=form, outputs=report, api_name="check_training_data")
+    check_button.click(check, inputs=form, outputs=report, api_name="check_training_data", **QUIET)
 
     def show_estimate(*values):
         values = dict(zip(FIELDS, values))
