@@ -84,31 +84,13 @@ def _preset(kind: ModelKind, vram_gb: int, **settings) -> Preset:
     return Preset(f"{kind.value}-{vram_gb}gb" if vram_gb else f"{kind.value}-cpu", kind, vram_gb, {**base, **settings})
 
 
+_CPU = dict(batch_size=1, rank=16, alpha=16.0, learning_rate=1e-4, optimizer="adamw")
+
 PRESETS = {
     p.name: p
     for p in (
-        _preset(
-            ModelKind.SD15,
-            0,
-            resolution=512,
-            batch_size=1,
-            rank=16,
-            alpha=16.0,
-            gradient_checkpointing=False,
-            learning_rate=1e-4,
-            optimizer="adamw",
-        ),
-        _preset(
-            ModelKind.SDXL,
-            0,
-            resolution=1024,
-            batch_size=1,
-            rank=16,
-            alpha=16.0,
-            gradient_checkpointing=True,
-            learning_rate=1e-4,
-            optimizer="adamw",
-        ),
+        _preset(ModelKind.SD15, 0, resolution=512, gradient_checkpointing=False, **_CPU),
+        _preset(ModelKind.SDXL, 0, resolution=1024, gradient_checkpointing=True, **_CPU),
         _preset(
             ModelKind.SD15,
             8,
