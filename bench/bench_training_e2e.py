@@ -92,13 +92,13 @@ def run(quick: bool) -> list[Row]:
 
 
 def _photos(folder: Path) -> Path:
-    """6 landscape photos, 4:3 and 3:4 at 640x480 (each side scales to the resolution), captioned in metadata.jsonl."""
+    """6 landscape photos, 4:3 and 3:4 at 768x576 (larger than 512 px, as photos are), captioned in metadata.jsonl."""
     from tests.helpers import landscape
 
     folder.mkdir(parents=True)
     lines = []
     for i in range(PHOTOS):
-        size = (640, 480) if i % 3 else (480, 640)
+        size = (768, 576) if i % 3 else (576, 768)
         landscape(*size, seed=i).save(folder / f"peak-{i}.jpg", quality=92)
         lines.append(json.dumps({"file_name": f"peak-{i}.jpg", "text": f"satellite image of mountains, ridge {i}"}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
