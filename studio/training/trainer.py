@@ -10,7 +10,7 @@ nanoGPT style, in four phases, each in its own module:
     loop.py        for each step: draw noise and timesteps, predict, take the MSE (optionally min-SNR
                    weighted) against the noise or the velocity, step the optimizer; sample images
                    (validation.py) and save checkpoints every N steps, and a checkpoint on Stop
-    finish (here)  a last sample, then the adapter folder (export.py)
+    finish (here)  a last sample, then the adapter folder (export.py), then the time per phase (phases.py)
 
 Runs in-process (the CLI, also under `accelerate launch` for several GPUs) or in the training child
 process of the UI (`studio.training.worker`). Determinism: the data order comes from (seed, epoch)
