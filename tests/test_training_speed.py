@@ -28,7 +28,11 @@ def photos(tmp_path_factory):
 
 def test_phases_add_up_and_flips_are_encoded_when_first_drawn_as_up_front(photos, tmp_path):
     config = make_config(tmp_path)
-    request = quick_request(photos, steps=1, batch_size=2, validation_size=64)
+    request = quick_request(photos, batch_size=2, validation_size=64)
+    samples = check_dataset(request).samples
+    buckets = [nearest_bucket(s.width, s.height, make_buckets(request.resolution)) for s in samples]
+    order = DataOrder(buckets, batch_size=2, seed=request.seed, random_flip=True)
+    request = dataclasses.replace(request, steps=order.per_epoch + 1)  # one step into the second epoch
     started = time.perf_counter()
     folder, events = run_training(request, config)
     total = time.perf_counter() - started
@@ -40,22 +44,21 @@ def test_phases_add_up_and_flips_are_encoded_when_first_drawn_as_up_front(photos
     assert sum(phases.phases.values()) == pytest.approx(total, abs=0.5)
     assert "steps" in phases.message and "total" in phases.message
 
-    # The cache holds every image upright, and flipped only those the one step drew.
-    samples = check_dataset(request).samples
-    buckets = [nearest_bucket(s.width, s.height, make_buckets(request.resolution)) for s in samples]
-    drawn = DataOrder(buckets, batch_size=2, seed=request.seed, random_flip=True).micro_batch(0)
-    flips = [(samples[i], buckets[i], True) for i, flipped in drawn if flipped]
-    upright = [(s, b, False) for s, b in zip(samples, buckets)]
-    assert 1 <= len(flips) < len(samples)  # the data order drew a flip: the check below means something
+    # Up front, each image in the orientation the first epoch draws; then only what the second epoch's
+    # first batch draws that was not there yet.
+    first = {(i, flipped) for batch in order.epoch(0) for i, flipped in batch}
+    later = set(order.micro_batch(order.per_epoch)) - first
+    assert len(first) == len(samples) and later  # the step drew a new orientation: the check means something
     (path,) = (config.outputs_dir / "training" / "alps" / "cache").glob("latents-*.safetensors")
     lazy = caching.Cache(path)
-    assert {k.rsplit(".", 1)[0] for k in lazy.tensors} == {caching.latent_key(*item) for item in upright + flips}
+    encoded = [(samples[i], buckets[i], flipped) for i, flipped in sorted(first | later)]
+    assert {k.rsplit(".", 1)[0] for k in lazy.tensors} == {caching.latent_key(*item) for item in encoded}
 
     # Encoded when drawn or all at once up front (as on a GPU), every latent is the same, bit for bit.
     vae = ModelManager(dataclasses.replace(config, dtype="float32")).load("demo-sd15").pipe.vae  # as the fp32 run
     eager = caching.Cache(None)
-    caching.cache_latents(eager, vae.to(torch.float32), upright + flips, device=torch.device("cpu"))
-    for item in upright + flips:
+    caching.cache_latents(eager, vae.to(torch.float32), encoded, device=torch.device("cpu"))
+    for item in encoded:
         key = caching.latent_key(*item)
         for a, b in zip(lazy.get(key), eager.get(key)):
             assert torch.equal(a, b), key

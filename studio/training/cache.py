@@ -10,8 +10,9 @@ encodes to. Latents are stored as the VAE's mean and standard deviation, so ever
 fresh `mean + std * noise` sample as an uncached run would. Both caches are saved in the run folder
 (`cache/*.safetensors`) so a resumed run skips the encoding.
 
-With random flip on a CPU, a flipped image is encoded the first time the data order draws it
-(`LatentStore`), not up front: a short run never pays for the flips it does not draw. The encoding is the
+With random flip on a CPU, each image is encoded up front only in the orientation the first epoch draws
+it in, and the other one the first time the data order draws it (`LatentStore`): a short run never pays
+for the flips it does not draw. The encoding is the
 same either way (one image at a time, fp32 VAE), so when it happens does not change what a run learns.
 """
 

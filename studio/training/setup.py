@@ -2,7 +2,8 @@
 
 The frozen parts of the model run once, here: the VAE encodes every image and the text encoders every
 caption into caches (`cache.py`), then leave the accelerator, so the step loop only runs the UNet (and the
-text encoders when they train). On a CPU, flipped images are encoded when first drawn instead (`LatentStore`).
+text encoders when they train). On a CPU, an orientation of an image the first epoch does not draw is
+encoded when first drawn instead (`LatentStore`).
 """
 
 from __future__ import annotations
@@ -230,10 +231,12 @@ def cache_data(
 ) -> TrainingData | None:
     """Pick buckets, fill the caches, and move the frozen encoders off the accelerator (None: stopped).
 
-    On a CPU the flipped images wait until the data order first draws them: the VAE stays in the same RAM
-    anyway, and a run of a few epochs skips the flips it never draws. On an accelerator every flip is
-    encoded now, so the VAE can leave it before the UNet trains (a 1024 px encode in the middle of a run
-    would need its activations next to the training UNet's)."""
+    On a CPU only what the first epoch draws is encoded now (each image once, in the orientation it is
+    drawn in); the other orientation waits until the data order first draws it: the VAE stays in the same
+    RAM anyway, and a VAE encode costs about half a training step, so a one-epoch run encodes no more
+    images than it trains on. On an accelerator every flip is encoded now, so the VAE can leave it before
+    the UNet trains (a 1024 px encode in the middle of a run would need its activations next to the
+    training UNet's)."""
     from diffusers.training_utils import free_memory
 
     pipe, kind = model.pipe, model.kind
@@ -241,12 +244,18 @@ def cache_data(
         component.requires_grad_(False)
     sizes = make_buckets(request.resolution) if request.buckets else [(request.resolution, request.resolution)]
     buckets = [nearest_bucket(s.width, s.height, sizes) for s in samples]
-    flips = (False, True) if request.random_flip and device.type != "cpu" else (False,)
+    if device.type == "cpu":
+        first_epoch = DataOrder(
+            buckets, batch_size=request.batch_size, seed=request.seed, random_flip=request.random_flip
+        )
+        items = [(samples[i], buckets[i], flipped) for batch in first_epoch.epoch(0) for i, flipped in batch]
+    else:
+        flips = (False, True) if request.random_flip else (False,)
+        items = [(s, b, f) for s, b in zip(samples, buckets) for f in flips]
     # The caches are named after the base model: another model encodes the same image differently.
     identity = hashlib.sha1(f"{model.source.name}|{model.source.location}|{kind.value}".encode()).hexdigest()[:12]
 
     latents = caching.Cache(run_dir / "cache" / f"latents-{identity}.safetensors")
-    items = [(s, b, f) for s, b in zip(samples, buckets) for f in flips]
     finished = encode_images(latents, pipe.vae, items, device, emit, should_stop)
     latents.save()
     if not finished:
