@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -129,15 +130,24 @@ def _start(job: tuple[list[str], Path]) -> dict:
     out, err = open(cwd / "stdout.txt", "w"), open(cwd / "stderr.txt", "w")
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=out, stderr=err, env=_env(), cwd=cwd)
-    return {"process": process, "started": started, "cwd": cwd, "files": (out, err)}
+    side = {"process": process, "started": started, "cwd": cwd, "files": (out, err)}
+
+    def wait():  # in a thread, so each side's end is seen when it happens, whichever is collected first
+        side["exit"] = os.wait4(process.pid, 0)
+        side["ended"] = time.perf_counter()
+
+    side["waiter"] = threading.Thread(target=wait, daemon=True)
+    side["waiter"].start()
+    return side
 
 
 def _finish(side: dict) -> dict:
     """Wait for a side: its wall time, CPU time (user + system, from wait4) and output."""
     if "wall" in side:
         return side
-    _, status, usage = os.wait4(side["process"].pid, 0)
-    wall = time.perf_counter() - side["started"]
+    side["waiter"].join()
+    _, status, usage = side["exit"]
+    wall = side["ended"] - side["started"]
     for file in side["files"]:
         file.close()
     cwd = side["cwd"]
