@@ -97,7 +97,7 @@ def run(quick: bool) -> list[Row]:
 
     rows += [_flop_share_row(kind, size) for kind, size in (("sd15", 512), ("sdxl", 1024))]
     print("VRAM budget of the presets (full-size models, from parameter counts):", file=sys.stderr)
-    for preset in PRESETS.values():
+    for preset in (p for p in PRESETS.values() if p.vram_gb):  # the CPU presets have no card to fit
         request = TrainingRequest(data=ROOT, model="x", name="x", **preset.settings)
         estimate = estimate_vram(request, preset.kind)
         print(

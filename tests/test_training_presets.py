@@ -29,7 +29,9 @@ def request(tmp_path, **changes) -> TrainingRequest:
 @pytest.mark.parametrize(
     "kind, vram_gb, expected",
     [
-        (ModelKind.SD15, None, "sd15-8gb"),  # no GPU: the lightest settings
+        (ModelKind.SD15, None, "sd15-cpu"),  # no accelerator: no GPU memory savings that only cost time
+        (ModelKind.SDXL, None, "sdxl-cpu"),
+        (ModelKind.SD15, 4, "sd15-8gb"),  # a small card: the lightest GPU settings
         (ModelKind.SD15, 6, "sd15-8gb"),
         (ModelKind.SD15, 8, "sd15-8gb"),
         (ModelKind.SDXL, 11.7, "sdxl-12gb"),  # an RTX 3060 reports a little under 12 GiB
@@ -42,7 +44,16 @@ def test_preset_is_picked_from_the_detected_card(kind, vram_gb, expected):
     assert pick_preset(kind, None if vram_gb is None else int(vram_gb * GB)).name == expected
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_cpu_preset_trains_without_gpu_memory_savings():
+    sd15 = pick_preset(ModelKind.SD15, None)
+    assert sd15.settings["gradient_checkpointing"] is False and sd15.settings["optimizer"] == "adamw"
+    assert sd15.settings["batch_size"] == 1 and sd15.settings["resolution"] == 512
+    assert sd15.label == "CPU, no GPU · SD1.5" and sd15 is get_preset("sd15-cpu")
+    assert pick_preset(ModelKind.SDXL, None).settings["optimizer"] == "adamw"  # 8-bit AdamW needs CUDA
+    assert all(p.settings["gradient_checkpointing"] for p in PRESETS.values() if p.vram_gb == 8)  # GPUs unchanged
+
+
+@pytest.mark.parametrize("name", sorted(name for name, preset in PRESETS.items() if preset.vram_gb))
 def test_every_preset_fits_its_card_by_the_estimate(tmp_path, name):
     preset = get_preset(name)
     estimate = estimate_vram(request(tmp_path, **preset.settings), preset.kind)

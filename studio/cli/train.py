@@ -31,6 +31,8 @@ OVERRIDES = {
     "min_snr_gamma": float,
     "noise_offset": float,
     "validation_every": int,
+    "sample_size": int,
+    "sample_steps": int,
     "checkpoint_every": int,
 }
 HELP = {
@@ -47,6 +49,8 @@ HELP = {
     "min_snr_gamma": "Min-SNR loss weighting, e.g. 5 [off]",
     "noise_offset": "noise offset for very dark/bright images, e.g. 0.05 [0]",
     "validation_every": "draw a sample image every N steps [only at the end]",
+    "sample_size": "side of the sample images in pixels [half the resolution]",
+    "sample_steps": "sampling steps of the sample images [12]",
     "checkpoint_every": "save a resumable checkpoint every N steps [100]; always on Stop",
 }
 FIELD_NAMES = {
@@ -54,6 +58,8 @@ FIELD_NAMES = {
     "batch": "batch_size",
     "grad_accum": "gradient_accumulation",
     "warmup": "warmup_steps",
+    "sample_size": "validation_size",
+    "sample_steps": "validation_steps",
 }
 
 
@@ -65,7 +71,11 @@ def register(subparsers) -> None:
     parser.add_argument("--caption", default=None, help="caption for images without metadata.jsonl or .txt")
     parser.add_argument("--caption-column", default="text", help="caption column of metadata.jsonl")
     parser.add_argument("--trigger", default=None, help="trigger word prepended to every caption")
-    parser.add_argument("--preset", default="auto", help=f"auto (from the GPU), none, or one of: {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--preset",
+        default="auto",
+        help=f"auto (from the GPU; the CPU preset without one), none, or one of: {', '.join(PRESETS)}",
+    )
     settings = parser.add_argument_group(
         "training settings", "an explicit value overrides the preset's; defaults in brackets apply with --preset none"
     )
@@ -73,7 +83,10 @@ def register(subparsers) -> None:
         settings.add_argument("--" + option.replace("_", "-"), type=cast, default=None, help=HELP[option])
     settings.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=None, help="[constant_with_warmup]")
     settings.add_argument(
-        "--mixed-precision", choices=MIXED_PRECISIONS, default=None, help="[auto: fp16/bf16 on GPUs, fp32 on CPUs]"
+        "--mixed-precision",
+        choices=MIXED_PRECISIONS,
+        default=None,
+        help="[auto: fp16/bf16 on GPUs; bf16 on CPUs with native bf16, else fp32]",
     )
     settings.add_argument(
         "--optimizer", choices=OPTIMIZERS, default=None, help="[auto: 8-bit AdamW where bitsandbytes works, else AdamW]"
@@ -84,6 +97,9 @@ def register(subparsers) -> None:
     settings.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=None, help="aspect-ratio buckets")
     settings.add_argument(
         "--validation-prompt", default=None, help="prompt of the sample images (default: first caption)"
+    )
+    settings.add_argument(
+        "--samples", action=argparse.BooleanOptionalAction, default=None, help="draw sample images [on]"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run NAME from its last checkpoint")
     parser.add_argument("--check", action="store_true", help="only check the data set and show the VRAM estimate")
@@ -118,7 +134,7 @@ def build_request(args, config):
     if not args.check:
         check_name_free(draft, config.loras_dir)
     if args.preset == "auto" and kind is not None:
-        preset = pick_preset(kind, detected_vram_bytes())  # imports torch to ask CUDA
+        preset = pick_preset(kind, detected_vram_bytes(config.device))  # imports torch to ask CUDA
     request = TrainingRequest(**fields, **{**(preset.settings if preset else {}), **explicit})
     request.validate()
     note = f"Preset {preset.name}. " if preset else ""
@@ -143,6 +159,7 @@ def _explicit_settings(args) -> dict:
         ("random_flip", "flip"),
         ("buckets", "buckets"),
         ("validation_prompt", "validation_prompt"),
+        ("samples", "samples"),
     ):
         if getattr(args, option) is not None:
             settings[field] = getattr(args, option)
@@ -182,6 +199,8 @@ def run(args) -> int:
             bar.set_postfix_str(f"loss {event.loss:.4f}, lr {event.lr:.2e}")
         elif event.kind == "dataset":  # the data set is fine: now the settings are worth showing
             print(event.message + "\n" + note, file=sys.stderr)
+        elif event.kind == "phases":  # where the time went, after the last step
+            (bar.write if bar is not None else print)("Time per phase:\n" + event.message, file=sys.stderr)
         elif event.kind in ("status", "sample", "checkpoint", "stopped"):
             text = f"{event.kind} at step {event.step}: {event.path}" if event.path else event.message
             if bar is not None:

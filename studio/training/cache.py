@@ -9,13 +9,19 @@ Keys name the sample, never the step: shuffling changes which sample a step sees
 encodes to. Latents are stored as the VAE's mean and standard deviation, so every step still draws a
 fresh `mean + std * noise` sample as an uncached run would. Both caches are saved in the run folder
 (`cache/*.safetensors`) so a resumed run skips the encoding.
+
+With random flip on a CPU, each image is encoded up front only in the orientation the first epoch draws
+it in, and the other one the first time the data order draws it (`LatentStore`): a short run never pays
+for the flips it does not draw. The encoding is the
+same either way (one image at a time, fp32 VAE), so when it happens does not change what a run learns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -134,3 +140,36 @@ def cache_text(cache: Cache, encoders: list[tuple], captions: list[str], *, devi
         if text_key(caption) not in cache:
             values = encode_text(encoders, [caption], device)
             cache.put(text_key(caption), [v[0] for v in values])
+
+
+class LatentStore:
+    """(sample index, flipped) -> cached [mean, std, crop], as the step loop asks for them.
+
+    An entry missing from the cache (a flip not encoded up front) is encoded when first asked for, by
+    `encode(items)`, inside `timer()` (the run charges that time to caching, not to the step)."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        samples: list[Sample],
+        buckets: list[tuple[int, int]],
+        encode: Callable[[list], None],
+        timer: Callable[[], ContextManager] = contextlib.nullcontext,
+    ):
+        self.cache, self.samples, self.buckets = cache, samples, buckets
+        self._encode, self._timer = encode, timer
+        self._found: dict[tuple[int, bool], list[torch.Tensor]] = {}  # looked up once, not hashed at every step
+
+    def __getitem__(self, index_flipped: tuple[int, bool]) -> list[torch.Tensor]:
+        if index_flipped not in self._found:
+            i, flipped = index_flipped
+            item = (self.samples[i], self.buckets[i], flipped)
+            key = latent_key(*item)
+            if key not in self.cache:
+                with self._timer():
+                    self._encode([item])
+            self._found[index_flipped] = self.cache.get(key)
+        return self._found[index_flipped]
+
+    def save(self) -> None:
+        self.cache.save()

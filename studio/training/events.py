@@ -11,8 +11,9 @@ import json
 
 # kind: "status" (message), "dataset" (message = the dataset summary), "step", "sample" (path),
 # "checkpoint" (path), "stopped" (path = the checkpoint kept), "done" (path = the adapter folder),
+# "phases" (phases = seconds per phase, message = them as a table; just before "done"),
 # "error" (message: a user error raised in the child, re-raised as TrainingError by the parent).
-KINDS = ("status", "dataset", "step", "sample", "checkpoint", "stopped", "done", "error")
+KINDS = ("status", "dataset", "step", "sample", "checkpoint", "stopped", "phases", "done", "error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +33,11 @@ class TrainingEvent:
     """For "error": the StudioError subclass raised in the child (DatasetError, TrainingError...)."""
     losses: list | None = None
     """For the "status" event of a resumed run: [[step, loss], ...] so far, so the loss curve continues."""
+    phases: dict | None = None
+    """For "phases": wall seconds per phase of the run (studio.training.phases.PHASES)."""
 
     def to_line(self) -> str:
-        values = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "", 0, []) or k == "kind"}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "", 0, [], {}) or k == "kind"}
         return json.dumps(values, separators=(",", ":"))
 
     @classmethod

@@ -34,9 +34,11 @@ def train_steps(run: Run, start: int, should_stop: Callable[[], bool]) -> bool:
     for step in range(start, run.total):
         step_started = time.perf_counter()
         if stop_requested(should_stop, run.accelerator):
-            stop_at(run, step)
+            with run.clock.phase("checkpoints"):
+                stop_at(run, step)
             return False
-        loss = optimizer_step(run, step)
+        with run.clock.phase("steps"):
+            loss = optimizer_step(run, step)
         done = step + 1
         run.state["losses"].append([done, loss])
         timed_steps += 1
@@ -45,10 +47,12 @@ def train_steps(run: Run, start: int, should_stop: Callable[[], bool]) -> bool:
         lr = run.lr_scheduler.get_last_lr()[0]
         eta = pace * (run.total - done)
         run.emit(TrainingEvent("step", step=done, total_steps=run.total, loss=loss, lr=lr, sec_per_step=pace, eta=eta))
-        if done < run.total and due(done, request.validation_every) and run.main:  # the last one comes at finish
-            run.state["samples"].append(sample(run, done))
+        if done < run.total and due(done, request.validation_every) and request.samples and run.main:
+            with run.clock.phase("samples"):  # the last one comes at finish
+                run.state["samples"].append(sample(run, done))
         if done < run.total and due(done, request.checkpoint_every):  # the adapter itself follows the last step
-            save(run, done)
+            with run.clock.phase("checkpoints"):
+                save(run, done)
     return True
 
 

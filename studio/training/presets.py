@@ -1,6 +1,6 @@
 """Training presets per VRAM budget and model kind, and a peak-VRAM estimate from parameter counts.
 
-    preset = pick_preset(ModelKind.SDXL, total_vram_bytes=12 * GB)     # "sdxl-12gb"
+    preset = pick_preset(ModelKind.SDXL, total_vram_bytes=12 * GB)     # "sdxl-12gb"; None (no accelerator): "sdxl-cpu"
     request = TrainingRequest(data=..., model=..., name=..., **preset.settings)
     print(estimate_vram(request, ModelKind.SDXL).summary())
 
@@ -21,6 +21,13 @@ SDXL (without / with gradient checkpointing), 0.27x and 0.53x of the constants. 
 does not show (fp32 norms under CUDA autocast, cuDNN workspaces, caching-allocator slack), so the
 constants are kept as a conservative bound: expect real peaks at or below the estimate. Not yet
 checked on a GPU. Torch-free, so the UI can show it.
+
+Without an accelerator the GPU presets' memory savings only cost time, so a CPU gets its own preset: the
+plain AdamW (bitsandbytes' 8-bit one needs CUDA), batch 1 (a small data set gets more updates per pass)
+and, for SD1.5, no gradient checkpointing: recomputing activations adds about one more UNet forward pass
+to each step to save ~1 GB at 512 px (bench_training_memory), next to a run that needs ~7 GB of RAM in
+fp32. SDXL at 1024 px keeps gradient checkpointing on a CPU: its activations alone (~8.5 GB in bf16,
+twice that in fp32) would not fit next to the weights in the 16-32 GB of RAM of a typical machine.
 """
 
 from __future__ import annotations
@@ -63,23 +70,27 @@ class Preset:
     name: str
     kind: ModelKind
     vram_gb: int
-    """The card this preset is sized for."""
+    """The card this preset is sized for; 0: a machine without an accelerator (CPU RAM)."""
     settings: dict
     """TrainingRequest fields this preset sets."""
 
     @property
     def label(self) -> str:
-        return f"{self.vram_gb} GB · {self.kind.label}"
+        return f"{f'{self.vram_gb} GB' if self.vram_gb else 'CPU, no GPU'} · {self.kind.label}"
 
 
 def _preset(kind: ModelKind, vram_gb: int, **settings) -> Preset:
     base = dict(mixed_precision="auto", optimizer="auto", gradient_accumulation=1, train_text_encoder=False)
-    return Preset(f"{kind.value}-{vram_gb}gb", kind, vram_gb, {**base, **settings})
+    return Preset(f"{kind.value}-{vram_gb}gb" if vram_gb else f"{kind.value}-cpu", kind, vram_gb, {**base, **settings})
 
+
+_CPU = dict(batch_size=1, rank=16, alpha=16.0, learning_rate=1e-4, optimizer="adamw")
 
 PRESETS = {
     p.name: p
     for p in (
+        _preset(ModelKind.SD15, 0, resolution=512, gradient_checkpointing=False, **_CPU),
+        _preset(ModelKind.SDXL, 0, resolution=1024, gradient_checkpointing=True, **_CPU),
         _preset(
             ModelKind.SD15,
             8,
@@ -149,6 +160,7 @@ PRESETS = {
 
 
 def presets_for(kind: ModelKind) -> list[Preset]:
+    """The CPU preset first, then the GPU ones from the smallest card."""
     return sorted((p for p in PRESETS.values() if p.kind is kind), key=lambda p: p.vram_gb)
 
 
@@ -160,13 +172,14 @@ def get_preset(name: str) -> Preset:
 
 
 def pick_preset(kind: ModelKind, total_vram_bytes: int | None) -> Preset:
-    """The largest preset for `kind` that fits the card; the smallest one without a GPU (None) or on small cards."""
-    choices = presets_for(kind)
+    """The largest preset for `kind` that fits the card, the smallest GPU one on small cards; without an
+    accelerator (None) the CPU preset."""
+    cpu, *gpu = presets_for(kind)
     if total_vram_bytes is None:
-        return choices[0]
+        return cpu
     # Cards report a little less than their label (a "12 GB" RTX 3060 shows ~11.7 GiB).
-    fitting = [p for p in choices if p.vram_gb * GB * 0.9 <= total_vram_bytes]
-    return fitting[-1] if fitting else choices[0]
+    fitting = [p for p in gpu if p.vram_gb * GB * 0.9 <= total_vram_bytes]
+    return fitting[-1] if fitting else gpu[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,10 +225,15 @@ def estimate_vram(request: TrainingRequest, kind: ModelKind, *, device_type: str
     return VramEstimate({"weights": weights, "lora": lora, "activations": activations, "overhead": OVERHEAD_BYTES})
 
 
-def detected_vram_bytes() -> int | None:
-    """Total memory of the first CUDA GPU, or None without one (probed when called, never at import)."""
+def detected_vram_bytes(device: str = "auto") -> int | None:
+    """Memory of the accelerator that would train, or None without one (probed when called, never at import).
+
+    `device` is the configured one ("auto", "cpu", "cuda", "mps"): "cpu" means no accelerator even on a GPU
+    machine. Apple silicon shares its RAM: Metal's recommended working set stands for the card's memory."""
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(0).total_memory
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory
+    if device in ("auto", "mps") and torch.backends.mps.is_available():
+        return int(torch.mps.recommended_max_memory())
+    return None

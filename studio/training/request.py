@@ -69,7 +69,8 @@ class TrainingRequest:
 
     seed: int = 42
     mixed_precision: str = "auto"
-    """auto: fp16 (bf16 where supported) on GPUs, fp32 ("no") on CPUs."""
+    """auto: fp16 (bf16 where supported) on GPUs; bf16 autocast on CPUs that compute bf16 natively, else fp32
+    ("no"). The adapter's settings record the precision that ran."""
 
     gradient_checkpointing: bool = False
     optimizer: str = "auto"
@@ -84,12 +85,19 @@ class TrainingRequest:
     validation_prompt: str | None = None
     """Prompt for sample images; None uses the first caption."""
 
+    samples: bool = True
+    """Draw sample images (every `validation_every` steps and one at the end); off draws none."""
+
     validation_every: int = 0
     """Sample images every N steps (same seed each time); 0 only at the end."""
 
     validation_seed: int = 1234
-    validation_steps: int = 20
-    """Sampling steps of the validation images."""
+    validation_steps: int = 12
+    """Sampling steps of the validation images: a preview (with CFG each step costs two UNet passes)."""
+
+    validation_size: int = 0
+    """Side of the (square) sample images in pixels; 0: half the training resolution (at least 64), a quarter
+    of the pixels, so a sample on a CPU costs a few training steps rather than dozens."""
 
     checkpoint_every: int = 100
     """Save a resumable checkpoint every N steps (and always on Stop); 0 only on Stop."""
@@ -117,6 +125,7 @@ class TrainingRequest:
             ("noise_offset", self.noise_offset, 0.0, 1.0),
             ("validation_every", self.validation_every, 0, 1_000_000),
             ("validation_steps", self.validation_steps, 1, 150),
+            ("validation_size", self.validation_size, 0, 2048),
             ("checkpoint_every", self.checkpoint_every, 0, 1_000_000),
             ("seed", self.seed, 0, 2**32 - 1),
             ("validation_seed", self.validation_seed, 0, 2**32 - 1),
@@ -127,9 +136,10 @@ class TrainingRequest:
             ranges.append(("min_snr_gamma", self.min_snr_gamma, 0.1, 100.0))
         for field, value, low, high in ranges:
             check_range(field, value, low, high)
-        if self.resolution % 64:
-            nearest = max(64, round(self.resolution / 64) * 64)
-            raise InvalidRequestError(f"resolution={self.resolution} must be a multiple of 64; try {nearest}.")
+        for field, value in (("resolution", self.resolution), ("validation_size", self.validation_size)):
+            if value % 64:
+                nearest = max(64, round(value / 64) * 64)
+                raise InvalidRequestError(f"{field}={value} must be a multiple of 64; try {nearest}.")
         for field, value, allowed in (
             ("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS),
             ("mixed_precision", self.mixed_precision, MIXED_PRECISIONS),
@@ -137,6 +147,10 @@ class TrainingRequest:
         ):
             if value not in allowed:
                 raise InvalidRequestError(f"{field}={value!r} is not one of {', '.join(allowed)}.")
+
+    def sample_size(self) -> int:
+        """The side of the sample images: `validation_size`, or half the training resolution (a multiple of 64)."""
+        return self.validation_size or max(64, self.resolution // 128 * 64)
 
     def output_dir(self, loras_dir: Path) -> Path:
         """`loras/<name>`, checked to stay inside the LoRA folder whatever the name says."""
@@ -164,6 +178,8 @@ class TrainingRequest:
             "validation_prompt",
             "validation_seed",
             "validation_steps",
+            "validation_size",
+            "samples",
         }
         return json.dumps({k: v for k, v in self.to_json().items() if k not in free}, sort_keys=True)
 

@@ -54,6 +54,7 @@ def save(run: Run, step: int) -> Path | None:
     run.accelerator.wait_for_everyone()
     if not run.main:
         return None
+    run.data.latents.save()  # flips encoded since the last save: a resumed run finds them
     run.state["scheduler"] = run.lr_scheduler.state_dict()
     run.state["grad_scaler"] = grad_scaler_state(run.accelerator.scaler)
     path = save_checkpoint(

@@ -2,12 +2,15 @@
 
 The frozen parts of the model run once, here: the VAE encodes every image and the text encoders every
 caption into caches (`cache.py`), then leave the accelerator, so the step loop only runs the UNet (and the
-text encoders when they train).
+text encoders when they train). On a CPU, an orientation of an image the first epoch does not draw is
+encoded when first drawn instead (`LatentStore`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -25,12 +28,15 @@ from studio.training.buckets import make_buckets, nearest_bucket
 from studio.training.dataset import DatasetReport
 from studio.training.events import TrainingEvent
 from studio.training.order import DataOrder
+from studio.training.phases import PhaseClock
 from studio.training.presets import resolve_precision
 from studio.training.request import TrainingRequest
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TORCH_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# What each precision means here, said when the model loads (the adapter's settings record the same choice).
+PRECISION_LABELS = {"no": "fp32", "fp16": "fp16 autocast, fp32 LoRA", "bf16": "bf16 autocast, fp32 LoRA"}
 
 EventFn = Callable[[TrainingEvent], None]
 
@@ -42,8 +48,8 @@ class TrainingData:
     samples: list
     buckets: list[tuple[int, int]]
     """`buckets[i]`: the (width, height) sample i trains at."""
-    latents: dict[tuple[int, bool], list[torch.Tensor]]
-    """(sample index, flipped) -> cached [mean, std, crop]: looked up once, not hashed at every step."""
+    latents: caching.LatentStore
+    """(sample index, flipped) -> cached [mean, std, crop]; a flip not cached yet is encoded when first drawn."""
     texts: list[list[torch.Tensor]] | None
     """Sample index -> cached text embeddings; None when the text encoders train (they encode at each step)."""
 
@@ -77,6 +83,8 @@ class Run:
     """Sends events to the front end; does nothing on the other processes of a multi-GPU run."""
     state: dict
     """What a checkpoint stores besides tensors: settings fingerprint, loss history, samples made so far."""
+    clock: PhaseClock = dataclasses.field(default_factory=PhaseClock)
+    """Wall time per phase (load, caching, steps, samples, checkpoints, export), reported at the end."""
 
     @property
     def pipe(self):
@@ -102,20 +110,28 @@ def setup(
     run_dir: Path,
     on_event: EventFn,
     should_stop: Callable[[], bool],
+    clock: PhaseClock | None = None,
 ) -> Run | None:
     """Load, cache and prepare everything for the first step; None when Stop was pressed while caching."""
-    accelerator, precision = start_accelerator(request, config)
-    emit = on_event if accelerator.is_main_process else (lambda event: None)
-    emit(TrainingEvent("dataset", message=report.summary()))
-    manager = ModelManager(dataclasses.replace(config, dtype=TORCH_DTYPES[precision]))
-    emit(TrainingEvent("status", message=f"Loading {request.model}"))
-    model = manager.load(request.model)
-    data = cache_data(request, model, report.samples, accelerator.device, run_dir, emit, should_stop)
+    clock = clock or PhaseClock()
+    with clock.phase("load"):
+        accelerator, precision = start_accelerator(request, config)
+        emit = on_event if accelerator.is_main_process else (lambda event: None)
+        emit(TrainingEvent("dataset", message=report.summary()))
+        manager = ModelManager(dataclasses.replace(config, dtype=TORCH_DTYPES[precision]))
+        emit(TrainingEvent("status", message=f"Loading {request.model} ({PRECISION_LABELS[precision]})"))
+        model = manager.load(request.model)
+    with clock.phase("caching"):
+        timer = functools.partial(clock.phase, "caching")  # also for flips encoded later, in the middle of a step
+        data = cache_data(request, model, report.samples, accelerator.device, run_dir, emit, should_stop, timer)
     if data is None:
         message = "Stopped while caching, before the first step; the cache is kept, so the next run starts faster."
         emit(TrainingEvent("stopped", message=message))
         return None
-    return prepare_training(request, model, data, run_dir, accelerator, precision, emit)
+    with clock.phase("load"):
+        run = prepare_training(request, model, data, run_dir, accelerator, precision, emit)
+    run.clock = clock
+    return run
 
 
 def prepare_training(
@@ -211,8 +227,16 @@ def cache_data(
     run_dir: Path,
     emit: EventFn,
     should_stop: Callable[[], bool],
+    timer: Callable = contextlib.nullcontext,
 ) -> TrainingData | None:
-    """Pick buckets, fill the caches, and move the frozen encoders off the accelerator (None: stopped)."""
+    """Pick buckets, fill the caches, and move the frozen encoders off the accelerator (None: stopped).
+
+    On a CPU only what the first epoch draws is encoded now (each image once, in the orientation it is
+    drawn in); the other orientation waits until the data order first draws it: the VAE stays in the same
+    RAM anyway, and a VAE encode costs about half a training step, so a one-epoch run encodes no more
+    images than it trains on. On an accelerator every flip is encoded now, so the VAE can leave it before
+    the UNet trains (a 1024 px encode in the middle of a run would need its activations next to the
+    training UNet's)."""
     from diffusers.training_utils import free_memory
 
     pipe, kind = model.pipe, model.kind
@@ -220,13 +244,21 @@ def cache_data(
         component.requires_grad_(False)
     sizes = make_buckets(request.resolution) if request.buckets else [(request.resolution, request.resolution)]
     buckets = [nearest_bucket(s.width, s.height, sizes) for s in samples]
-    flips = (False, True) if request.random_flip else (False,)
+    if device.type == "cpu":
+        first_epoch = DataOrder(
+            buckets, batch_size=request.batch_size, seed=request.seed, random_flip=request.random_flip
+        )
+        items = [(samples[i], buckets[i], flipped) for batch in first_epoch.epoch(0) for i, flipped in batch]
+    else:
+        flips = (False, True) if request.random_flip else (False,)
+        items = [(s, b, f) for s, b in zip(samples, buckets) for f in flips]
     # The caches are named after the base model: another model encodes the same image differently.
     identity = hashlib.sha1(f"{model.source.name}|{model.source.location}|{kind.value}".encode()).hexdigest()[:12]
 
     latents = caching.Cache(run_dir / "cache" / f"latents-{identity}.safetensors")
-    items = [(s, b, f) for s, b in zip(samples, buckets) for f in flips]
-    if not encode_images(latents, pipe.vae, items, device, emit, should_stop):
+    finished = encode_images(latents, pipe.vae, items, device, emit, should_stop)
+    latents.save()
+    if not finished:
         return None
     texts = None
     if request.train_text_encoder:
@@ -240,17 +272,22 @@ def cache_data(
     return TrainingData(
         samples=samples,
         buckets=buckets,
-        latents={
-            (i, f): latents.get(caching.latent_key(s, b, f))
-            for i, (s, b) in enumerate(zip(samples, buckets))
-            for f in flips
-        },
+        latents=caching.LatentStore(
+            latents, samples, buckets, lambda items: encode_images(latents, pipe.vae, items, device), timer
+        ),
         texts=[texts.get(caching.text_key(s.caption)) for s in samples] if texts is not None else None,
     )
 
 
-def encode_images(latents: caching.Cache, vae, items: list, device, emit: EventFn, should_stop) -> bool:
-    """VAE-encode each (sample, bucket, flipped) not cached yet; False when stopped (what was done is saved)."""
+def encode_images(
+    latents: caching.Cache,
+    vae,
+    items: list,
+    device,
+    emit: EventFn = lambda event: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """VAE-encode each (sample, bucket, flipped) not cached yet; False when stopped (what was done stays)."""
     # The VAE encodes in fp32: SDXL's VAE overflows in fp16, and it runs once per image anyway.
     vae_dtype = vae.dtype
     vae.to(device, torch.float32)
@@ -260,7 +297,6 @@ def encode_images(latents: caching.Cache, vae, items: list, device, emit: EventF
             emit(TrainingEvent("status", message=f"Caching latents {done}/{total}"))
 
     finished = caching.cache_latents(latents, vae, items, device=device, on_progress=progress, should_stop=should_stop)
-    latents.save()
     vae.to("cpu", vae_dtype)
     return finished
 

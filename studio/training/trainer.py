@@ -10,7 +10,7 @@ nanoGPT style, in four phases, each in its own module:
     loop.py        for each step: draw noise and timesteps, predict, take the MSE (optionally min-SNR
                    weighted) against the noise or the velocity, step the optimizer; sample images
                    (validation.py) and save checkpoints every N steps, and a checkpoint on Stop
-    finish (here)  a last sample, then the adapter folder (export.py)
+    finish (here)  a last sample, then the adapter folder (export.py), then the time per phase (phases.py)
 
 Runs in-process (the CLI, also under `accelerate launch` for several GPUs) or in the training child
 process of the UI (`studio.training.worker`). Determinism: the data order comes from (seed, epoch)
@@ -30,6 +30,7 @@ from studio.training.checkpoints import list_checkpoints
 from studio.training.dataset import DatasetReport
 from studio.training.events import TrainingEvent
 from studio.training.loop import train_steps
+from studio.training.phases import PhaseClock, phase_table
 from studio.training.request import TrainingRequest, check_dataset, check_name_free
 from studio.training.resume import grad_scaler_state, restore, restore_grad_scaler, resume_point
 from studio.training.setup import UNET_TARGETS, EventFn, Run, setup
@@ -46,13 +47,15 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Path | None:
     """Train and export the adapter; returns `loras/<name>`, or None when stopped (a checkpoint is kept)."""
+    clock = PhaseClock()
     report = preflight(request, config)
     run_dir = request.run_dir(config.outputs_dir)
     checkpoint = resume_point(request, run_dir, on_event)  # before the model loads: a wrong resume fails at once
-    run = setup(request, config, report, run_dir, on_event, should_stop)
+    run = setup(request, config, report, run_dir, on_event, should_stop, clock)
     if run is None:  # stopped while caching
         return None
-    start = restore(run, checkpoint) if checkpoint is not None else 0
+    with clock.phase("load"):
+        start = restore(run, checkpoint) if checkpoint is not None else 0
     if not train_steps(run, start, should_stop):
         return None
     return finish(run, request.output_dir(config.loras_dir), num_images=len(report.samples))
@@ -75,25 +78,34 @@ def preflight(request: TrainingRequest, config: StudioConfig) -> DatasetReport:
 
 
 def finish(run: Run, output_dir: Path, *, num_images: int) -> Path | None:
-    """The last sample, then the adapter folder; returns it (None on the other processes of a multi-GPU run)."""
+    """The last sample, then the adapter folder; returns it (None on the other processes of a multi-GPU run).
+
+    Then the time per phase, as an event (the CLI prints it, the Train tab shows it with the result)."""
     from studio.training.export import export_adapter
 
     run.accelerator.wait_for_everyone()
     if not run.main:
         return None
-    total = run.total
-    run.state["samples"].append(sample(run, total))
-    run.emit(TrainingEvent("status", step=total, total_steps=total, message="Writing the adapter"))
-    folder = export_adapter(
-        output_dir,
-        run_dir=run.run_dir,
-        trained=run.trained,
-        request=run.request,
-        kind=run.kind,
-        state=run.state,
-        num_images=num_images,
-        precision=run.precision,
-    )
+    total, clock = run.total, run.clock
+    if run.request.samples:
+        with clock.phase("samples"):
+            run.state["samples"].append(sample(run, total))
+    with clock.phase("caching"):
+        run.data.latents.save()  # the flips drawn in this run: another run on the same images skips them
+    with clock.phase("export"):
+        run.emit(TrainingEvent("status", step=total, total_steps=total, message="Writing the adapter"))
+        folder = export_adapter(
+            output_dir,
+            run_dir=run.run_dir,
+            trained=run.trained,
+            request=run.request,
+            kind=run.kind,
+            state=run.state,
+            num_images=num_images,
+            precision=run.precision,
+        )
+    seconds = clock.report()
+    run.emit(TrainingEvent("phases", step=total, total_steps=total, phases=seconds, message=phase_table(seconds)))
     message = f"Adapter saved to {folder}"
     run.emit(TrainingEvent("done", step=total, total_steps=total, path=str(folder), message=message))
     return folder

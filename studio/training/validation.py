@@ -1,4 +1,9 @@
-"""Validation samples: one image from the same prompt and seed every N steps, so the user sees the LoRA learn."""
+"""Validation samples: one image from the same prompt and seed every N steps, so the user sees the LoRA learn.
+
+A sample is a preview, not a result: by default it is drawn at half the training resolution with few steps
+(`TrainingRequest.sample_size`, `validation_steps`), since on a CPU a full-size 20-step sample cost as much as
+a dozen training steps. The infotext records the size and steps, so the image can be redrawn exactly.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def sample(run: Run, step: int) -> dict:
 
     request, pipe = run.request, run.pipe
     prompt = request.validation_prompt or run.data.samples[0].caption
-    size = request.resolution
+    size = request.sample_size()
     # The VAE and the frozen text encoders wait in CPU RAM during training; they visit the accelerator for this.
     offloaded = [m for m in [pipe.vae, *text_encoders(pipe, run.kind)] if m.device != run.device]
     for module in offloaded:
@@ -99,7 +104,7 @@ def _infotext(run: Run, prompt: str, step: int) -> str:
             "Schedule type": schedule,
             "CFG scale": VALIDATION_CFG,
             "Seed": request.validation_seed,
-            "Size": f"{request.resolution}x{request.resolution}",
+            "Size": f"{request.sample_size()}x{request.sample_size()}",
             "Model": run.model.name,
             "Lora": f"{request.name} (training step {step})",
             "Precision": precision_name(run.precision),

@@ -51,6 +51,7 @@ FIELDS = [
     "validation_prompt",
     "validation_every",
     "checkpoint_every",
+    "samples",  # last: API callers that pass the fields by position keep working
 ]
 PRESET_FIELDS = [
     "resolution",
@@ -144,6 +145,7 @@ def build_train_tab(studio: Studio) -> dict:
             validation_prompt = gr.Textbox(label="Validation prompt (empty: first caption)")
             validation_every = gr.Number(100, precision=0, label="Sample every N steps (0 = end only)")
             checkpoint_every = gr.Number(100, precision=0, label="Checkpoint every N steps")
+            samples = gr.Checkbox(True, label="Sample images (small, quick previews)")
     with gr.Row():
         start_button = gr.Button("Train", variant="primary", elem_id="train-button")
         stop_button = gr.Button("Stop", variant="stop", elem_id="train-stop-button")
@@ -184,6 +186,7 @@ def build_train_tab(studio: Studio) -> dict:
         validation_prompt,
         validation_every,
         checkpoint_every,
+        samples,
     ]
     preset_outputs = [
         resolution,
@@ -199,18 +202,22 @@ def build_train_tab(studio: Studio) -> dict:
     ]
 
     def stream(request: TrainingRequest):
-        losses, samples, shown = [], [], 0.0
+        losses, images, shown, phases = [], [], 0.0, ""
         for event in studio.train_stream(request):
             if event.losses:  # a resumed run: the curve continues from the checkpoint's history
                 losses = [tuple(point) for point in event.losses]
             if event.kind == "step":
                 losses.append((event.step, event.loss))
             elif event.kind == "sample":
-                samples.append((event.path, f"step {event.step}"))
+                images.append((event.path, f"step {event.step}"))
+            elif event.kind == "phases":  # shown with the result: where the run's time went
+                phases = f"\n\n```\n{event.message}\n```"
+                continue
             if event.kind == "step" and time.monotonic() - shown < UPDATE_EVERY:
                 continue  # skip redraws, not data
             shown = time.monotonic()
-            yield {status: _status_text(event), curve: loss_curve(losses), gallery: list(samples)}
+            text = _status_text(event) + (phases if event.kind == "done" else "")
+            yield {status: text, curve: loss_curve(losses), gallery: list(images)}
 
     @reported(status, "Training")
     @_form_parameters
