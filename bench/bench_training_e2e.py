@@ -37,6 +37,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench_training import _full_size_sd15
 from common import ROOT, Row, main_for, ratio_row
 
 HERE = Path(__file__).resolve().parent
@@ -103,19 +104,6 @@ def _photos(folder: Path) -> Path:
         landscape(*size, seed=i).save(folder / f"peak-{i}.jpg", quality=92)
         lines.append(json.dumps({"file_name": f"peak-{i}.jpg", "text": f"satellite image of mountains, ridge {i}"}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
-
-
-def _full_size_sd15(folder: Path) -> Path:
-    """The real SD1.5 architecture with random weights (bundled configs), as a diffusers folder both sides load."""
-    import torch
-
-    from studio.models.kinds import ModelKind
-    from tests.builders import build_random_pipeline
-
-    started = time.perf_counter()
-    build_random_pipeline(ModelKind.SD15, torch.float16).save_pretrained(folder, safe_serialization=True)
-    print(f"built the full-size SD1.5 folder in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return folder
 
 
