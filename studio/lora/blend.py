@@ -22,7 +22,6 @@ What the pipeline currently carries is remembered per pipeline object (weakly: i
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import logging
 import re
@@ -35,6 +34,7 @@ from studio.lora.kind_blends import usable_lora
 from studio.lora.library import LoraEntry
 from studio.lora.requests import BlendRequest
 from studio.models.kinds import ModelKind
+from studio.models.manager import quiet_logger
 
 log = logging.getLogger(__name__)
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -220,7 +220,10 @@ def _load_missing(pipe, state: _PipeState, wanted: list[tuple[str, LoraEntry]]) 
             continue
         added.append(adapter)
         try:
-            with _quiet_text_encoder_load_report():
+            # transformers 5 logs a long "LOAD REPORT" calling every text-encoder LoRA weight MISSING when diffusers
+            # loads an adapter into a CLIP encoder, although the weights are loaded (tests/test_lora_files.py and the
+            # text-encoder strength test prove it). The false alarm would bury real messages in the console.
+            with quiet_logger("transformers.integrations.peft"):
                 load_adapter(pipe, entry, adapter)
         except (StudioError, ValueError, KeyError, RuntimeError, OSError, TypeError) as e:
             _roll_back(pipe, state, added)
@@ -308,20 +311,6 @@ def _load_peft_state_dict(pipe, state_dict: dict[str, torch.Tensor], metadata: d
             pipe.load_lora_into_text_encoder(
                 state_dict, network_alphas=None, text_encoder=encoder, prefix=component, lora_scale=te_scale, **common
             )
-
-
-@contextlib.contextmanager
-def _quiet_text_encoder_load_report():
-    """transformers 5 logs a long "LOAD REPORT" calling every text-encoder LoRA weight MISSING when diffusers loads
-    an adapter into a CLIP encoder, although the weights are loaded (tests/test_lora_files.py and the text-encoder
-    strength test prove it). The false alarm would bury real messages in the console."""
-    report_logger = logging.getLogger("transformers.integrations.peft")
-    level = report_logger.level
-    report_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        report_logger.setLevel(level)
 
 
 def _roll_back(pipe, state: _PipeState, added: list[str]) -> None:

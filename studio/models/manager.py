@@ -88,7 +88,7 @@ class LoadedModel:
             pipeline_class = getattr(diffusers, _MODE_PIPELINES[mode][self.kind])
             # `from_pipe` casts the shared modules to its `dtype` (float32 by default!): pass the one they were
             # loaded in, which makes the cast a no-op (it still warns, once per module: not worth showing).
-            with _quiet("diffusers.models.modeling_utils"):
+            with quiet_logger("diffusers.models.modeling_utils"):
                 pipe = pipeline_class.from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
             pipe.set_progress_bar_config(disable=True)
             # Offload hooks live on the shared modules; the new pipeline must re-arm them after each call too.
@@ -126,7 +126,8 @@ _MODE_PIPELINES = {
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
+def quiet_logger(logger_name: str) -> Iterator[None]:
+    """Silence one library logger below errors for the duration (for known false alarms)."""
     logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)
