@@ -260,7 +260,9 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         show_progress="hidden",
     ).then(from_page, inputs=page_inputs, outputs=outputs, api_visibility="private", **GPU_QUEUE)
     stop_button.click(stopper(studio, "generate"), api_name="stop", queue=False)
-    stop_training.click(stopper(studio, "training"), api_visibility="private", queue=False)
+    stop_training.click(
+        stopper(studio, "training"), api_name="generate_tab_stop_training", api_visibility="private", queue=False
+    )
 
     mode.change(
         lambda label: modes.mode_visibility(boxes, label),

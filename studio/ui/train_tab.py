@@ -271,9 +271,12 @@ def build_train_tab(studio: Studio) -> dict:
 
     preset_box.change(apply_preset, inputs=preset_box, outputs=preset_outputs, api_visibility="private")
 
-    def follow_model(model_name):
+    def preset_for(model_name):
         kind = {s.name: s.kind for s in studio.models()}.get(model_name) or ModelKind.SD15
-        chosen = studio.training_preset(kind)
+        return kind, studio.training_preset(kind)
+
+    def follow_model(model_name):
+        kind, chosen = preset_for(model_name)
         return gr.Dropdown(choices=_preset_choices(kind), value=chosen.name)
 
     model.input(follow_model, inputs=model, outputs=preset_box, api_visibility="private")
@@ -281,8 +284,8 @@ def build_train_tab(studio: Studio) -> dict:
     def preset_for_this_gpu(model_name, current):
         # The tab was built before the engine probed the GPU: on page load, switch only if this GPU takes another
         # preset (an unchanged dropdown fires no change, so settings typed meanwhile are kept).
-        update = follow_model(model_name)
-        return gr.update() if update.value == current else update
+        kind, chosen = preset_for(model_name)
+        return gr.update() if chosen.name == current else gr.Dropdown(choices=_preset_choices(kind), value=chosen.name)
 
     # app.py chains the LoRA tab's rescan to these, so a finished adapter shows up there by itself.
     return {
