@@ -356,5 +356,9 @@ def form_from_png_info(info: dict) -> dict:
         form["scheduler"] = scheduler
     if info.get("Model"):
         form["model"] = info["Model"]
+    image = infotext.image_fields(info)
+    if any(key.startswith("Hires") for key in info):
+        image.pop("strength", None)  # on a hires image "Denoising strength" is the second pass's, read by hires_fields
+    form.update(image)
     form.update(infotext.hires_fields(info))
     return form

@@ -203,8 +203,13 @@ def test_a1111_hires_infotext_fills_the_form():
     resized = written_by_a1111.replace("Hires upscale: 1.5, Hires steps: 12, ", "Hires resize: 1024x768, ")
     form = form_from_png_info(infotext.parse_infotext(resized))
     assert (form["hires_width"], form["hires_height"], form["hires_steps"]) == (1024, 768, 0)
+    assert "strength" not in form  # on a hires image the denoising strength is the second pass's
     img2img = written_by_a1111.replace("Hires upscale: 1.5, Hires steps: 12, Hires upscaler: 4x-UltraSharp, ", "")
-    assert not any(key.startswith("hires") for key in form_from_png_info(infotext.parse_infotext(img2img)))
+    form = form_from_png_info(infotext.parse_infotext(img2img))
+    assert not any(key.startswith("hires") for key in form) and form["strength"] == 0.45
+    inpaint = img2img.replace("Clip skip: 2", "Mask blur: 8, Inpaint area: Only masked, Masked area padding: 48")
+    form = form_from_png_info(infotext.parse_infotext(inpaint))
+    assert (form["mask_blur"], form["inpaint_full_res"], form["inpaint_full_res_padding"]) == (8, True, 48)
 
 
 def test_hires_infotext_round_trips_through_png_info(manager, tmp_path):

@@ -332,12 +332,22 @@ def build_generate_tab(studio: Studio, *, lora_picks: gr.State | None = None) ->
         preprocess=False,
     )
 
-    fillable = dict(shared) | {name: hires[name] for name in modes.HIRES_FIELDS}  # what an infotext can set
+    # What an infotext can set: the shared settings, hires fix, and the image-to-image / inpaint controls.
+    image_controls = ["strength", "resize_mode", "mask_blur", "masked_content", "inpaint_full_res_padding"]
+    fillable = (
+        dict(shared)
+        | {name: hires[name] for name in modes.HIRES_FIELDS}
+        | {name: images[name] for name in [*image_controls, "mask_mode", "inpaint_area"]}
+    )
 
     def form_values(text: str, **known) -> list:
         from studio.generation.infotext import parse_infotext
 
         values = (form_from_png_info(parse_infotext(text)) if text else {}) | known
+        if "inpaint_not_masked" in values:  # the page shows these two switches as radios
+            values["mask_mode"] = modes.MASK_MODES[int(values.pop("inpaint_not_masked"))]
+        if "inpaint_full_res" in values:
+            values["inpaint_area"] = modes.INPAINT_AREAS[int(values.pop("inpaint_full_res"))]
         return [gr.update(value=values[name]) if name in values else gr.update() for name in fillable]
 
     send_to_form.click(form_values, inputs=png_text, outputs=list(fillable.values()), api_visibility="private")
