@@ -109,3 +109,17 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def full_size_sd15(tmp_path_factory):
+    """The full-size SD1.5 architecture (860M-parameter UNet, CLIP-L, VAE; random weights) as a diffusers folder,
+    built once for the training and the image-input tests."""
+    import torch
+
+    from studio.models.kinds import ModelKind
+    from tests.builders import build_random_pipeline
+
+    folder = tmp_path_factory.mktemp("models") / "sd15-full"
+    build_random_pipeline(ModelKind.SD15, torch.float16).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -13,18 +13,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors import safe_open
 
-from studio.models.kinds import ModelKind
-from tests.builders import build_random_pipeline
 from tests.helpers import draw, make_config, make_photo_folder, pixels, quick_request, run_training
 
 pytestmark = pytest.mark.slow  # trains the full-size SD1.5 architecture
-
-
-@pytest.fixture(scope="module")
-def full_size_sd15(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "sd15-full"
-    build_random_pipeline(ModelKind.SD15, torch.float16).save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 def test_full_size_sd15_adapter_reloads_in_both_formats_to_the_trained_image(full_size_sd15, tmp_path):
