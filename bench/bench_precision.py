@@ -3,6 +3,8 @@
 Studio picks bf16 on CPUs that compute it natively (`studio.models.precision`). This measures what that buys and
 costs, side by side in one run on the same pipeline and seed:
 - one UNet step (CFG batch of 2) in fp32, in bf16 weights, and fp32 weights under bf16 autocast;
+- one LoRA training step (forward, backward, AdamW; rank 16 on the attention, batch 1) as Studio trains: fp32,
+  and bf16 weights with fp32 LoRA parameters under bf16 autocast (what `--mixed-precision auto` picks here);
 - the image difference bf16 vs fp32 (mean absolute difference in 0-255 levels, and its 99th percentile), next to
   the reference every GPU user accepts: fp16 vs fp32 of the same seed (computed here on the CPU).
 Random weights draw noise, so the difference measures numeric error through the real architecture, not taste.
@@ -44,6 +46,36 @@ def _unet_step_times(pipe, latent_size: int, repeat: int) -> dict[str, float]:
     return interleaved_medians({"fp32": fp32, "bf16": bf16, "autocast": autocast}, repeat=repeat)
 
 
+def _training_step_times(pipe, latent_size: int, repeat: int) -> dict[str, float]:
+    import contextlib
+
+    import torch
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    generator = torch.Generator().manual_seed(2)
+    latents = torch.randn(1, 4, latent_size, latent_size, generator=generator)
+    context, target = torch.randn(1, 77, 768, generator=generator), torch.randn(latents.shape, generator=generator)
+    steps = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        unet = copy.deepcopy(pipe.unet).to(dtype).requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        cast_training_params(unet, dtype=torch.float32)  # the LoRA parameters train in fp32 either way
+        params = [p for p in unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        precision = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else None
+
+        def step(unet=unet, optimizer=optimizer, precision=precision, dtype=dtype):
+            with precision or contextlib.nullcontext():
+                prediction = unet(latents.to(dtype), torch.tensor([500]), context.to(dtype), return_dict=False)[0]
+            torch.nn.functional.mse_loss(prediction.float(), target).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps[name] = step
+    return interleaved_medians(steps, repeat=repeat)
+
+
 def _image(pipe, dtype, size: int, steps: int):
     import numpy as np
     import torch
@@ -83,6 +115,18 @@ def run(quick: bool) -> list[Row]:
             note=note,
         ),
     ]
+
+    training = _training_step_times(pipe, latent, repeat=2 if quick else 3)
+    rows.append(
+        ratio_row(
+            f"SD1.5 LoRA training step {latent * 8}px: bf16 autocast + fp32 LoRA vs fp32",
+            training["bf16"],
+            training["fp32"],
+            "s",
+            max_ratio=0.8,
+            note=note,
+        )
+    )
 
     size, steps = (128, 4) if quick else (256, 10)
     reference = _image(pipe, torch.float32, size, steps)

@@ -95,7 +95,15 @@ def cli_command(*args) -> list[str]:
 
 
 def run_cli(*args, cwd: Path = ROOT, env: dict[str, str | None] | None = None, timeout: float = 300):
-    """Run `python -m studio <args>` to the end; the CompletedProcess with text stdout and stderr."""
+    """Run `python -m studio <args>` to the end; the CompletedProcess with text stdout and stderr.
+
+    In the tests' default environment the child is forked from a warm process that has done the imports
+    (tests/warm_cli.py); with `env` it is a cold `python -m studio`."""
+    from tests.warm_cli import warm_cli
+
+    warm = warm_cli(cli_env())
+    if env is None and warm is not None:
+        return warm.run([str(a) for a in args], cwd, timeout)
     return subprocess.run(
         cli_command(*args),
         capture_output=True,

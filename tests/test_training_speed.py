@@ -5,6 +5,7 @@ In-process runs on the tiny SD1.5 model (one or two steps at 64 px); the CLI run
 
 import dataclasses
 import json
+import os
 import signal
 import time
 
@@ -49,7 +50,7 @@ def test_phases_add_up_and_flips_are_encoded_when_first_drawn_as_up_front(photos
     first = {(i, flipped) for batch in order.epoch(0) for i, flipped in batch}
     later = set(order.micro_batch(order.per_epoch)) - first
     assert len(first) == len(samples) and later  # the step drew a new orientation: the check means something
-    (path,) = (config.outputs_dir / "training" / "alps" / "cache").glob("latents-*.safetensors")
+    (path,) = (config.outputs_dir / "training" / ".cache").glob("*/latents.safetensors")
     lazy = caching.Cache(path)
     encoded = [(samples[i], buckets[i], flipped) for i, flipped in sorted(first | later)]
     assert {k.rsplit(".", 1)[0] for k in lazy.tensors} == {caching.latent_key(*item) for item in encoded}
@@ -106,3 +107,28 @@ def test_samples_are_half_the_training_size_by_default(tmp_path):
         quick_request(tmp_path, validation_size=100).validate()
     # Sampling settings may change between a run and its resume.
     assert quick_request(tmp_path, samples=False).fingerprint() == quick_request(tmp_path).fingerprint()
+
+
+def test_a_second_run_on_the_same_photos_encodes_nothing_and_an_edited_photo_again(tmp_path):
+    from safetensors.torch import load_file
+
+    config = make_config(tmp_path)
+    photos = make_photo_folder(tmp_path / "photos")
+    request = quick_request(photos, steps=2, samples=False, random_flip=False)
+
+    def encoded(events) -> int:  # "Caching latents done/total": the last count says how many were encoded
+        counts = [e.message.split()[-1] for e in events if (e.message or "").startswith("Caching latents")]
+        return int(counts[-1].split("/")[1]) if counts else 0
+
+    first, first_events = run_training(request, config)
+    second, second_events = run_training(dataclasses.replace(request, name="alps-rank-again"), config)
+    assert encoded(first_events) == len(check_dataset(request).samples) and encoded(second_events) == 0
+    weights = [load_file(folder / "pytorch_lora_weights.safetensors") for folder in (first, second)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the cache gives the same latents
+
+    edited = next(p for p in photos.rglob("*.png"))
+    mtime = edited.stat().st_mtime_ns + 10**9
+    os.utime(edited, ns=(mtime, mtime))  # saved again by an editor: a new modification time
+    _, third_events = run_training(dataclasses.replace(request, name="alps-edited"), config)
+    assert encoded(third_events) == 1

@@ -7,8 +7,9 @@ script re-encodes both at each step).
 
 Keys name the sample, never the step: shuffling changes which sample a step sees, not what a sample
 encodes to. Latents are stored as the VAE's mean and standard deviation, so every step still draws a
-fresh `mean + std * noise` sample as an uncached run would. Both caches are saved in the run folder
-(`cache/*.safetensors`) so a resumed run skips the encoding.
+fresh `mean + std * noise` sample as an uncached run would. Both caches are saved in
+`outputs/training/.cache/<data folder>-<model>/`, shared by every run on the same photos and base model, so a
+resumed run, and the next run on the same photos, skip the encoding.
 
 With random flip on a CPU, each image is encoded up front only in the orientation the first epoch draws
 it in, and the other one the first time the data order draws it (`LatentStore`): a short run never pays

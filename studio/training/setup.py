@@ -252,10 +252,8 @@ def cache_data(
     else:
         flips = (False, True) if request.random_flip else (False,)
         items = [(s, b, f) for s, b in zip(samples, buckets) for f in flips]
-    # The caches are named after the base model: another model encodes the same image differently.
-    identity = hashlib.sha1(f"{model.source.name}|{model.source.location}|{kind.value}".encode()).hexdigest()[:12]
-
-    latents = caching.Cache(run_dir / "cache" / f"latents-{identity}.safetensors")
+    folder = shared_cache_folder(run_dir, request.data, model)
+    latents = caching.Cache(folder / "latents.safetensors")
     finished = encode_images(latents, pipe.vae, items, device, emit, should_stop)
     latents.save()
     if not finished:
@@ -265,7 +263,7 @@ def cache_data(
         for encoder in text_encoders(pipe, kind):
             encoder.to(device)  # they train, so they stay on the accelerator
     else:
-        texts = caching.Cache(run_dir / "cache" / f"texts-{identity}.safetensors")
+        texts = caching.Cache(folder / "texts.safetensors")
         encode_captions(texts, pipe, kind, [s.caption for s in samples], device, emit)
     free_memory()  # what the encoders held on the accelerator goes back before the UNet arrives
     pipe.unet.to(device)
@@ -277,6 +275,19 @@ def cache_data(
         ),
         texts=[texts.get(caching.text_key(s.caption)) for s in samples] if texts is not None else None,
     )
+
+
+def shared_cache_folder(run_dir: Path, data: Path, model: LoadedModel) -> Path:
+    """`outputs/training/.cache/<data folder>-<model>/`: the caches every run on these photos and this model shares.
+
+    Users train the same photos again and again (another rank, learning rate, trigger word): the second run
+    starts at its first step instead of re-encoding every image. Keys name the file (path, size, mtime), the
+    bucket and the orientation, so an edited photo is encoded again; the base model is in the folder name,
+    because another model encodes the same image differently."""
+    source = f"{model.source.name}|{model.source.location}|{model.kind.value}"
+    model_id = hashlib.sha1(source.encode()).hexdigest()[:12]
+    data_id = hashlib.sha1(str(Path(data).resolve()).encode()).hexdigest()[:12]
+    return run_dir.parent / ".cache" / f"{data_id}-{model_id}"
 
 
 def encode_images(
