@@ -99,47 +99,23 @@ class HiresFix:
 
     def run(self, model, images, latents, seeds, call, on_step, cancel) -> list[Image.Image]:
         """The second pass over one pipeline call's first-pass `images` (and their final `latents`)."""
-        from studio.generation.run import (
-            _embeds_kwargs,
-            _out_of_memory,
-            _Stopped,
-            callback_tensors,
-            decode_in_tiles_after_sampling,
-            step_callback,
-        )
+        from studio.generation.run import Stopped, call_pipeline
 
         request, (width, height), (final_w, final_h) = self.request, self.size.upscale, self.size.final
         if on_step is not None:
             on_step(StepInfo(call, request.steps, request.steps, 0.0, images[0], stage="first pass"))
         if cancel.is_set():
-            raise _Stopped()
+            raise Stopped()
         if self.upscaler.latent:
             init = _crop_latents(self.upscaler.upscale_latents(latents, width, height), final_w, final_h)
         else:
             init = [_crop(self.upscaler.upscale_image(image, width, height), final_w, final_h) for image in images]
-        pipe = model.pipeline_for("img2img")
-        last_latents = {}
-        step_end = step_callback(
-            model, self.conditioning, len(seeds), call, self.steps, on_step, cancel,
-            stage="hires", last_latents=last_latents,
+        return call_pipeline(
+            model, model.pipeline_for("img2img"), self.conditioning, seeds,
+            num_inference_steps=self.num_inference_steps, guidance_scale=request.cfg, total_steps=self.steps,
+            call=call, on_step=on_step, cancel=cancel, size=(final_w, final_h), stage="hires",
+            extra=lambda generators: dict(image=init, strength=request.hires_denoise),
         )  # fmt: skip
-        positive, negative = self.conditioning.at_step(0)
-        try:
-            return pipe(
-                **_embeds_kwargs(positive, negative, len(seeds)),
-                image=init,
-                strength=request.hires_denoise,
-                num_inference_steps=self.num_inference_steps,
-                guidance_scale=request.cfg,
-                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                callback_on_step_end=step_end,
-                callback_on_step_end_tensor_inputs=callback_tensors(model, self.conditioning),
-            ).images
-        except torch.OutOfMemoryError as e:
-            decoded = decode_in_tiles_after_sampling(model, pipe, last_latents)
-            if decoded is None:
-                raise _out_of_memory(model, final_w, final_h, len(seeds)) from e
-            return decoded
 
 
 def _crop_latents(latents: torch.Tensor, width: int, height: int) -> torch.Tensor:

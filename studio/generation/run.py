@@ -60,7 +60,7 @@ def latent_preview(latents: torch.Tensor, kind: ModelKind) -> Image.Image:
     return image.resize((image.width * 4, image.height * 4), Image.Resampling.NEAREST)
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """Raised inside the step callback so the pipeline stops at once, without decoding."""
 
 
@@ -151,7 +151,7 @@ def generate(
             if hires_fix is not None:
                 hires_fix.prepare(model, encode, conditioning, width, height)
         except torch.OutOfMemoryError as e:
-            raise _out_of_memory(model, width, height, request.batch_size) from e
+            raise out_of_memory(model, width, height, request.batch_size) from e
         first_seed = _pick_seed(request.seed)
         result = GenerationResult([], [], [], model.name, 0.0, notes=list(job.prepared.notes) if job else [])
         for call in range(request.batch_count):
@@ -169,7 +169,7 @@ def generate(
                     if hires_fix is not None:
                         part_images = hires_fix.run(model, part_images, latents["latents"], part, call, on_step, cancel)
                     images += part_images
-            except _Stopped:
+            except Stopped:
                 result.interrupted = True
                 break
             result.images += images
@@ -191,7 +191,7 @@ def step_callback(model, conditioning, batch, call, total_steps, on_step, cancel
         if last_latents is not None:
             last_latents["latents"] = tensors["latents"]
         if cancel.is_set():
-            raise _Stopped()
+            raise Stopped()
         if on_step is not None:
             preview = latent_preview(tensors["latents"], model.kind)
             on_step(StepInfo(call, step + 1, total_steps, time.perf_counter() - started, preview, stage))
@@ -209,32 +209,68 @@ def callback_tensors(model: LoadedModel, conditioning) -> list[str]:
 def _run_pipeline(
     model, request, conditioning, seeds, width, height, call, on_step, cancel, job: ImageJob | None, last_latents=None
 ) -> list[Image.Image]:
+    """The first (or only) pass: text to image, or the image job's img2img / inpaint call."""
+    if job is None:
+        extra, finish = (lambda generators: dict(width=width, height=height)), None
+    else:
+        extra, finish = (lambda generators: job.pipeline_kwargs(pipe, seeds, generators, width, height)), job.finish
     pipe = model.pipeline_for(job.mode if job else "txt2img")
-    total_steps = job.sampling_steps(request.steps) if job else request.steps
+    return call_pipeline(
+        model, pipe, conditioning, seeds,
+        num_inference_steps=request.steps, guidance_scale=request.cfg,
+        total_steps=job.sampling_steps(request.steps) if job else request.steps,
+        call=call, on_step=on_step, cancel=cancel, size=(width, height),
+        extra=extra, finish=finish, last_latents=last_latents,
+    )  # fmt: skip
+
+
+def call_pipeline(
+    model: LoadedModel,
+    pipe,
+    conditioning,
+    seeds: list[int],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    total_steps: int,
+    call: int,
+    on_step,
+    cancel,
+    size: tuple[int, int],
+    extra: Callable[[list[torch.Generator]], dict],
+    finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None,
+    stage: str = "",
+    last_latents: dict | None = None,
+) -> list[Image.Image]:
+    """One diffusers pipeline call as every pass makes it: the prompt embeddings, one seeded CPU generator per
+    image (the same pixels on any device), the step callback (progress, Stop, prompt edits) and, when memory
+    runs out after sampling finished, the images decoded in tiles instead of an error.
+
+    `extra(generators)` gives the pass's own arguments (size, or image and strength); `finish` post-processes
+    the images (an inpaint's paste-back), the tiled fallback's too."""
+    finish = finish or (lambda images: images)
     last_latents = {} if last_latents is None else last_latents
     step_end = step_callback(
-        model, conditioning, len(seeds), call, total_steps, on_step, cancel, last_latents=last_latents
+        model, conditioning, len(seeds), call, total_steps, on_step, cancel, stage=stage, last_latents=last_latents
     )
     positive, negative = conditioning.at_step(0)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     kwargs = dict(
         **_embeds_kwargs(positive, negative, len(seeds)),
-        num_inference_steps=request.steps,
-        guidance_scale=request.cfg,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
         generator=generators,
         callback_on_step_end=step_end,
         callback_on_step_end_tensor_inputs=callback_tensors(model, conditioning),
     )
+    kwargs.update(extra(generators))
     try:
-        if job is None:
-            return pipe(**kwargs, width=width, height=height).images
-        kwargs.update(job.pipeline_kwargs(pipe, seeds, generators, width, height))
-        return job.finish(pipe(**kwargs).images)
+        return finish(pipe(**kwargs).images)
     except torch.OutOfMemoryError as e:
         decoded = decode_in_tiles_after_sampling(model, pipe, last_latents)
         if decoded is None:
-            raise _out_of_memory(model, width, height, len(seeds)) from e
-        return job.finish(decoded) if job else decoded
+            raise out_of_memory(model, *size, len(seeds)) from e
+        return finish(decoded)
 
 
 def decode_in_tiles_after_sampling(model: LoadedModel, pipe, last_latents: dict) -> list[Image.Image] | None:
@@ -249,7 +285,7 @@ def decode_in_tiles_after_sampling(model: LoadedModel, pipe, last_latents: dict)
     return None
 
 
-def _out_of_memory(model: LoadedModel, width: int, height: int, batch: int) -> OutOfMemoryError:
+def out_of_memory(model: LoadedModel, width: int, height: int, batch: int) -> OutOfMemoryError:
     next_mode = NEXT_MODE.get(model.plan.mode if model.plan else "none")
     hint = f"start Studio with --memory-mode {next_mode}" if next_mode else "use a smaller size or batch"
     return OutOfMemoryError(
