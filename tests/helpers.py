@@ -101,8 +101,8 @@ def run_cli(*args, cwd: Path = ROOT, env: dict[str, str | None] | None = None, t
     (tests/warm_cli.py); with `env` it is a cold `python -m studio`."""
     from tests.warm_cli import warm_cli
 
-    warm = warm_cli(cli_env())
-    if env is None and warm is not None:
+    warm = warm_cli(cli_env()) if env is None else None  # a command with its own environment never starts it
+    if warm is not None:
         return warm.run([str(a) for a in args], cwd, timeout)
     return subprocess.run(
         cli_command(*args),

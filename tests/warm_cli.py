@@ -25,7 +25,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.app_server import ROOT
 
 # What the CLI's commands import lazily: imported once in the warm process.
 _WARM_IMPORTS = """
@@ -60,9 +60,9 @@ def _run_child(request: dict) -> None:
     try:
         os.setsid()  # its own process group, as a fresh process launched by a shell
         os.chdir(request["cwd"])
-        for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY)):
+        streams = ((os.devnull, os.O_RDONLY), (request["stdout"], os.O_WRONLY), (request["stderr"], os.O_WRONLY))
+        for fd, (path, mode) in enumerate(streams):  # stdin, stdout, stderr
             os.dup2(os.open(path, mode), fd)
-        os.dup2(os.open(request["stderr"], os.O_WRONLY), 2)
         sys.stdin = open(0, closefd=False)
         sys.argv = [str(ROOT / "studio" / "__main__.py"), *request["args"]]
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -210,11 +210,11 @@ def _run_pipeline(
     model, request, conditioning, seeds, width, height, call, on_step, cancel, job: ImageJob | None, last_latents=None
 ) -> list[Image.Image]:
     """The first (or only) pass: text to image, or the image job's img2img / inpaint call."""
+    pipe = model.pipeline_for(job.mode if job else "txt2img")
     if job is None:
         extra, finish = (lambda generators: dict(width=width, height=height)), None
     else:
         extra, finish = (lambda generators: job.pipeline_kwargs(pipe, seeds, generators, width, height)), job.finish
-    pipe = model.pipeline_for(job.mode if job else "txt2img")
     return call_pipeline(
         model, pipe, conditioning, seeds,
         num_inference_steps=request.steps, guidance_scale=request.cfg,

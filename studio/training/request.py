@@ -157,7 +157,7 @@ class TrainingRequest:
         return _inside(Path(loras_dir), self.name)
 
     def run_dir(self, outputs_dir: Path) -> Path:
-        """`outputs/training/<name>`: checkpoints, caches, samples and the log of the run."""
+        """`outputs/training/<name>`: checkpoints, samples and the log of the run (caches: `.cache/` beside it)."""
         return _inside(Path(outputs_dir) / "training", self.name)
 
     def to_json(self) -> dict:
